@@ -1,0 +1,97 @@
+"""Run settings as dataclasses: presets for the embedded benchmark, YAML in and out, clear validation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from qunlearn.data.synthetic import SyntheticSizes
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Llama architecture sizes for a model trained from scratch."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int = 512
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """From-scratch training of the target and retrain models (AdamW, warm-up then cosine decay)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    max_length: int = 256
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything `qunlearn prepare` needs besides seed, flavour and dtype."""
+
+    name: str
+    model: ModelShape
+    train: TrainSettings
+    sizes: SyntheticSizes = field(default_factory=SyntheticSizes)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        model=ModelShape(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=176, vocab_size=768),
+        train=TrainSettings(epochs=60, batch_size=8, lr=3e-3, max_length=128),
+        sizes=SyntheticSizes(n_forget=8, n_retain=24, n_holdout=8, n_icl=2),
+    ),
+    "small": Preset(
+        name="small",
+        model=ModelShape(hidden_size=192, num_layers=4, num_heads=4, intermediate_size=512, vocab_size=2048),
+        train=TrainSettings(epochs=40, batch_size=16, lr=2e-3, max_length=256),
+        sizes=SyntheticSizes(n_forget=40, n_retain=120, n_holdout=40, n_icl=3),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Look a preset up by name; an unknown name lists the valid ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain nested dicts (for YAML/JSON)."""
+    return asdict(obj)
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from a dict, rejecting unknown or missing fields with the field's path."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    kwargs = {}
+    for name, spec in known.items():
+        if name not in data:
+            continue
+        value = data[name]
+        nested = spec.type if isinstance(spec.type, type) else globals().get(str(spec.type))
+        if nested is not None and hasattr(nested, "__dataclass_fields__"):
+            value = from_dict(nested, value, f"{where}.{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{where}: {err}") from None

@@ -1,0 +1,83 @@
+"""Load and save HF causal LMs with their tokenizers: safetensors only, remote code refused unless asked."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """Map 'fp32' / 'bf16' / 'fp16' (or a torch.dtype) to a torch.dtype; unknown names list the valid ones."""
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{name}'; choose one of fp32, bf16, fp16") from None
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """'auto' or None → cuda if available else cpu; otherwise the named device."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer; one without a pad token pads with EOS (as MUSE does)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    path: str | Path,
+    dtype: str | torch.dtype = "fp32",
+    device: str | None = "cpu",
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local directory or HF id, in eval mode.
+
+    Weights must be safetensors (pickled `.bin` weights are never loaded); `trust_remote_code` stays
+    off unless the caller asks for it.
+    """
+    local = Path(path)
+    if local.exists() and not local.is_dir():
+        raise ValueError(f"{local}: expected a model directory, got a file")
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"{local}: not a HF checkpoint (no config.json)")
+        if not any(local.glob("*.safetensors")) and not (local / "model.safetensors.index.json").is_file():
+            raise ValueError(f"{local}: no .safetensors weights (pickled weights are never loaded)")
+    elif str(path).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{path}: model directory not found")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    model.to(resolve_device(device)).eval()
+    return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
+    """Save model (safetensors) and tokenizer into one directory, replacing it atomically."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

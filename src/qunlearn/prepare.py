@@ -1,0 +1,139 @@
+"""`qunlearn prepare`: write the embedded benchmark (corpus, tokenizer, target and retrain models)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from qunlearn import __version__
+from qunlearn.config import Preset, get_preset, to_dict
+from qunlearn.data.muse import Corpus, load_corpus
+from qunlearn.data.synthetic import generate_corpus
+from qunlearn.fileio import atomic_write_yaml, read_yaml
+from qunlearn.models.io import load_model, parse_dtype, save_model
+from qunlearn.models.tiny import build_model, train_from_scratch
+from qunlearn.models.tokenizer import train_tokenizer
+
+
+@dataclass(frozen=True)
+class PreparedBenchmark:
+    """Paths of a prepared benchmark directory."""
+
+    root: Path
+
+    @property
+    def corpus_dir(self) -> Path:
+        return self.root / "corpus"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def target_dir(self) -> Path:
+        return self.root / "models" / "target"
+
+    @property
+    def retrain_dir(self) -> Path:
+        return self.root / "models" / "retrain"
+
+    @property
+    def settings_file(self) -> Path:
+        return self.root / "prepare.yaml"
+
+
+def _settings(preset: Preset, flavour: str, seed: int, dtype: str) -> dict:
+    return {"preset": to_dict(preset), "flavour": flavour, "seed": seed, "dtype": dtype}
+
+
+def is_prepared(bench: PreparedBenchmark, settings: dict) -> bool:
+    """True when `bench` holds every output and was prepared with exactly these settings."""
+    if not bench.settings_file.is_file():
+        return False
+    done = read_yaml(bench.settings_file) or {}
+    outputs = (bench.target_dir / "config.json", bench.retrain_dir / "config.json", bench.corpus_dir / "raw")
+    return {k: done.get(k) for k in settings} == settings and all(p.exists() for p in outputs)
+
+
+def greedy_memorisation(model, tokenizer, corpus: Corpus, n_items: int = 5, n_tokens: int = 32) -> float:
+    """Share of the first `n_tokens` ground-truth tokens that greedy decoding reproduces, over forget prompts."""
+    hits = total = 0
+    for item in corpus.verbmem_forget[:n_items]:
+        prompt = tokenizer(item.prompt, return_tensors="pt")
+        want = tokenizer(item.gt, add_special_tokens=False)["input_ids"][:n_tokens]
+        with torch.no_grad():
+            out = model.generate(**prompt, max_new_tokens=len(want), do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        got = out[0, prompt["input_ids"].shape[1]:].tolist()
+        hits += sum(g == w for g, w in zip(got, want))
+        total += len(want)
+    return hits / max(1, total)
+
+
+def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str = "news", seed: int = 0,
+                      dtype: str = "fp32", force: bool = False, progress: bool = True) -> PreparedBenchmark:
+    """Generate the corpus, train the tokenizer, train target (forget+retain) and retrain (retain only).
+
+    Reuses an existing directory prepared with identical settings unless `force` is set.
+    """
+    parse_dtype(dtype)
+    spec = get_preset(preset)
+    bench = PreparedBenchmark(Path(out_dir))
+    settings = _settings(spec, flavour, seed, dtype)
+    if not force and is_prepared(bench, settings):
+        return bench
+    generate_corpus(bench.corpus_dir, flavour=flavour, seed=seed, sizes=spec.sizes)
+    corpus = load_corpus(bench.corpus_dir)
+    tokenizer = train_tokenizer(corpus.forget + corpus.retain + corpus.holdout, spec.model.vocab_size)
+    tokenizer.save_pretrained(bench.tokenizer_dir)
+    report = {}
+    for name, docs, out in (("target", corpus.forget + corpus.retain, bench.target_dir),
+                            ("retrain", corpus.retain, bench.retrain_dir)):
+        model = build_model(spec.model, tokenizer, seed)
+        start = time.perf_counter()
+        losses = train_from_scratch(model, tokenizer, docs, spec.train, seed, desc=f"train {name}",
+                                    progress=progress)
+        seconds = time.perf_counter() - start
+        report[name] = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_seconds": round(seconds, 1),
+            "final_train_loss": round(losses[-1], 4),
+            "epoch_losses": [round(x, 4) for x in losses],
+            "greedy_forget_token_match": round(greedy_memorisation(model, tokenizer, corpus), 4),
+        }
+        save_model(model.to(parse_dtype(dtype)), tokenizer, out)
+    atomic_write_yaml(bench.settings_file, settings | {
+        "results": report,
+        "corpus": corpus.summary(),
+        "versions": {"qunlearn": __version__, "torch": str(torch.__version__),
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+        "torch_threads": torch.get_num_threads(),
+    })
+    return bench
+
+
+def summary_lines(bench: PreparedBenchmark) -> list[str]:
+    """Human-readable summary of a prepared benchmark, with a greedy continuation of one forget prompt."""
+    info = read_yaml(bench.settings_file)
+    corpus = load_corpus(bench.corpus_dir)
+    lines = [f"benchmark: {bench.root}  (preset {info['preset']['name']}, flavour {info['flavour']}, "
+             f"seed {info['seed']}, dtype {info['dtype']})", "corpus:"]
+    lines += [f"  {k:<20} {v}" for k, v in corpus.summary().items()]
+    for name, res in info["results"].items():
+        lines.append(f"{name}: {res['parameters']:,} parameters, trained in {res['train_seconds']} s, "
+                     f"final train loss {res['final_train_loss']}, greedy token match on forget prompts "
+                     f"{100 * res['greedy_forget_token_match']:.1f}%")
+    model, tokenizer = load_model(bench.target_dir)
+    item = corpus.verbmem_forget[0]
+    prompt = tokenizer(item.prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    continuation = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    lines += ["greedy check (target, first forget prompt):", f"  prompt: ...{item.prompt[-60:]!r}",
+              f"  model:  {continuation!r}", f"  truth:  {item.gt[:len(continuation) + 10]!r}"]
+    return lines
