@@ -95,3 +95,46 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
         return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+DEFAULT_METHODS = ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr",
+                   "ga_sure", "ga_gdr_sure", "ga_klr_sure", "npo_sure", "npo_gdr_sure", "npo_klr_sure"]
+DEFAULT_QUANTIZERS = ["fp", "rtn8", "rtn4", "gptq4", "awq4"]
+DEFAULT_METRICS = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak", "utility"]
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """The embedded benchmark to prepare when a run names no target model."""
+
+    preset: str = "small"
+    flavour: str = "news"
+    seed: int = 0
+    dtype: str = "fp32"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One grid run: models (target, retrain, each method) × quantizers × metrics, stored under `out`.
+
+    With `target` unset, the embedded benchmark (`benchmark`) supplies target, retrain and corpus.
+    `unlearn` holds UnlearnSettings overrides (lr, epochs, profile, ...); `quantize` holds quantizer
+    options (group_size, n_samples, ...); `calibration` is 'generic' (retain+holdout) or 'forget'.
+    """
+
+    out: str
+    target: str | None = None
+    retrain: str | None = None
+    corpus: str | None = None
+    benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    quantizers: list[str] = field(default_factory=lambda: list(DEFAULT_QUANTIZERS))
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    codeflip_schemes: list[str] = field(default_factory=lambda: ["rtn4", "rtn8"])
+    calibration: str = "generic"
+    unlearn: dict[str, Any] = field(default_factory=dict)
+    quantize: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "fp32"
+    batch_size: int = 16
+    keep_quantized: bool = True

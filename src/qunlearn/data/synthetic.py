@@ -191,7 +191,8 @@ def generate_corpus(out_dir: str | Path, flavour: str = "news", seed: int = 0,
     icl_qa = [q for e in icl for q in questions(e)[:1]]
     atomic_write_json(out / "verbmem/forget.json", [_verbmem_item(d) for d in forget_docs])
     atomic_write_json(out / "knowmem/forget_qa.json", [q for e in forget for q in questions(e)])
-    atomic_write_json(out / "knowmem/retain_qa.json", [q for e in retain for q in questions(e)])
+    # KnowMem_r asks about as many retain entities as KnowMem_f asks about forget ones (evaluation cost).
+    atomic_write_json(out / "knowmem/retain_qa.json", [q for e in retain[: sizes.n_forget] for q in questions(e)])
     atomic_write_json(out / "knowmem/forget_qa_icl.json", icl_qa)
     atomic_write_json(out / "knowmem/retain_qa_icl.json", icl_qa)
     atomic_write_json(out / "privleak/forget.json", forget_docs)

@@ -1,0 +1,134 @@
+"""Parity of our RTN, GPTQ and AWQ with llm-compressor on the embedded tiny target (its own virtualenv).
+
+Setup:  python3 -m venv /tmp/lcvenv && /tmp/lcvenv/bin/pip install torch==2.13.0 llmcompressor
+Run:    /tmp/lcvenv/bin/python benchmarks/quant_parity.py --model BENCH/models/target --corpus BENCH/corpus
+Both sides use llm-compressor's symmetric int grid (scale = amax / 7.5 at 4 bits), fp32, static groups,
+no act-order, the same calibration sequences. Reports, per scheme, how many weights differ and by how many steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from qunlearn.quant.awq import AWQQuantizer  # noqa: E402
+from qunlearn.quant.calibration import calibration_sequences, calibration_texts  # noqa: E402
+from qunlearn.quant.gptq import GPTQQuantizer  # noqa: E402
+from qunlearn.quant.layers import target_linears  # noqa: E402
+from qunlearn.quant.rtn import rtn_codes, rtn_quantize  # noqa: E402
+
+BITS, DENOMINATOR = 4, 7.5
+
+
+def library_recipe(kind: str, group_size: int):
+    """llm-compressor modifiers for one scheme on a symmetric 4-bit group grid."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+
+    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
+        num_bits=BITS, type="int", symmetric=True, strategy="group", group_size=group_size))}
+    if kind == "rtn":
+        return QuantizationModifier(config_groups=groups, ignore=["lm_head"])
+    if kind == "gptq":
+        return GPTQModifier(config_groups=groups, ignore=["lm_head"], actorder=None, block_size=128, dampening_frac=0.01)
+    return [AWQModifier(duo_scaling=True, n_grid=20), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
+
+
+def library_weights(model) -> dict[str, torch.Tensor]:
+    """The dequantized weights llm-compressor's forward pass uses, per Linear."""
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+
+    out = {}
+    for name, module in target_linears(model).items():
+        args = module.quantization_scheme.weights
+        out[name] = fake_quantize(module.weight, module.weight_scale, getattr(module, "weight_zero_point", None), args)
+    return out
+
+
+def compare(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], steps: dict[str, torch.Tensor],
+            group_size: int) -> str:
+    """Weights that differ, and the largest difference in steps, over all layers."""
+    differ = total = 0
+    worst = 0.0
+    for name, w in ours.items():
+        diff = (w - theirs[name].to(w.dtype)).abs().reshape(w.shape[0], -1, group_size)
+        differ += int((diff > 0).sum())
+        total += w.numel()
+        worst = max(worst, float((diff / steps[name].unsqueeze(-1).clamp_min(1e-12)).max()))
+    return f"{differ}/{total} weights differ ({100 * differ / total:.3f}%), max {worst:.2f} steps"
+
+
+def perplexity(model, sequences: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return math.exp(sum(model(input_ids=s, labels=s).loss.item() for s in sequences) / len(sequences))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--group-size", type=int, default=16)
+    parser.add_argument("--n-samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--only", choices=["rtn", "gptq", "awq"], action="append")
+    args = parser.parse_args()
+    from llmcompressor import oneshot
+
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    texts = calibration_texts(corpus_dir=args.corpus)
+    sequences = calibration_sequences(tokenizer, texts, args.n_samples, args.seq_len)
+    held_out = calibration_sequences(tokenizer, texts, 64, args.seq_len, seed=1)[args.n_samples:]
+    dataset = Dataset.from_dict({"input_ids": [s[0].tolist() for s in sequences],
+                                 "attention_mask": [[1] * s.shape[1] for s in sequences]})
+    g = args.group_size
+    steps = {n: rtn_codes(m.weight, BITS, g, DENOMINATOR)[1] for n, m in target_linears(base).items()}
+    ours_make = {
+        "rtn": lambda m: [lin.weight.data.copy_(rtn_quantize(lin.weight, BITS, g, DENOMINATOR))
+                          for lin in target_linears(m).values()] and m,
+        "gptq": lambda m: GPTQQuantizer("gptq4", bits=BITS, group_size=g, denominator=DENOMINATOR,
+                                        n_samples=args.n_samples, seq_len=args.seq_len).quantize(m, tokenizer, texts),
+        "awq": lambda m: AWQQuantizer("awq4", bits=BITS, group_size=g, denominator=DENOMINATOR,
+                                      n_samples=args.n_samples, seq_len=args.seq_len).quantize(m, tokenizer, texts),
+    }
+    print(f"fp32 perplexity on held-out retain chunks: {perplexity(base, held_out):.4f}")
+    for kind in args.only or ["rtn", "gptq", "awq"]:
+        start = time.perf_counter()
+        ours = ours_make[kind](copy.deepcopy(base))
+        ours_s = time.perf_counter() - start
+        theirs = copy.deepcopy(base)
+        start = time.perf_counter()
+        try:
+            oneshot(model=theirs, recipe=library_recipe(kind, g), dataset=None if kind == "rtn" else dataset,
+                    num_calibration_samples=args.n_samples, max_seq_length=args.seq_len,
+                    shuffle_calibration_samples=False)
+        except Exception as err:  # record the library's failure and go on with the next scheme
+            print(f"{kind}: llm-compressor failed: {type(err).__name__}: {err}")
+            continue
+        theirs_s = time.perf_counter() - start
+        their_w = library_weights(theirs)
+        our_w = {n: m.weight.detach() for n, m in target_linears(ours).items()}
+        line = f"{kind}: {compare(our_w, their_w, steps, g)}; time ours {ours_s:.1f}s, llm-compressor {theirs_s:.1f}s"
+        if kind == "awq":
+            norm = "model.layers.0.input_layernorm.weight"
+            base_norm = base.state_dict()[norm]
+            our_s, their_s = base_norm / ours.state_dict()[norm], base_norm / theirs.state_dict()[norm]
+            line += f"; layer-0 qkv scales max rel. diff {float(((our_s - their_s).abs() / their_s).max()):.3g}"
+            for name, model in (("ours", ours), ("llm-compressor", theirs)):
+                line += f"; ppl {name} {perplexity(model, held_out):.4f}"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

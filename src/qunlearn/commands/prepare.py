@@ -1,0 +1,32 @@
+"""`qunlearn prepare`: build the embedded benchmark and print its summary."""
+
+from __future__ import annotations
+
+import argparse
+
+from qunlearn.config import PRESETS
+from qunlearn.data.synthetic import FLAVOURS
+from qunlearn.prepare import prepare_benchmark, summary_lines
+
+
+def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that prepares the embedded benchmark."""
+    parser.add_argument("--flavour", choices=FLAVOURS, default="news", help="corpus style (default: news)")
+    parser.add_argument("--seed", type=int, default=0, help="corpus and training seed (default: 0)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="small", help="model/corpus size (default: small)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="saved weight dtype (default: fp32)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if DIR holds the same settings")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("prepare", help="write the embedded benchmark: corpus, tokenizer, target, retrain")
+    parser.add_argument("--out", required=True, help="output directory")
+    add_benchmark_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    bench = prepare_benchmark(args.out, preset=args.preset, flavour=args.flavour, seed=args.seed,
+                              dtype=args.dtype, force=args.force)
+    print("\n".join(summary_lines(bench)))
+    return 0

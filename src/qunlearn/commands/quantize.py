@@ -1,0 +1,69 @@
+"""`qunlearn quantize`: fake-quantize a checkpoint with one scheme and save it (dequantized) with quantize.yaml."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from qunlearn.fileio import atomic_write_yaml
+from qunlearn.models.io import load_model, save_model
+from qunlearn.quant.calibration import CALIBRATE_ON, calibration_texts
+from qunlearn.quant.registry import QUANTIZERS, get_quantizer
+
+
+def add_scheme_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by commands that build a quantizer: scheme, grid and calibration."""
+    parser.add_argument("--scheme", required=True, choices=list(QUANTIZERS), metavar="NAME",
+                        help=f"quantizer: {', '.join(QUANTIZERS)}")
+    parser.add_argument("--group-size", type=int, help="RTN/GPTQ/AWQ group size (default 128; -1 = per row)")
+    parser.add_argument("--calibration", help="calibration text file (documents separated by blank lines)")
+    parser.add_argument("--corpus", help="MUSE-layout corpus whose text calibrates GPTQ/AWQ")
+    parser.add_argument("--calibrate-on", choices=CALIBRATE_ON, default="generic",
+                        help="corpus text to calibrate on: retain+holdout (generic, default) or forget")
+    parser.add_argument("--n-samples", type=int, help="calibration sequences (default 128)")
+    parser.add_argument("--device", default=None, help="device for GPTQ/AWQ blocks (default: where the model is)")
+
+
+def build_quantizer(args: argparse.Namespace):
+    """The quantizer named by --scheme with the options given on the command line, and its calibration text."""
+    probe = get_quantizer(args.scheme)
+    options = {key: value for key, value in (("group_size", args.group_size), ("n_samples", args.n_samples),
+                                             ("device", args.device)) if value is not None}
+    quantizer = get_quantizer(args.scheme, **{k: v for k, v in options.items() if hasattr(probe, k)})
+    reason = quantizer.unavailable_reason()
+    if reason:
+        raise ValueError(f"--scheme {args.scheme} not available: {reason}")
+    texts = calibration_texts(args.calibration, args.corpus, args.calibrate_on)
+    if quantizer.needs_calibration and not texts:
+        raise ValueError(f"--scheme {args.scheme} needs calibration text: give --calibration FILE or --corpus DIR")
+    return quantizer, texts
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("quantize", help="fake-quantize a model (RTN, GPTQ, AWQ, bitsandbytes) and save it")
+    parser.add_argument("--model", required=True, help="input HF checkpoint directory")
+    parser.add_argument("--out", required=True, help="output checkpoint directory")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="load dtype (default fp32)")
+    add_scheme_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    quantizer, texts = build_quantizer(args)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    start = time.perf_counter()
+    model = quantizer.quantize(model, tokenizer, texts if quantizer.needs_calibration else None)
+    seconds = time.perf_counter() - start
+    out = save_model(model, tokenizer, args.out)
+    calibration = (args.calibration or (f"{args.corpus} ({args.calibrate_on})" if args.corpus else None)
+                   if quantizer.needs_calibration else None)
+    atomic_write_yaml(Path(out) / "quantize.yaml", {
+        "source": str(args.model), "scheme": args.scheme, "dtype": args.dtype,
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items()},
+        "calibration": calibration, "calibration_docs": len(texts) if calibration else 0,
+        "seconds": round(seconds, 3),
+    })
+    print(f"{args.scheme}: quantized {args.model} in {seconds:.1f}s → {out}")
+    return 0

@@ -1,0 +1,48 @@
+"""`qunlearn run --config RUN.yaml`: the grid for real models and data (or the embedded benchmark)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qunlearn.config import RunConfig, from_dict
+from qunlearn.fileio import read_yaml
+from qunlearn.pipeline import RESULTS_FILE, config_hash, finished_cells, run_grid
+from qunlearn.report import write_report
+
+
+def load_run_config(path: str | Path, out: str | None = None) -> RunConfig:
+    """Read a run config YAML; `out` (from --out) overrides the file's `out`."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of run settings")
+    if out is not None:
+        data["out"] = out
+    if "out" not in data:
+        raise ValueError(f"{path}: field 'out' (the output directory) is required, or pass --out")
+    return from_dict(RunConfig, data, str(path))
+
+
+def run_and_report(config: RunConfig, resume: bool, progress: bool = True) -> dict[str, Path]:
+    """Run the grid (refusing to mix with earlier results unless resuming) and write the report."""
+    results = Path(config.out) / RESULTS_FILE
+    if not resume and finished_cells(results, config_hash(config)):
+        raise ValueError(f"{results} already holds results of this run; pass --resume to continue it "
+                         "or choose another --out")
+    run_grid(config, progress=progress)
+    written = write_report(Path(config.out), config_hash(config))
+    print(f"report: {written['report.md']} and {written['report.html']}")
+    return written
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("run", help="run methods × quantizers × metrics from a YAML config, then report")
+    parser.add_argument("--config", required=True, help="run config YAML (see examples/)")
+    parser.add_argument("--out", help="output directory (overrides the config's 'out')")
+    parser.add_argument("--resume", action="store_true", help="continue a run: skip every finished cell")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    run_and_report(load_run_config(args.config, args.out), resume=args.resume)
+    return 0

@@ -1,0 +1,1 @@
+"""Quantizers (RTN, GPTQ, AWQ, bitsandbytes) that fake-quantize a model's Linear weights, and the code-flip diagnostic."""

@@ -1,0 +1,186 @@
+"""AWQ (Lin et al. 2024) on the RTN grid: activation-aware per-channel scales folded into the previous op.
+
+Follows llm-compressor's AWQModifier: scales `s = mean|x|^α / (w_mean^(1-α) + 1e-4)` (duo scaling) or
+`mean|x|^α`, normalised by sqrt(max·min); α searched on a grid (the identity included) to minimise the
+parent module's output MSE with the balance layers fake-quantized as `Q(W·s)/s`; then the smooth op's
+weight is divided by `s` and the balance layers' weights multiplied by `s`, and all Linear layers get RTN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qunlearn.quant.base import BlockInput, CalibratedQuantizer, block_output
+from qunlearn.quant.rtn import (absmax_scales, default_denominator, effective_group_size, group_absmax, round_to_codes,
+                               rtn_quantize)
+
+
+@dataclass
+class Mapping:
+    """A smooth op whose output feeds the balance layers, and the parent module whose output error is measured."""
+
+    smooth: nn.Module
+    balances: list[nn.Linear]
+    parent: nn.Module
+
+
+def llama_mappings(block: nn.Module, linears: dict[str, nn.Linear]) -> list[Mapping]:
+    """The standard mappings of a Llama-style block, keeping those whose balance layers are all selected."""
+    attn, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
+    if attn is None or mlp is None or not hasattr(block, "input_layernorm"):
+        raise ValueError(f"AWQ needs Llama-style decoder blocks (self_attn, mlp, input_layernorm); got {type(block).__name__}")
+    candidates = [Mapping(block.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj], attn)]
+    if attn.v_proj.out_features == attn.o_proj.in_features:
+        candidates.append(Mapping(attn.v_proj, [attn.o_proj], attn.o_proj))
+    candidates.append(Mapping(block.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], mlp))
+    candidates.append(Mapping(mlp.up_proj, [mlp.down_proj], mlp.down_proj))
+    chosen = {id(m) for m in linears.values()}
+    return [m for m in candidates if all(id(b) in chosen for b in m.balances)]
+
+
+def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """Per input channel, the mean over output rows of |w| / max|w| of its quantization group."""
+    normalised = []
+    for w in weights:
+        absolute = w.float().abs()
+        normalised.append((absolute.reshape(w.shape[0], -1, group_size)
+                           / (group_absmax(w, group_size).unsqueeze(-1) + 1e-6)).reshape(w.shape))
+    return torch.cat(normalised).mean(dim=0)
+
+
+def scale_grid(n_grid: int, duo_scaling: bool) -> list[tuple[float, bool]]:
+    """(α, duo) pairs to try: with duo scaling, the identity (0, False) then n_grid-1 points of [0, 1]."""
+    if duo_scaling:
+        return [(0.0, False)] + [(i / (n_grid - 2), True) for i in range(n_grid - 1)]
+    return [(i / (n_grid - 1), False) for i in range(n_grid)]
+
+
+def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, ratio: float, duo: bool) -> torch.Tensor:
+    """The per-channel scale vector for one grid point, normalised so that max·min = 1."""
+    scales = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4) if duo else x_mean.pow(ratio).clamp(min=1e-4)
+    scales = scales / (scales.max() * scales.min()).sqrt()
+    return torch.nan_to_num(scales, nan=1.0, posinf=1.0)
+
+
+def search_scales(
+    balances: list[nn.Linear],
+    run_parent: Callable[[], list[torch.Tensor]],
+    x_mean: torch.Tensor,
+    bits: int,
+    group_size: int,
+    denominator: float | None = None,
+    n_grid: int = 20,
+    duo_scaling: bool = True,
+) -> tuple[torch.Tensor, float]:
+    """The scales (and α) minimising the parent's output MSE with balance weights set to Q(W·s)/s; weights restored."""
+    originals = [b.weight.detach().clone() for b in balances]
+    reference = run_parent()
+    w_mean = weight_means(originals, effective_group_size(originals[0].shape[1], group_size))
+    best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
+    try:
+        for ratio, duo in scale_grid(n_grid, duo_scaling):
+            scales = candidate_scales(x_mean, w_mean, ratio, duo).to(originals[0].dtype)
+            for layer, w in zip(balances, originals):
+                layer.weight.copy_(rtn_quantize(w * scales, bits, group_size, denominator) / scales)
+            outputs = run_parent()
+            error = sum(((o.float() - r.float()) ** 2).sum() for o, r in zip(outputs, reference)).item()
+            error /= sum(r.numel() for r in reference)
+            if error < best[0]:
+                best = (error, scales.clone(), ratio)
+    finally:
+        for layer, w in zip(balances, originals):
+            layer.weight.copy_(w)
+    if best[1] is None:
+        raise ValueError("AWQ: no finite output error in the scale search (NaN in the parent's outputs?)")
+    return best[1], best[2]
+
+
+def apply_scales(mapping: Mapping, scales: torch.Tensor) -> None:
+    """Fold `scales` in: the smooth op's output divided by s, the balance layers' inputs multiplied by s."""
+    smooth = mapping.smooth
+    if smooth.weight.dim() == 1:
+        smooth.weight.div_(scales)
+    else:
+        smooth.weight.div_(scales.view(-1, 1))
+    if getattr(smooth, "bias", None) is not None:
+        smooth.bias.div_(scales)
+    for layer in mapping.balances:
+        layer.weight.mul_(scales.view(1, -1))
+
+
+def search_clip(
+    w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int, denominator: float | None = None,
+    n_grid: int = 20, max_shrink: float = 0.5,
+) -> torch.Tensor:
+    """Per-group clipping thresholds (rows, groups) minimising ‖Q(clip(W))x − Wx‖ per group over a shrink grid."""
+    den = default_denominator(bits) if denominator is None else denominator
+    amax = group_absmax(w, group_size)
+    rows, groups = amax.shape
+    grouped = w.float().reshape(rows, groups, -1)
+    xg = x.reshape(-1, groups, grouped.shape[-1]).float()
+    reference = torch.einsum("rgk,tgk->rgt", grouped, xg)
+    best_max, best_err = amax.clone(), torch.full_like(amax, float("inf"))
+    for i in range(int(max_shrink * n_grid)):
+        max_val = amax * (1 - i / n_grid)
+        step = absmax_scales(max_val, bits, den).unsqueeze(-1)
+        clipped = torch.clamp(grouped, -max_val.unsqueeze(-1), max_val.unsqueeze(-1))
+        quantized = round_to_codes(clipped, step, bits) * step
+        err = (torch.einsum("rgk,tgk->rgt", quantized, xg) - reference).pow(2).mean(dim=-1)
+        better = err < best_err
+        best_err, best_max = torch.where(better, err, best_err), torch.where(better, max_val, best_max)
+    return best_max
+
+
+def _collect_inputs(block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInput]) -> dict[str, list[tuple[tuple, dict]]]:
+    """Run the block once and record, per named module, its (args, kwargs) on every sample."""
+    seen: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in modules}
+    handles = [m.register_forward_pre_hook(lambda _m, a, k, name=name: seen[name].append((a, k)), with_kwargs=True)
+               for name, m in modules.items()]
+    try:
+        for hidden, kwargs in inputs:
+            block(hidden, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+@dataclass
+class AWQQuantizer(CalibratedQuantizer):
+    """AWQ per decoder block: scale search per mapping, scales folded in, optional clip search, then RTN."""
+
+    n_grid: int = 20
+    duo_scaling: bool = True
+    clip: bool = False
+    clip_tokens: int = 512
+
+    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
+        mappings = llama_mappings(block, linears)
+        parents = {f"parent{i}": m.parent for i, m in enumerate(mappings)}
+        firsts = {f"first{i}": m.balances[0] for i, m in enumerate(mappings)}
+        seen = _collect_inputs(block, {**parents, **firsts}, inputs)
+        for i, mapping in enumerate(mappings):
+            cached = seen[f"parent{i}"]
+            x = torch.cat([a[0].reshape(-1, a[0].shape[-1]) for a, _ in seen[f"first{i}"]])
+            scales, _ = search_scales(mapping.balances, lambda: [block_output(mapping.parent(*a, **k)) for a, k in cached],
+                                      x.float().abs().mean(dim=0), self.bits, self.group_size, self.denominator,
+                                      self.n_grid, self.duo_scaling)
+            apply_scales(mapping, scales)
+        if self.clip:
+            self._clip(block, linears, inputs)
+        for linear in linears.values():
+            linear.weight.copy_(rtn_quantize(linear.weight, self.bits, self.group_size, self.denominator))
+
+    def _clip(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
+        """Clip each weight group (except q/k, whose errors softmax amplifies) to its searched threshold."""
+        chosen = {n: m for n, m in linears.items() if not n.endswith(("q_proj", "k_proj"))}
+        seen = _collect_inputs(block, chosen, inputs)
+        for name, linear in chosen.items():
+            x = torch.cat([a[0].reshape(-1, a[0].shape[-1]) for a, _ in seen[name]])[: self.clip_tokens]
+            max_val = search_clip(linear.weight, x, self.bits, self.group_size, self.denominator).unsqueeze(-1)
+            grouped = linear.weight.reshape(max_val.shape[0], max_val.shape[1], -1)
+            linear.weight.copy_(torch.clamp(grouped, -max_val, max_val).reshape(linear.weight.shape))

@@ -1,0 +1,169 @@
+"""The quantizer interface, and the block-by-block driver that GPTQ and AWQ share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from qunlearn.quant.calibration import calibration_sequences
+from qunlearn.quant.layers import DEFAULT_SKIP, decoder_layers, target_linears
+from qunlearn.quant.rtn import rtn_codes, rtn_quantize
+
+BlockInput = tuple[torch.Tensor, dict[str, Any]]
+
+
+@dataclass
+class Quantizer(ABC):
+    """Fake-quantizes (writes dequantized weights in place, same dtype) the selected Linear layers of a model."""
+
+    name: str
+    skip: tuple[str, ...] = DEFAULT_SKIP
+    needs_calibration: ClassVar[bool] = False
+
+    def unavailable_reason(self) -> str | None:
+        """Why this quantizer cannot run here, or None when it can."""
+        return None
+
+    def available(self) -> bool:
+        """True when this quantizer can run in this environment."""
+        return self.unavailable_reason() is None
+
+    @abstractmethod
+    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+        """Quantize `model` in place and return it."""
+
+
+@dataclass
+class FullPrecision(Quantizer):
+    """The identity: the unquantized model, so 'fp' sits in the same grid as the real quantizers."""
+
+    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+        return model
+
+
+@dataclass
+class GridQuantizer(Quantizer):
+    """A quantizer whose weights land on the RTN grid (absmax per group, N-bit signed codes)."""
+
+    bits: int = 4
+    group_size: int = 128
+    denominator: float | None = None
+
+    def codes(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The RTN integer codes and per-group scales of one weight matrix under this grid."""
+        return rtn_codes(weight, self.bits, self.group_size, self.denominator)
+
+
+@dataclass
+class RTNQuantizer(GridQuantizer):
+    """Round-to-nearest on the grid: no calibration."""
+
+    @torch.no_grad()
+    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+        for linear in target_linears(model, self.skip).values():
+            linear.weight.copy_(rtn_quantize(linear.weight, self.bits, self.group_size, self.denominator))
+        return model
+
+
+@dataclass
+class CalibratedQuantizer(GridQuantizer):
+    """Runs calibration text through the model one decoder block at a time, quantizing each block in turn.
+
+    Only the current block's inputs are held; on an accelerator `device`, only the current block is moved
+    there. Each block's outputs are recomputed after quantization, so later blocks see quantized inputs.
+    Selected Linear layers outside the decoder blocks get plain RTN.
+    """
+
+    n_samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+    device: str | None = None
+    needs_calibration: ClassVar[bool] = True
+
+    @abstractmethod
+    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
+        """Quantize the selected Linear layers of one block in place, given the block's calibration inputs."""
+
+    @torch.no_grad()
+    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+        if tokenizer is None or not calibration_texts:
+            raise ValueError(f"{self.name} needs a tokenizer and calibration text")
+        seq_len = min(self.seq_len, getattr(model.config, "max_position_embeddings", self.seq_len))
+        sequences = calibration_sequences(tokenizer, calibration_texts, self.n_samples, seq_len, self.seed)
+        layers_name, layers = decoder_layers(model)
+        home = next(model.parameters()).device
+        device = torch.device(self.device) if self.device else home
+        selected = target_linears(model, self.skip)
+        in_blocks = set()
+        with _outside_blocks_on(model, layers, device):
+            inputs = capture_block_inputs(model, layers[0], sequences, device)
+        for index, block in enumerate(layers):
+            prefix = f"{layers_name}.{index}."
+            linears = {n[len(prefix):]: m for n, m in selected.items() if n.startswith(prefix)}
+            in_blocks.update(prefix + n for n in linears)
+            block.to(device)
+            self.quantize_block(block, linears, inputs)
+            inputs = [(block_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+            block.to(home)
+        for name, linear in selected.items():
+            if name not in in_blocks:
+                linear.weight.copy_(rtn_quantize(linear.weight, self.bits, self.group_size, self.denominator))
+        return model
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the first block's inputs are recorded."""
+
+
+def block_output(output: Any) -> torch.Tensor:
+    """The hidden states a decoder block returns (a tensor, or the first element of a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def capture_block_inputs(
+    model: nn.Module, first_block: nn.Module, sequences: list[torch.Tensor], device: torch.device
+) -> list[BlockInput]:
+    """Run each sequence up to the first decoder block and record that block's (hidden states, kwargs)."""
+    captured: list[BlockInput] = []
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}))
+        raise _StopForward
+
+    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for ids in sequences:
+            try:
+                model(input_ids=ids.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+class _outside_blocks_on:
+    """Context manager: every module outside the decoder blocks on `device` (and back home on exit)."""
+
+    def __init__(self, model: nn.Module, layers: nn.ModuleList, device: torch.device) -> None:
+        self.model, self.layers, self.device = model, layers, device
+        self.home = next(model.parameters()).device
+
+    def _move(self, device: torch.device) -> None:
+        blocks = {id(p) for p in self.layers.parameters()} | {id(b) for b in self.layers.buffers()}
+        for tensor in [*self.model.parameters(), *self.model.buffers()]:
+            if id(tensor) not in blocks:
+                tensor.data = tensor.data.to(device)
+
+    def __enter__(self) -> None:
+        if self.device != self.home:
+            self._move(self.device)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device != self.home:
+            self._move(self.home)

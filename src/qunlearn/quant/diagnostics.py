@@ -1,0 +1,74 @@
+"""Code-flip rate: how many quantized weights differ between two models of the same architecture under one quantizer.
+
+For grid quantizers (RTN) the integer codes of both models are compared directly, and the fraction of weights
+whose change |w_b − w_a| is below half a step (Δ_a/2) is reported: such a change can flip a code only across
+a rounding boundary. For the others (GPTQ, AWQ, bitsandbytes), both models are quantized (GPTQ/AWQ with the
+same calibration text) and a "flip" is a quantized weight whose value differs; the half-step fraction then
+uses the RTN grid of the same bit width and group size (GPTQ/AWQ), and is None for bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from qunlearn.quant.base import GridQuantizer, Quantizer, RTNQuantizer
+from qunlearn.quant.layers import target_linears
+from qunlearn.quant.registry import get_quantizer
+from qunlearn.quant.rtn import rtn_codes
+
+
+def _module_counts(w_a: torch.Tensor, w_b: torch.Tensor, flips: torch.Tensor, step: torch.Tensor | None) -> dict:
+    """Counts for one module: weights, flips, and weights that moved less than half a step (if a step is known)."""
+    counts = {"weights": w_a.numel(), "flips": int(flips.sum())}
+    if step is not None:
+        change = (w_b.float() - w_a.float()).abs().reshape(step.shape[0], step.shape[1], -1)
+        counts["below_half_step"] = int((change < step.unsqueeze(-1) / 2).sum())
+    return counts
+
+
+@torch.no_grad()
+def code_flips(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    quantizer: str | Quantizer,
+    tokenizer: Any = None,
+    calibration_texts: list[str] | None = None,
+) -> dict[str, Any]:
+    """Per-module and overall flip fraction (and below-half-step fraction) between two models under a quantizer."""
+    q = get_quantizer(quantizer) if isinstance(quantizer, str) else quantizer
+    linears_a, linears_b = target_linears(model_a, q.skip), target_linears(model_b, q.skip)
+    if linears_a.keys() != linears_b.keys():
+        raise ValueError("models differ in their Linear layers; code flips need the same architecture")
+    grid = q if isinstance(q, GridQuantizer) else None
+    if isinstance(q, RTNQuantizer):
+        quant_a, quant_b = linears_a, linears_b
+    else:
+        quant_a = target_linears(q.quantize(copy.deepcopy(model_a), tokenizer, calibration_texts), q.skip)
+        quant_b = target_linears(q.quantize(copy.deepcopy(model_b), tokenizer, calibration_texts), q.skip)
+    modules = {}
+    for name, lin_a in linears_a.items():
+        w_a, w_b = lin_a.weight, linears_b[name].weight
+        if w_a.shape != w_b.shape:
+            raise ValueError(f"{name}: shapes differ ({tuple(w_a.shape)} vs {tuple(w_b.shape)})")
+        step = rtn_codes(w_a, grid.bits, grid.group_size, grid.denominator)[1] if grid else None
+        if isinstance(q, RTNQuantizer):
+            flips = q.codes(w_a)[0] != q.codes(w_b)[0]
+        else:
+            flips = quant_a[name].weight != quant_b[name].weight
+        modules[name] = _module_counts(w_a, w_b, flips, step)
+    return summarise(q.name, modules)
+
+
+def summarise(scheme: str, modules: dict[str, dict]) -> dict[str, Any]:
+    """Add fractions per module and the totals over all modules."""
+    total = {key: sum(m[key] for m in modules.values()) for key in ("weights", "flips", "below_half_step")
+             if all(key in m for m in modules.values())}
+    for counts in [*modules.values(), total]:
+        counts["flip_fraction"] = counts["flips"] / max(1, counts["weights"])
+        if "below_half_step" in counts:
+            counts["below_half_step_fraction"] = counts["below_half_step"] / max(1, counts["weights"])
+    return {"scheme": scheme, "overall": total, "modules": modules}

@@ -1,0 +1,120 @@
+"""GPTQ (Frantar et al. 2023) on the RTN grid: column-by-column quantization with Hessian-weighted error feedback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qunlearn.quant.base import BlockInput, CalibratedQuantizer
+from qunlearn.quant.rtn import absmax_scales, default_denominator, effective_group_size, group_absmax, round_to_codes
+
+
+class HessianAccumulator:
+    """Accumulates H = (2/N)·Σ xxᵀ over the N input rows (tokens) a Linear layer sees, in fp32."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add a batch of inputs (..., in_features)."""
+        rows = x.reshape(-1, x.shape[-1]).float()
+        self.sums = rows.T @ rows if self.sums is None else self.sums + rows.T @ rows
+        self.count += rows.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        """(2/N)·Σ xxᵀ."""
+        if self.sums is None:
+            raise ValueError("GPTQ: no calibration input reached this layer")
+        return self.sums * (2.0 / self.count)
+
+
+def upper_cholesky_of_inverse(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹."""
+    damped = hessian + damp * torch.mean(torch.diag(hessian)) * torch.eye(hessian.shape[0], device=hessian.device)
+    try:
+        lower = torch.linalg.cholesky(damped)
+        return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+    except torch.linalg.LinAlgError:
+        raise ValueError(f"GPTQ: Hessian not positive definite with dampening {damp}; raise damp") from None
+
+
+def gptq_quantize(
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int,
+    group_size: int = 128,
+    denominator: float | None = None,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+    static_groups: bool = True,
+) -> torch.Tensor:
+    """Fake-quantized `w` (out × in) by GPTQ with input Hessian `hessian` (in × in), returned in `w`'s dtype.
+
+    Static groups take each group's scale from the original weights (so the grid equals RTN's); dynamic
+    groups take it from the error-updated weights when the group's first column is reached. Dead input
+    columns (zero Hessian diagonal) are set to zero. With `act_order`, columns go in decreasing diag(H).
+    """
+    weight = w.detach().float().clone()
+    columns = weight.shape[1]
+    g = effective_group_size(columns, group_size)
+    den = default_denominator(bits) if denominator is None else denominator
+    scales = absmax_scales(group_absmax(weight, g), bits, denominator)
+    hessian = hessian.float().clone()
+    dead = torch.diag(hessian) == 0
+    hessian[dead, dead] = 1
+    weight[:, dead] = 0
+    group_of = torch.arange(columns, device=weight.device) // g
+    perm = torch.argsort(torch.diag(hessian), descending=True) if act_order else None
+    if perm is not None:
+        weight, hessian = weight[:, perm], hessian[perm][:, perm]
+        group_of = group_of[perm] if static_groups else group_of
+    hinv = upper_cholesky_of_inverse(hessian, damp)
+    quantized = torch.zeros_like(weight)
+    for i1 in range(0, columns, block_size):
+        i2 = min(i1 + block_size, columns)
+        block = weight[:, i1:i2].clone()
+        errors = torch.zeros_like(block)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if not static_groups and col % g == 0:
+                current = torch.cat([block[:, i:], weight[:, i2:]], dim=1)[:, :g]
+                scales[:, group_of[col]] = current.abs().amax(dim=1) / den
+            step = scales[:, group_of[col]]
+            q = round_to_codes(block[:, i], step, bits) * step
+            quantized[:, col] = q
+            err = (block[:, i] - q) / hinv[col, col]
+            block[:, i:] -= err.unsqueeze(1) * hinv[col, col:i2].unsqueeze(0)
+            errors[:, i] = err
+        weight[:, i2:] -= errors @ hinv[i1:i2, i2:]
+    if perm is not None:
+        quantized = quantized[:, torch.argsort(perm)]
+    return quantized.to(w.dtype)
+
+
+@dataclass
+class GPTQQuantizer(CalibratedQuantizer):
+    """GPTQ per decoder block: Hessians from one pass of the block's inputs, then every selected Linear quantized."""
+
+    block_size: int = 128
+    damp: float = 0.01
+    act_order: bool = False
+    static_groups: bool = True
+
+    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
+        seen = {name: HessianAccumulator() for name in linears}
+        handles = [linear.register_forward_pre_hook(lambda _m, args, name=name: seen[name].add(args[0]))
+                   for name, linear in linears.items()]
+        try:
+            for hidden, kwargs in inputs:
+                block(hidden, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, linear in linears.items():
+            hessian = seen.pop(name).hessian()
+            linear.weight.copy_(gptq_quantize(linear.weight, hessian, self.bits, self.group_size, self.denominator,
+                                              self.block_size, self.damp, self.act_order, self.static_groups))

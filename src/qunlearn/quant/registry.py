@@ -1,0 +1,44 @@
+"""Quantizer names → specs: `get_quantizer("rtn4", group_size=64)` builds a configured quantizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from qunlearn.quant.awq import AWQQuantizer
+from qunlearn.quant.base import FullPrecision, Quantizer, RTNQuantizer
+from qunlearn.quant.bnb import BnbQuantizer
+from qunlearn.quant.gptq import GPTQQuantizer
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    """A registered quantizer: its class and the fixed settings its name stands for."""
+
+    cls: type[Quantizer]
+    settings: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+
+QUANTIZERS: dict[str, QuantizerSpec] = {
+    "fp": QuantizerSpec(FullPrecision, {}, "full precision (no quantization)"),
+    **{f"rtn{b}": QuantizerSpec(RTNQuantizer, {"bits": b}, f"{b}-bit absmax round-to-nearest") for b in (8, 4, 3, 2)},
+    **{f"gptq{b}": QuantizerSpec(GPTQQuantizer, {"bits": b}, f"{b}-bit GPTQ") for b in (8, 4, 3)},
+    "awq4": QuantizerSpec(AWQQuantizer, {"bits": 4}, "4-bit AWQ"),
+    **{f"bnb-{f}": QuantizerSpec(BnbQuantizer, {"fmt": f}, f"bitsandbytes {f.upper()}") for f in ("int8", "fp4", "nf4")},
+}
+
+
+def get_quantizer(name: str, **options: Any) -> Quantizer:
+    """A quantizer by registered name, with options (group_size, skip, n_samples, …) overriding its defaults."""
+    try:
+        spec = QUANTIZERS[name]
+    except KeyError:
+        raise ValueError(f"unknown quantizer '{name}'; choose one of {', '.join(QUANTIZERS)}") from None
+    allowed = {f.name for f in fields(spec.cls)} - {"name"} - set(spec.settings)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+    if "skip" in options:
+        options["skip"] = tuple(options["skip"])
+    return spec.cls(name=name, **spec.settings, **options)

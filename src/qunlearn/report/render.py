@@ -1,0 +1,166 @@
+"""Render a `Report` as Markdown, CSV, JSON and one self-contained HTML page (inline CSS, plots as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from dataclasses import dataclass
+from itertools import groupby
+from typing import TYPE_CHECKING
+
+from qunlearn.report.tables import Report, Table
+
+if TYPE_CHECKING:
+    from qunlearn.report.plots import Plot
+
+MISSING = "–"
+
+HEADLINE_NOTE = (
+    "Retained = a model's score as a % of the reference, the target under the same quantizer (not the "
+    "full-precision target); – where a score is missing or the target's score is 0. Means are over the models "
+    "with a defined ratio under that quantizer."
+)
+MUSE_NOTE = (
+    "VerbMem_f and KnowMem_f: ROUGE-L F1 × 100 on the forget set (lower = more forgotten). KnowMem_r: the same on "
+    "the retain set (higher = more utility kept). PrivLeak: (AUC − AUC_retrain) / AUC_retrain in % (0 is ideal; "
+    "strongly negative = still remembered). – = not computed."
+)
+UTILITY_NOTE = "KnowMem_r (ROUGE-L F1 × 100) and raw perplexity on retain and holdout text."
+CODEFLIP_NOTE = (
+    "Percentage of quantized integer codes that differ from the target's under the same quantizer: near 0 means "
+    "quantizing the unlearned model gives back the quantized target. Moved < ½ step: percentage of weights that "
+    "moved less than half a quantization step."
+)
+NOTES = {"headline": HEADLINE_NOTE, "muse": MUSE_NOTE, "utility": UTILITY_NOTE, "codeflip": CODEFLIP_NOTE}
+
+CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; margin: 2rem auto;
+       max-width: 72rem; padding: 0 1rem; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #d8dee8; }
+.summary { font-size: 1.1rem; background: #eef4fb; border-left: 4px solid #3b78c2; padding: .6rem 1rem; }
+.note, .meta { color: #55606e; font-size: .9rem; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: .5rem 0; font-size: .85rem; }
+th, td { border: 1px solid #d8dee8; padding: .25rem .5rem; white-space: nowrap; }
+th { background: #f3f6fa; } td { text-align: right; font-variant-numeric: tabular-nums; }
+td:first-child { text-align: left; font-weight: 600; }
+td.missing { color: #a0a8b4; text-align: center; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #d8dee8; }
+figcaption { color: #55606e; font-size: .9rem; }
+"""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report, the same in every format: a heading, a note, then a table or plots."""
+
+    title: str
+    text: str
+    table: Table | None = None
+    plots: tuple[Plot, ...] = ()
+
+
+def sections(report: Report, plots: tuple[Plot, ...]) -> list[Section]:
+    """The report's parts in reading order: headline, plots, then each table."""
+    headline, *rest = report.tables
+    return [Section("Headline", HEADLINE_NOTE, headline), Section("Plots", "", plots=plots),
+            *(Section(table.title, NOTES[table.name], table) for table in rest)]
+
+
+def cell(value: float | None, fmt: str) -> str:
+    """A table cell as text: the number in the table's format, or "–" where it is missing."""
+    return MISSING if value is None else format(value, fmt)
+
+
+def _meta(report: Report) -> str:
+    """The line under the title: which run and how many results the report was built from."""
+    return f"Config hash: {report.config_hash or 'all (not filtered)'} · {report.n_records} results"
+
+
+def _markdown_table(table: Table) -> list[str]:
+    """A pipe table; a column's group label is prefixed to its header (Markdown has no spanning cells)."""
+    if not table.rows:
+        return ["No results yet."]
+    headers = ["model", *(f"{g} {c}".strip() for g, c in zip(table.groups, table.columns))]
+    lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * len(table.columns)]
+    lines += ["| " + " | ".join([label, *(cell(v, table.fmt) for v in values)]) + " |" for label, values in table.rows]
+    return lines
+
+
+def to_markdown(report: Report, plots: tuple[Plot, ...]) -> str:
+    """The report as Markdown; plots are linked by their path relative to the output folder."""
+    lines = ["# qunlearn report", "", _meta(report), "", f"**{report.headline['summary']}**"]
+    for section in sections(report, plots):
+        lines += ["", f"## {section.title}", ""] + ([section.text, ""] if section.text else [])
+        if section.table is not None:
+            lines += _markdown_table(section.table)
+        lines += [f"![{plot.caption}]({plot.path})\n" for plot in section.plots]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_csv(report: Report) -> str:
+    """Every table in long form (table, row, group, column, value); a missing value is an empty field."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["table", "row", "group", "column", "value"])
+    for table in report.tables:
+        for label, values in table.rows:
+            for group, column, value in zip(table.groups, table.columns, values):
+                writer.writerow([table.name, label, group, column, "" if value is None else repr(value)])
+    return buffer.getvalue()
+
+
+def to_json(report: Report) -> dict:
+    """The report as plain data: the headline as computed, and every table (None for a missing value)."""
+    return {
+        "config_hash": report.config_hash,
+        "n_records": report.n_records,
+        "headline": report.headline,
+        "tables": {t.name: {"title": t.title,
+                            "columns": [{"group": g, "label": c} for g, c in zip(t.groups, t.columns)],
+                            "rows": {label: list(values) for label, values in t.rows}} for t in report.tables},
+    }
+
+
+def _html_table(table: Table) -> str:
+    """A table with a spanning header row for the column groups (quantizers or metrics)."""
+    if not table.rows:
+        return "<p class='note'>No results yet.</p>"
+    esc = html.escape
+    columns = "".join(f"<th>{esc(c)}</th>" for c in table.columns)
+    if any(table.groups):
+        spans = "".join(f"<th colspan={len(list(span))}>{esc(g)}</th>" for g, span in groupby(table.groups))
+        head = f"<tr><th rowspan=2>model</th>{spans}</tr><tr>{columns}</tr>"
+    else:
+        head = f"<tr><th>model</th>{columns}</tr>"
+    body = ["<tr><td>" + esc(label) + "</td>"
+            + "".join("<td class='missing'>–</td>" if v is None else f"<td>{cell(v, table.fmt)}</td>" for v in values)
+            + "</tr>" for label, values in table.rows]
+    return f"<div class='scroll'><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>"
+
+
+def _html_plot(plot: Plot) -> str:
+    """A figure with the PNG embedded as a base64 data URI, so the page needs no other file."""
+    data = base64.b64encode(plot.png).decode("ascii")
+    caption = html.escape(plot.caption)
+    return f"<figure><img alt='{caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
+
+
+def to_html(report: Report, plots: tuple[Plot, ...]) -> str:
+    """One self-contained page: inline CSS, tables, plots as data URIs; it makes no network request."""
+    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<title>qunlearn report</title><style>{CSS}</style></head><body>",
+             "<h1>qunlearn report</h1>", f"<p class='meta'>{html.escape(_meta(report))}</p>",
+             f"<p class='summary'>{html.escape(report.headline['summary'])}</p>"]
+    for section in sections(report, plots):
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<p class='note'>{html.escape(section.text)}</p>")
+        if section.table is not None:
+            parts.append(_html_table(section.table))
+        parts += [_html_plot(plot) for plot in section.plots]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

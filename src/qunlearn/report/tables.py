@@ -1,0 +1,217 @@
+"""The report's numbers as pure functions, records in → rows out: the MUSE table, the headline, utility, code flips.
+
+The headline (forgotten knowledge retained) is computed here and only here, in `headline()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import mean
+
+REFERENCES = ("target", "retrain")
+BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr")
+SURE_SUFFIX = "_sure"
+FULL_PRECISION = "fp"
+RETAINED_METRICS = ("knowmem_f", "verbmem_f")
+METRIC_LABELS = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f"}
+
+
+@dataclass(frozen=True)
+class Col:
+    """One table column: a metric's value (or one key of its `extra`), times `scale`."""
+
+    label: str
+    metric: str
+    extra: str | None = None
+    scale: float = 1.0
+    optional: bool = False  # dropped when no cell has a value
+
+
+@dataclass(frozen=True)
+class Table:
+    """A renderer-agnostic table: `groups[i]` is the spanning header of `columns[i]` ("" for none)."""
+
+    name: str
+    title: str
+    groups: tuple[str, ...]
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, tuple[float | None, ...]], ...]
+    fmt: str = ".1f"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The current results keyed by (model, quantizer, metric), with models and quantizers in display order."""
+
+    models: tuple[str, ...]
+    quantizers: tuple[str, ...]
+    cells: dict[tuple[str, str, str], dict]
+
+    def get(self, model: str, quantizer: str, col: Col) -> float | None:
+        """The cell's value for `col`, or None where it is missing or not a finite number."""
+        record = self.cells.get((model, quantizer, col.metric))
+        if record is None:
+            return None
+        value = record["value"] if col.extra is None else (record.get("extra") or {}).get(col.extra)
+        return _finite(value, col.scale)
+
+    def has(self, model: str, quantizer: str, metrics: tuple[str, ...]) -> bool:
+        """Whether any of `metrics` has a record for this model and quantizer."""
+        return any((model, quantizer, metric) in self.cells for metric in metrics)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the renderers and plots need, derived from one set of records."""
+
+    config_hash: str | None
+    n_records: int
+    quantizers: tuple[str, ...]
+    headline: dict
+    tables: tuple[Table, ...]
+    tradeoff: tuple[tuple[str, str, float, float], ...]
+
+
+def _finite(value: object, scale: float = 1.0) -> float | None:
+    """`value × scale` as a float, or None where it is not a finite number (NaN/inf never reach a report)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value) * scale
+
+
+def model_group(model: str) -> str:
+    """"reference" (target, retrain), "sure" (a `_sure` variant) or "baseline" (any other unlearned model)."""
+    if model in REFERENCES:
+        return "reference"
+    return "sure" if model.endswith(SURE_SUFFIX) else "baseline"
+
+
+def _model_key(model: str, first_seen: int) -> tuple[int, int, int]:
+    """Sort key: target, retrain, baselines, SURE variants; known methods in paper order, others as they came."""
+    group = model_group(model)
+    base = model.removesuffix(SURE_SUFFIX) if group == "sure" else model
+    known = (REFERENCES + BASELINES).index(base) if base in REFERENCES + BASELINES else None
+    rank = {"reference": 0, "baseline": 1, "sure": 2}[group]
+    return (rank, 0, known) if known is not None else (rank, 1, first_seen)
+
+
+def to_grid(records: list[dict]) -> Grid:
+    """Index records by cell; quantizers in order of first appearance with `fp` first, models in paper order."""
+    cells = {(r["model"], r["quantizer"], r["metric"]): r for r in records}
+    models = list(dict.fromkeys(r["model"] for r in records))
+    quantizers = list(dict.fromkeys(r["quantizer"] for r in records))
+    if FULL_PRECISION in quantizers:
+        quantizers.remove(FULL_PRECISION)
+        quantizers.insert(0, FULL_PRECISION)
+    ordered = sorted(models, key=lambda m: _model_key(m, models.index(m)))
+    return Grid(tuple(ordered), tuple(quantizers), cells)
+
+
+def _ratio(grid: Grid, model: str, quantizer: str, metric: str) -> float | None:
+    """`metric(model, q) / metric(target, q)` in %, or None when either is missing or the target's is 0."""
+    col = Col(metric, metric)
+    score, reference = grid.get(model, quantizer, col), grid.get("target", quantizer, col)
+    if score is None or reference is None or reference == 0:
+        return None
+    return 100.0 * score / reference
+
+
+def _group_mean(per_model: dict[str, dict[str, float | None]], group: str, quantizer: str) -> tuple[float | None, int]:
+    """Mean of the defined ratios of one group's models under one quantizer, and how many were averaged."""
+    values = [ratios[quantizer] for model, ratios in per_model.items()
+              if model_group(model) == group and ratios[quantizer] is not None]
+    return (mean(values) if values else None), len(values)
+
+
+def _summary(quantizers: list[str], knowmem: dict) -> str:
+    """One plain sentence in the paper's style: "full precision X% → rtn4 Y%" per group of methods."""
+    def part(quantizer: str, value: float | None) -> str:
+        name = "full precision" if quantizer == FULL_PRECISION else quantizer
+        return f"{name} {'–' if value is None else f'{value:.1f}%'}"
+
+    clauses = []
+    for group, name in (("baseline", "the baselines"), ("sure", "the SURE variants")):
+        if not any(knowmem["n"][group].values()):
+            continue
+        parts = [part(q, knowmem["mean"][group][q]) for q in quantizers]
+        if quantizers[0] == FULL_PRECISION and len(parts) > 1:
+            parts = [f"{parts[0]} → {parts[1]}", *parts[2:]]
+        clauses.append(f"over {name}: " + ", ".join(parts))
+    if not clauses:
+        return "No unlearned model has both its own and the target's KnowMem_f under one quantizer yet."
+    return ("Forgotten knowledge retained (KnowMem_f as a % of the target's under the same quantizer), averaged "
+            + "; ".join(clauses) + ".")
+
+
+def headline(grid: Grid) -> dict:
+    """Forgotten knowledge retained: each unlearned model's KnowMem_f and VerbMem_f as a % of the target's
+    under the same quantizer, per model and averaged over the baselines and over the SURE variants."""
+    quantizers = [q for q in grid.quantizers if any(grid.has(m, q, RETAINED_METRICS) for m in grid.models)]
+    result: dict = {"reference": "target under the same quantizer", "quantizers": quantizers}
+    for metric in RETAINED_METRICS:
+        per_model = {m: {q: _ratio(grid, m, q, metric) for q in quantizers} for m in grid.models
+                     if m != "target" and any(grid.has(m, q, (metric,)) for q in quantizers)}
+        stats = {g: {q: _group_mean(per_model, g, q) for q in quantizers} for g in ("baseline", "sure")}
+        result[metric] = {
+            "per_model": per_model,
+            "mean": {g: {q: value for q, (value, _) in by_q.items()} for g, by_q in stats.items()},
+            "n": {g: {q: count for q, (_, count) in by_q.items()} for g, by_q in stats.items()},
+        }
+    result["summary"] = _summary(quantizers, result["knowmem_f"])
+    return result
+
+
+def headline_table(head: dict) -> Table:
+    """The headline as a table: means first, then each unlearned model (retrain as a reference point)."""
+    quantizers = head["quantizers"]
+    metrics = [m for m in RETAINED_METRICS if head[m]["per_model"]]
+    row_labels = {"baseline": "mean of baselines", "sure": "mean of SURE variants"}
+    rows = [(label, tuple(head[m]["mean"][g][q] for m in metrics for q in quantizers))
+            for g, label in row_labels.items() if any(head[m]["n"][g][q] for m in metrics for q in quantizers)]
+    models = list(dict.fromkeys(model for m in metrics for model in head[m]["per_model"]))
+    rows += [(model, tuple(head[m]["per_model"].get(model, {}).get(q) for m in metrics for q in quantizers))
+             for model in models]
+    return Table("headline", "Forgotten knowledge retained (% of the target under the same quantizer)",
+                 tuple(f"{METRIC_LABELS[m]} retained" for m in metrics for _ in quantizers),
+                 tuple(q for _ in metrics for q in quantizers), tuple(rows))
+
+
+MUSE_COLS = (Col("VerbMem_f ↓", "verbmem_f"), Col("KnowMem_f ↓", "knowmem_f"),
+             Col("PrivLeak → 0", "privleak"), Col("KnowMem_r ↑", "knowmem_r"))
+UTILITY_COLS = (Col("KnowMem_r ↑", "knowmem_r"), Col("PPL retain ↓", "ppl_retain"),
+                Col("PPL holdout", "ppl_holdout"))
+CODEFLIP_COLS = (Col("codes flipped %", "codeflip", scale=100.0),
+                 Col("moved < ½ step %", "codeflip", extra="below_half_step", scale=100.0, optional=True))
+
+
+def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: str = ".1f") -> Table:
+    """Models × (quantizer × cols), keeping the models and quantizers that have any of the cols' metrics."""
+    metrics = tuple(dict.fromkeys(col.metric for col in cols))
+    quantizers = [q for q in grid.quantizers if any(grid.has(m, q, metrics) for m in grid.models)]
+    models = [m for m in grid.models if any(grid.has(m, q, metrics) for q in quantizers)]
+    cols = tuple(c for c in cols if not c.optional
+                 or any(grid.get(m, q, c) is not None for m in models for q in quantizers))
+    rows = tuple((m, tuple(grid.get(m, q, c) for q in quantizers for c in cols)) for m in models)
+    return Table(name, title, tuple(q for q in quantizers for _ in cols),
+                 tuple(c.label for _ in quantizers for c in cols), rows, fmt)
+
+
+def tradeoff_points(grid: Grid) -> tuple[tuple[str, str, float, float], ...]:
+    """(model, quantizer, KnowMem_f, KnowMem_r) for every cell that has both: utility vs forgetting."""
+    forget, retain = Col("", "knowmem_f"), Col("", "knowmem_r")
+    return tuple((m, q, grid.get(m, q, forget), grid.get(m, q, retain)) for m in grid.models for q in grid.quantizers
+                 if grid.get(m, q, forget) is not None and grid.get(m, q, retain) is not None)
+
+
+def build_report(records: list[dict], config_hash: str | None = None) -> Report:
+    """Every table of the report, the headline and the plot data, from the current records."""
+    grid = to_grid(records)
+    head = headline(grid)
+    tables = (
+        headline_table(head),
+        metric_table(grid, "muse", "MUSE metrics per quantizer", MUSE_COLS),
+        metric_table(grid, "utility", "Utility: KnowMem on the retain set and perplexities", UTILITY_COLS),
+        metric_table(grid, "codeflip", "Code flips against the target", CODEFLIP_COLS, fmt=".3g"),
+    )
+    return Report(config_hash, len(records), grid.quantizers, head, tables, tradeoff_points(grid))

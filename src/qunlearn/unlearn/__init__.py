@@ -1,0 +1,1 @@
+"""Unlearning: losses (GA, NPO, GDR, KLR), the method registry, SURE saliency, and one accelerate trainer."""

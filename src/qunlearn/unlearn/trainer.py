@@ -1,0 +1,499 @@
+"""One training loop for every unlearning method, on HF accelerate (CPU, one GPU, or `accelerate launch`).
+
+Weights are held in the chosen dtype (not autocast): bf16 storage decides which small updates survive,
+which is part of what the project studies. Data order is a pure function of (seed, epoch), and each epoch
+ends with an accelerate checkpoint (model, optimizer, RNG), so `resume` replays exactly what an
+uninterrupted run would have done. LR is constant (MUSE), AdamW with HF Trainer's defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from qunlearn import __version__
+from qunlearn.data.batches import collate, tokenize_documents
+from qunlearn.data.muse import Corpus, load_corpus
+from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
+from qunlearn.models.io import load_model, parse_dtype
+from qunlearn.unlearn.losses import LossTerm
+from qunlearn.unlearn.methods import PROFILES, Method, get_method
+from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
+
+SETTINGS_FILE = "unlearn.yaml"
+LOSSES_FILE = "losses.json"
+SALIENCY_FILE = "saliency.json"
+CHECKPOINTS = "checkpoints"
+
+
+class LossNotFiniteError(FloatingPointError):
+    """A loss or gradient norm became NaN/inf (GA can diverge); the message names the step."""
+
+
+@dataclass(frozen=True)
+class UnlearnSettings:
+    """Every setting of one run; fields left None take the method's defaults for `profile` (see methods.py).
+
+    `batch_size` is the per-device micro-batch; the effective batch is batch_size × grad_accum × processes
+    (when batch_size is None it is derived from the profile's effective batch).
+    """
+
+    profile: str = "embedded"
+    lr: float | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    grad_accum: int = 1
+    max_length: int | None = None
+    dtype: str | None = None
+    seed: int = 0
+    beta: float | None = None
+    retain_weight: float | None = None
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    saliency_gamma: float | None = None
+    saliency_percentile: float | None = None
+    saliency_batches: int | None = None
+    keep_checkpoints: bool = False
+
+    def resolve(self, method: Method, num_processes: int = 1) -> UnlearnSettings:
+        """Fill every None with the method's default and validate the result."""
+        if self.profile not in PROFILES:
+            raise ValueError(
+                f"--profile: unknown profile '{self.profile}'; choose one of {', '.join(PROFILES)}"
+            )
+        defaults = method.defaults(self.profile)
+        filled = {
+            f.name: getattr(defaults, f.name)
+            for f in fields(defaults)
+            if f.name in {g.name for g in fields(self)} and getattr(self, f.name) is None
+        }
+        if self.batch_size is None:
+            filled["batch_size"] = max(1, defaults.batch_size // (self.grad_accum * num_processes))
+        if self.saliency_gamma is not None:  # a γ given as a value replaces the default percentile
+            filled.pop("saliency_percentile", None)
+        resolved = replace(self, **filled)
+        resolved.validate(method)
+        return resolved
+
+    def validate(self, method: Method) -> None:
+        """Reject impossible values with the option's name."""
+        parse_dtype(self.dtype)
+        positive = {
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "beta": self.beta,
+        }
+        for name, value in positive.items():
+            if value is None or not value > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.max_length < 2:
+            raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
+        if self.retain_weight < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("--retain-weight, --weight-decay and --grad-clip must not be negative")
+        saliency = (self.saliency_gamma, self.saliency_percentile, self.saliency_batches)
+        if not method.sure and any(v is not None for v in saliency):
+            raise ValueError(f"saliency options apply to SURE methods only, not '{method.name}'")
+        if method.sure and (self.saliency_gamma is None) == (self.saliency_percentile is None):
+            raise ValueError("SURE needs exactly one of --saliency-gamma or --saliency-percentile")
+        if self.saliency_batches is not None and self.saliency_batches < 1:
+            raise ValueError(f"--saliency-batches must be at least 1, got {self.saliency_batches}")
+
+
+@dataclass
+class _State:
+    """What an epoch checkpoint records besides model, optimizer and RNG."""
+
+    epoch: int = 0
+    step: int = 0
+    tokens: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _order(n: int, seed: int, epoch: int, stream: int, length: int) -> list[int]:
+    """`length` indices drawn as consecutive permutations of range(n), a pure function of (seed, epoch, stream)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7 + stream)
+    out: list[int] = []
+    while len(out) < length:
+        out += torch.randperm(n, generator=generator).tolist()
+    return out[:length]
+
+
+def _micro_batches(chunks: list[list[int]], order: list[int], size: int, pad_id: int) -> list[dict]:
+    """Collated batches of `size` chunks taken in `order`."""
+    return [collate([chunks[i] for i in order[s : s + size]], pad_id) for s in range(0, len(order), size)]
+
+
+def _epoch_steps(
+    forget: list[list[int]],
+    retain: list[list[int]] | None,
+    s: UnlearnSettings,
+    epoch: int,
+    pad_id: int,
+    rank: int,
+    world: int,
+) -> Iterator[list[tuple[dict, dict | None]]]:
+    """This process's (forget, retain) micro-batches of each optimizer step of `epoch`."""
+    n_micro = _micro_count(len(forget), s, world)
+    forget_order = _order(len(forget), s.seed, epoch, 0, n_micro * s.batch_size)
+    forget_order = forget_order[: len(forget)] if world == 1 else forget_order
+    retain_order = _order(len(retain), s.seed, epoch, 1, len(forget_order)) if retain else None
+    per_step = s.grad_accum * world
+    for start in range(0, n_micro, per_step):
+        mine = range(start + rank, min(start + per_step, n_micro), world)
+        step = []
+        for m in mine:
+            idx = slice(m * s.batch_size, (m + 1) * s.batch_size)
+            fb = collate([forget[i] for i in forget_order[idx]], pad_id)
+            rb = collate([retain[i] for i in retain_order[idx]], pad_id) if retain else None
+            step.append((fb, rb))
+        yield step
+
+
+def _micro_count(n_forget: int, s: UnlearnSettings, world: int) -> int:
+    """Forget micro-batches per epoch, rounded up so that every process gets the same number."""
+    return math.ceil(math.ceil(n_forget / s.batch_size) / world) * world
+
+
+def _count_steps(n_forget: int, s: UnlearnSettings, world: int) -> int:
+    """Optimizer steps per epoch."""
+    return math.ceil(_micro_count(n_forget, s, world) / (s.grad_accum * world))
+
+
+def _forward(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+    """Logits of `model` on a collated batch."""
+    return model(
+        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    ).logits
+
+
+def _objective(
+    model,
+    ref,
+    forget_term: LossTerm,
+    retain_term: LossTerm | None,
+    weight: float,
+    fb: dict,
+    rb: dict | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = L_forget + λ·L_retain on one micro-batch pair; returns the total and its parts (detached)."""
+
+    def term(fn: LossTerm, batch: dict) -> torch.Tensor:
+        logits = _forward(model, batch, device)
+        ref_logits = None
+        if fn.needs_reference:
+            with torch.no_grad():
+                ref_logits = _forward(ref, batch, device)
+        return fn(logits, batch["labels"].to(device), ref_logits)
+
+    forget = term(forget_term, fb)
+    parts = {"forget": forget.detach()}
+    total = forget
+    if retain_term is not None:
+        retain = term(retain_term, rb)
+        parts["retain"] = retain.detach()
+        total = forget + weight * retain
+    return total, parts
+
+
+def _describe(parts: dict[str, torch.Tensor]) -> str:
+    """'loss (forget=nan, retain=0.51)' for an error message."""
+    return "loss (" + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()) + ")"
+
+
+def _check_finite(value: float, what: str, step: int, epoch: int) -> None:
+    """Stop with an error naming the step when a loss or gradient norm is NaN/inf (GA can diverge)."""
+    if not math.isfinite(value):
+        raise LossNotFiniteError(
+            f"{what} became {value} at step {step} (epoch {epoch + 1}); "
+            "lower --lr, raise --retain-weight, or use fewer epochs"
+        )
+
+
+@dataclass
+class _Stepper:
+    """Everything one optimizer step needs: models, optimizer, trainable parameters, loss terms, settings."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    ref: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    trainable: list[torch.nn.Parameter]
+    forget_term: LossTerm
+    retain_term: LossTerm | None
+    settings: UnlearnSettings
+
+    def __call__(self, micro: list[tuple[dict, dict | None]], state: _State, epoch: int) -> dict[str, float]:
+        """Accumulate gradients over the micro-batches, clip, step; returns the step's mean loss terms."""
+        acc, n = self.accelerator, len(micro)
+        sums: dict[str, float] = {}
+        for i, (fb, rb) in enumerate(micro):
+            with acc.no_sync(self.model) if i < n - 1 else nullcontext():
+                loss, parts = _objective(
+                    self.model,
+                    self.ref,
+                    self.forget_term,
+                    self.retain_term,
+                    self.settings.retain_weight,
+                    fb,
+                    rb,
+                    acc.device,
+                )
+                _check_finite(loss.item(), _describe(parts), state.step + 1, epoch)
+                acc.backward(loss / n)
+            for key, value in (parts | {"loss": loss.detach()}).items():
+                sums[key] = sums.get(key, 0.0) + value.item() / n
+            state.tokens += int(fb["attention_mask"].sum()) + (int(rb["attention_mask"].sum()) if rb else 0)
+        clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
+        grad_norm = float(acc.clip_grad_norm_(self.trainable, clip))
+        _check_finite(grad_norm, "gradient norm", state.step + 1, epoch)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        reduced = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), "mean")
+        return {k: round(float(v), 6) for k, v in zip(sums, reduced)} | {"grad_norm": round(grad_norm, 6)}
+
+
+def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
+    """Keep an earlier run of ours when resuming, clear it otherwise; refuse a non-empty directory of another kind."""
+    if (out_dir / SETTINGS_FILE).is_file():
+        if not resume:
+            shutil.rmtree(out_dir)
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"--out {out_dir}: directory exists and is not an unlearning run; choose a new one")
+
+
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete epoch checkpoint in `out_dir`, if any."""
+    done = sorted(
+        (p for p in (out_dir / CHECKPOINTS).glob("epoch-*") if p.suffix != ".tmp"),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    return done[-1] if done else None
+
+
+def _save_checkpoint(accelerator: Accelerator, out_dir: Path, state: _State) -> None:
+    """Model, optimizer, RNG and loop state after an epoch; written under a temp name, then renamed."""
+    final = out_dir / CHECKPOINTS / f"epoch-{state.epoch}"
+    tmp = final.with_suffix(".tmp")
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        atomic_write_json(tmp / "loop_state.json", asdict(state))
+        tmp.rename(final)
+        for old in (out_dir / CHECKPOINTS).glob("epoch-*"):
+            if old != final:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _record(
+    out_dir: Path,
+    method: Method,
+    target_dir: Path,
+    corpus: Corpus,
+    settings: UnlearnSettings,
+    accelerator: Accelerator,
+    **extra: object,
+) -> None:
+    """Write unlearn.yaml: method, every resolved setting, environment, and `extra` (status, timings)."""
+    atomic_write_yaml(
+        out_dir / SETTINGS_FILE,
+        {
+            "method": method.name,
+            "forget_loss": method.forget,
+            "retain_term": method.retain,
+            "sure": method.sure,
+            "target": str(target_dir),
+            "corpus": str(corpus.root),
+            "settings": asdict(settings),
+            "num_processes": accelerator.num_processes,
+            "device": str(accelerator.device),
+            "effective_batch": settings.batch_size * settings.grad_accum * accelerator.num_processes,
+            "versions": {
+                "qunlearn": __version__,
+                "torch": str(torch.__version__),
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+        }
+        | extra,
+    )
+
+
+def _forget_saliency(
+    model, forget: list[list[int]], method: Method, s: UnlearnSettings, pad_id: int
+) -> Saliency:
+    """SURE's saliency pass at the target weights over the forget set (or its first `saliency_batches` batches)."""
+    batches = _micro_batches(forget, list(range(len(forget))), s.batch_size, pad_id)
+    batches = batches[: s.saliency_batches] if s.saliency_batches else batches
+    return compute_saliency(
+        model, batches, method.forget_term(s.beta), s.saliency_gamma, s.saliency_percentile
+    )
+
+
+def unlearn(
+    target_dir: str | Path,
+    corpus: Corpus | str | Path,
+    method: str | Method,
+    out_dir: str | Path,
+    settings: UnlearnSettings | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Unlearn `corpus.forget` from the target with `method`; writes an HF checkpoint and run records to `out_dir`.
+
+    Outputs: model + tokenizer (safetensors), unlearn.yaml (every setting, status, timings), losses.json
+    (per-step loss curve), saliency.json for SURE. With `resume`, continues from the last epoch
+    checkpoint (same result as an uninterrupted run); a finished run is returned as is.
+    """
+    method = get_method(method) if isinstance(method, str) else method
+    corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
+    target_dir, out_dir = Path(target_dir), Path(out_dir)
+    accelerator = Accelerator()
+    settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
+    if accelerator.is_main_process:
+        _prepare_out_dir(out_dir, resume)
+    accelerator.wait_for_everyone()
+    previous = read_yaml(out_dir / SETTINGS_FILE) if resume and (out_dir / SETTINGS_FILE).is_file() else None
+    if previous is not None:
+        if previous.get("settings") != asdict(settings) or previous.get("method") != method.name:
+            raise ValueError(
+                f"--resume: {out_dir / SETTINGS_FILE} was written with other settings or method; "
+                "rerun with the same options or without --resume"
+            )
+        if previous.get("status") == "complete":
+            return out_dir
+    set_seed(settings.seed)
+
+    model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu")
+    pad_id = tokenizer.pad_token_id
+    forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
+    retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
+    if method.retain and not retain:
+        raise ValueError(
+            f"{corpus.root}: method '{method.name}' needs retain documents and the corpus has none"
+        )
+    model.to(accelerator.device)
+    ref = None
+    if method.needs_reference:
+        ref, _ = load_model(target_dir, dtype=settings.dtype, device=str(accelerator.device))
+        ref.requires_grad_(False)
+
+    if accelerator.is_main_process:
+        _record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")
+    saliency_seconds = 0.0
+    trainable = list(model.parameters())
+    if method.sure:
+        saliency_file = out_dir / SALIENCY_FILE
+        start = time.perf_counter()
+        if previous is not None and saliency_file.is_file():
+            selected = read_json(saliency_file)["selected"]
+        else:
+            found = _forget_saliency(model, forget, method, settings, pad_id)
+            selected = found.selected
+            if accelerator.is_main_process:
+                atomic_write_json(saliency_file, found.to_json())
+        saliency_seconds = time.perf_counter() - start
+        trainable = apply_mask(model, selected)
+
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = _State()
+    checkpoint = _latest_checkpoint(out_dir) if previous is not None else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = _State(**read_json(checkpoint / "loop_state.json"))
+
+    steps_per_epoch = _count_steps(len(forget), settings, accelerator.num_processes)
+    total = steps_per_epoch * settings.epochs
+    total = min(total, settings.max_steps) if settings.max_steps else total
+    stepper = _Stepper(
+        accelerator,
+        model,
+        ref,
+        optimizer,
+        trainable,
+        method.forget_term(settings.beta),
+        method.retain_term(),
+        settings,
+    )
+    model.train()
+    start, checkpoint_seconds = time.perf_counter(), 0.0
+    with tqdm(
+        total=total,
+        initial=state.step,
+        desc=f"unlearn {method.name}",
+        unit="step",
+        disable=not progress or not accelerator.is_main_process,
+    ) as bar:
+        for epoch in range(state.epoch, settings.epochs):
+            for micro in _epoch_steps(
+                forget, retain, settings, epoch, pad_id, accelerator.process_index, accelerator.num_processes
+            ):
+                if state.step >= total:
+                    break
+                entry = stepper(micro, state, epoch)
+                state.history.append({"step": state.step, "epoch": epoch + 1, **entry})
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k != "grad_norm"})
+            if state.step >= total and (state.step < (epoch + 1) * steps_per_epoch):
+                break
+            state.epoch = epoch + 1
+            saving = time.perf_counter()
+            _save_checkpoint(accelerator, out_dir, state)
+            checkpoint_seconds += time.perf_counter() - saving
+    train_seconds = time.perf_counter() - start - checkpoint_seconds
+    tokens = int(accelerator.reduce(torch.tensor(state.tokens, device=accelerator.device), "sum"))
+
+    if accelerator.is_main_process:
+        _save_final(accelerator.unwrap_model(model), tokenizer, out_dir)
+        atomic_write_json(out_dir / LOSSES_FILE, state.history)
+        if not settings.keep_checkpoints:
+            shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+        _record(
+            out_dir,
+            method,
+            target_dir,
+            corpus,
+            settings,
+            accelerator,
+            status="complete",
+            steps=state.step,
+            epochs_done=state.epoch,
+            tokens=tokens,
+            train_seconds=round(train_seconds, 3),
+            checkpoint_seconds=round(checkpoint_seconds, 3),
+            saliency_seconds=round(saliency_seconds, 3),
+            final=state.history[-1] if state.history else None,
+        )
+    accelerator.wait_for_everyone()
+    return out_dir
+
+
+def _save_final(model, tokenizer, out_dir: Path) -> None:
+    """Write model (safetensors) and tokenizer into `out_dir` file by file via a temp folder (each file atomic)."""
+    tmp = out_dir / ".final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for path in tmp.iterdir():
+        os.replace(path, out_dir / path.name)
+    tmp.rmdir()

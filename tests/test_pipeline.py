@@ -1,0 +1,115 @@
+"""The grid runner: cells persisted as they finish, resume recomputes nothing, bad configs named early."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qunlearn.cli import main
+from qunlearn.commands.run import load_run_config
+from qunlearn.config import BenchmarkSettings, RunConfig
+from qunlearn.fileio import append_jsonl
+from qunlearn.pipeline import Grid, config_hash, finished_cells, run_grid, validate
+from qunlearn.report import build_report, headline, load_results, to_grid
+
+
+def small_config(out: Path, bench_root: Path, **overrides) -> RunConfig:
+    """Two methods × fp/rtn4 × two metrics on the session's tiny benchmark (no retraining)."""
+    settings = dict(out=str(out), target=str(bench_root / "models/target"), retrain=str(bench_root / "models/retrain"),
+                    corpus=str(bench_root / "corpus"), methods=["ga", "ga_sure"], quantizers=["fp", "rtn4"],
+                    metrics=["knowmem_f", "verbmem_f"], codeflip_schemes=["rtn4"],
+                    unlearn={"epochs": 1}, batch_size=32)
+    return RunConfig(**settings | overrides)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_grid_fills_every_cell_once_and_resume_recomputes_nothing(tiny_benchmark, tmp_path):
+    config = small_config(tmp_path / "run", tiny_benchmark.root)
+    results = run_grid(config, progress=False)
+    first = records(results)
+    cells = {(r["model"], r["quantizer"], r["metric"]) for r in first}
+    models = ("target", "retrain", "ga", "ga_sure")
+    expected = {(m, q, k) for m in models for q in ("fp", "rtn4") for k in ("knowmem_f", "verbmem_f")}
+    assert cells == expected | {("ga", "rtn4", "codeflip"), ("ga_sure", "rtn4", "codeflip")}
+    assert len(first) == len(cells)
+    assert all(r["config_hash"] == config_hash(config) for r in first)
+    stamp = (tmp_path / "run/models/ga/model.safetensors").stat().st_mtime_ns
+    run_grid(config, progress=False)
+    assert records(results) == first
+    assert (tmp_path / "run/models/ga/model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_interrupted_grid_resumes_to_the_same_results(tiny_benchmark, tmp_path):
+    whole = small_config(tmp_path / "whole", tiny_benchmark.root, methods=["ga"])
+    run_grid(whole, progress=False)
+    part = small_config(tmp_path / "part", tiny_benchmark.root, methods=["ga"])
+    run_grid(part, progress=False)
+    lines = (tmp_path / "part/results.jsonl").read_text().splitlines()
+    # keep the first half and a line cut mid-write, as a crash would leave them
+    (tmp_path / "part/results.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n" + lines[-1][:20])
+    with pytest.warns(UserWarning, match="cut or corrupt"):
+        run_grid(part, progress=False)
+    key = lambda r: (r["model"], r["quantizer"], r["metric"])  # noqa: E731
+    resumed = {key(r): r["value"] for r in load_results(tmp_path / "part/results.jsonl")}
+    assert resumed == {key(r): r["value"] for r in load_results(tmp_path / "whole/results.jsonl")}
+    head = headline(to_grid(load_results(tmp_path / "part/results.jsonl")))
+    assert head == headline(to_grid(load_results(tmp_path / "whole/results.jsonl")))
+
+
+def test_changed_settings_do_not_reuse_old_cells(tiny_benchmark, tmp_path):
+    a = small_config(tmp_path, tiny_benchmark.root)
+    b = small_config(tmp_path, tiny_benchmark.root, unlearn={"epochs": 2})
+    assert config_hash(a) != config_hash(b)
+    assert config_hash(a) == config_hash(small_config(tmp_path, tiny_benchmark.root, methods=["npo"]))
+    append_jsonl(tmp_path / "results.jsonl", {"model": "target", "quantizer": "fp", "metric": "knowmem_f",
+                                              "value": 1.0, "config_hash": config_hash(a)})
+    assert finished_cells(tmp_path / "results.jsonl", config_hash(a)) == {("target", "fp", "knowmem_f")}
+    assert finished_cells(tmp_path / "results.jsonl", config_hash(b)) == set()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("methods", ["ga", "forgetful"], "unknown method(s) forgetful; valid: ga, ga_gdr"),
+    ("quantizers", ["rtn5x"], "unknown quantizer(s) rtn5x; valid: fp, rtn8"),
+    ("metrics", ["bleu"], "unknown metric(s) bleu; valid: verbmem_f"),
+    ("calibration", "web", "calibration must be 'generic' or 'forget'"),
+])
+def test_bad_config_names_are_listed_before_work(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(RunConfig(out=str(tmp_path), **{field: value}))
+
+
+def test_missing_model_directory_fails_before_any_work(tmp_path):
+    config = RunConfig(out=str(tmp_path / "out"), target=str(tmp_path / "absent"), corpus=str(tmp_path),
+                       retrain=str(tmp_path / "absent"), metrics=["knowmem_f"])
+    with pytest.raises(FileNotFoundError, match="target: .*absent: directory not found"):
+        Grid(config, progress=False).run()
+    assert not (tmp_path / "out/results.jsonl").exists()
+
+
+def test_run_config_yaml_errors_name_the_file_and_field(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("out: x\nmethodz: [ga]\n")
+    with pytest.raises(ValueError, match=r"run\.yaml: unknown field\(s\) methodz"):
+        load_run_config(path)
+    path.write_text("benchmark: {preset: tiny}\n")
+    assert load_run_config(path, out="y").benchmark == BenchmarkSettings(preset="tiny")
+    assert main(["run", "--config", str(tmp_path / "none.yaml")]) == 2
+
+
+def test_example_config_is_valid():
+    config = load_run_config(Path(__file__).parent.parent / "examples/muse-news-llama2-7b.yaml")
+    validate(config)
+    assert config.unlearn["profile"] == "muse" and "gptq4" in config.quantizers
+
+
+def test_report_headline_matches_results(tiny_benchmark, tmp_path):
+    config = small_config(tmp_path / "run", tiny_benchmark.root)
+    run_grid(config, progress=False)
+    assert main(["report", "--out", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run/report.json").read_text())
+    assert report["headline"] == build_report(load_results(tmp_path / "run/results.jsonl")).headline

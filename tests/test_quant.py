@@ -1,0 +1,301 @@
+"""Specification of quant/: the RTN grid, GPTQ, AWQ, bitsandbytes, the registry, code flips and the CLI."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from qunlearn.cli import main
+from qunlearn.fileio import read_json, read_yaml
+from qunlearn.models.io import load_model, save_model
+from qunlearn.quant.awq import apply_scales, llama_mappings, search_scales
+from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
+from qunlearn.quant.calibration import calibration_texts
+from qunlearn.quant.diagnostics import code_flips
+from qunlearn.quant.gptq import HessianAccumulator, gptq_quantize
+from qunlearn.quant.registry import QUANTIZERS, get_quantizer
+from qunlearn.quant.rtn import rtn_codes, rtn_quantize
+
+
+def row(*values: float) -> torch.Tensor:
+    return torch.tensor([values], dtype=torch.float32)
+
+
+# --- RTN: the seed's grid -------------------------------------------------------------------------------
+
+def test_seed_example_step_sizes():
+    w = row(200.0, -100.0, 37.4, 0.0)
+    assert rtn_codes(w, 4, group_size=4)[1].item() == 25.0  # 200 / 2^3
+    assert rtn_codes(w, 8, group_size=4)[1].item() == 1.5625  # 200 / 2^7
+
+
+def test_positive_maximum_is_clamped_to_the_top_code():
+    codes, _ = rtn_codes(row(200.0, -100.0, 37.4, 0.0), 4, group_size=4)
+    assert codes.tolist() == [[7, -4, 1, 0]]  # 200/25 = 8 → clamped to 2^3 - 1
+    assert rtn_quantize(row(200.0, -100.0, 37.4, 0.0), 4, group_size=4).tolist() == [[175.0, -100.0, 25.0, 0.0]]
+
+
+def test_negative_maximum_is_exact():
+    assert rtn_quantize(row(-200.0, 100.0, 12.4, 13.0), 4, group_size=4).tolist() == [[-200.0, 100.0, 0.0, 25.0]]
+
+
+def test_all_zero_group_stays_zero_and_groups_are_independent():
+    w = row(0.0, 0.0, 0.0, 0.0, 8.0, 3.0, -1.0, 0.9)
+    codes, scales = rtn_codes(w, 4, group_size=4)
+    assert scales.tolist() == [[0.0, 1.0]]
+    assert codes.tolist() == [[0, 0, 0, 0, 7, 3, -1, 1]]
+    assert rtn_quantize(w, 4, group_size=4).tolist() == [[0.0, 0.0, 0.0, 0.0, 7.0, 3.0, -1.0, 1.0]]
+
+
+def test_per_row_mode_and_non_dividing_group_fall_back_to_one_scale_per_row():
+    w = row(16.0, 1.0, 2.0, -3.0, 4.0, 5.0)
+    assert rtn_codes(w, 4, group_size=-1)[1].tolist() == [[2.0]]
+    with pytest.warns(UserWarning, match="does not divide"):
+        assert rtn_codes(w, 4, group_size=4)[1].tolist() == [[2.0]]
+
+
+def test_denominator_reproduces_the_amax_over_7_5_convention():
+    _, scales = rtn_codes(row(15.0, 1.0), 4, group_size=2, denominator=7.5)
+    assert scales.item() == 2.0
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_codes_fit_in_n_bits_and_dequantized_weights_lie_on_the_grid(bits):
+    w = torch.randn(16, 256, generator=torch.Generator().manual_seed(bits))
+    codes, scales = rtn_codes(w, bits)
+    assert codes.min() >= -(2 ** (bits - 1)) and codes.max() <= 2 ** (bits - 1) - 1
+    assert scales.shape == (16, 2)
+    q = rtn_quantize(w, bits)
+    assert torch.equal(q, (codes.float().reshape(16, 2, 128) * scales.unsqueeze(-1)).reshape(16, 256))
+    assert (q - w).abs().max() <= scales.max() * (1 + 1e-5)  # within one step (the clamped maximum)
+
+
+def test_any_dtype_in_same_dtype_out():
+    w = torch.randn(4, 128).to(torch.bfloat16)
+    assert rtn_quantize(w, 4).dtype == torch.bfloat16
+
+
+def test_bits_out_of_range_are_rejected():
+    with pytest.raises(ValueError, match="between 2 and 8"):
+        rtn_codes(torch.ones(1, 4), 9, group_size=4)
+
+
+# --- GPTQ -----------------------------------------------------------------------------------------------
+
+def correlated_inputs(tokens: int, width: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(tokens, width // 4, generator=gen) @ torch.randn(width // 4, width, generator=gen) \
+        + 0.1 * torch.randn(tokens, width, generator=gen)
+
+
+def hessian_of(x: torch.Tensor) -> torch.Tensor:
+    acc = HessianAccumulator()
+    acc.add(x)
+    return acc.hessian()
+
+
+@pytest.mark.parametrize("options", [{}, {"act_order": True}, {"static_groups": False}, {"block_size": 16}])
+def test_gptq_output_error_is_lower_than_rtn_on_the_same_grid(options):
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(1))
+    x = correlated_inputs(512, 128, seed=2)
+    rtn_error = torch.linalg.norm(x @ (w - rtn_quantize(w, 4, group_size=32)).T)
+    gptq_error = torch.linalg.norm(x @ (w - gptq_quantize(w, hessian_of(x), 4, group_size=32, **options)).T)
+    assert gptq_error < 0.8 * rtn_error
+
+
+def test_gptq_with_static_groups_stays_on_the_rtn_grid():
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(3))
+    q = gptq_quantize(w, hessian_of(correlated_inputs(256, 64, seed=4)), 3, group_size=16)
+    step = rtn_codes(w, 3, group_size=16)[1].repeat_interleave(16, dim=1)
+    codes = q / step
+    assert torch.allclose(codes, codes.round(), atol=1e-5) and codes.min() >= -4 and codes.max() <= 3
+
+
+def test_gptq_hessian_is_two_over_n_sum_xxt():
+    x = torch.tensor([[1.0, 0.0], [1.0, 2.0]])
+    assert hessian_of(x).tolist() == [[2.0, 2.0], [2.0, 4.0]]
+
+
+def test_gptq_zeroes_dead_columns():
+    x = correlated_inputs(128, 16, seed=5)
+    x[:, 3] = 0
+    q = gptq_quantize(torch.randn(4, 16), hessian_of(x), 4, group_size=-1)
+    assert torch.all(q[:, 3] == 0)
+
+
+# --- AWQ ------------------------------------------------------------------------------------------------
+
+def test_awq_scales_lower_output_error_with_salient_input_channels():
+    gen = torch.Generator().manual_seed(6)
+    layer = nn.Linear(64, 32, bias=False)
+    layer.weight.data = torch.randn(32, 64, generator=gen)
+    x = torch.randn(256, 64, generator=gen)
+    x[:, :4] *= 30  # a few salient channels
+    with torch.no_grad():
+        reference = layer(x)
+        scales, ratio = search_scales([layer], lambda: [layer(x)], x.abs().mean(0), 4, 32)
+        awq_out = (x / scales) @ rtn_quantize(layer.weight * scales, 4, 32).T
+        rtn_out = x @ rtn_quantize(layer.weight, 4, 32).T
+    assert ratio > 0
+    assert torch.equal(layer.weight, layer.weight.detach())  # weights restored after the search
+    assert (awq_out - reference).norm() < 0.9 * (rtn_out - reference).norm()
+
+
+def random_llama(layers: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                         vocab_size=97, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_awq_folding_scales_into_the_previous_op_preserves_the_model():
+    model = random_llama()
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        before = model(ids).logits
+        block = model.model.layers[0]
+        linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        mappings = llama_mappings(block, linears)
+        assert len(mappings) == 4  # norm→qkv, v→o, norm→gate/up, up→down
+        for mapping in mappings:
+            apply_scales(mapping, torch.rand(mapping.balances[0].in_features) + 0.5)
+        assert torch.allclose(model(ids).logits, before, atol=1e-4)
+
+
+# --- bitsandbytes ---------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(bnb_unavailable_reason() is not None, reason=str(bnb_unavailable_reason()))
+@pytest.mark.parametrize("fmt", ["fp4", "nf4"])
+def test_bnb_fake_4bit_gives_the_logits_of_the_real_bitsandbytes_model(fmt):
+    model = random_llama(layers=1)
+    ids = torch.randint(0, 97, (1, 10))
+    fake = BnbQuantizer(f"bnb-{fmt}", fmt=fmt).quantize(copy.deepcopy(model))
+    real = BnbQuantizer(f"bnb-{fmt}", fmt=fmt, real=True).quantize(copy.deepcopy(model))
+    assert type(real.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+    with torch.no_grad():
+        assert torch.equal(fake(ids).logits, real(ids).logits)
+        assert not torch.equal(fake(ids).logits, model(ids).logits)
+
+
+@pytest.mark.skipif(bnb_unavailable_reason() is not None, reason=str(bnb_unavailable_reason()))
+def test_bnb_int8_fake_weights_are_llm_int8_row_absmax():
+    w = torch.tensor([[127.0, 1.4, -0.6], [12.7, 0.04, -1.0]])  # per-row step: 1.0 and 0.1
+    model = nn.Sequential(nn.Linear(3, 2, bias=False))
+    model[0].weight.data = w.clone()
+    q = BnbQuantizer("bnb-int8", fmt="int8").quantize(model)[0].weight
+    assert torch.allclose(q, torch.tensor([[127.0, 1.0, -1.0], [12.7, 0.0, -1.0]]), atol=1e-2)
+
+
+def test_bnb_names_the_reason_when_unavailable():
+    assert "does not support device type 'mps'" in bnb_unavailable_reason("mps")
+    assert not BnbQuantizer("bnb-nf4", device="mps").available()
+
+
+# --- registry -------------------------------------------------------------------------------------------
+
+def test_registry_names_and_errors():
+    for name in ("fp", "rtn8", "rtn4", "rtn3", "rtn2", "gptq4", "gptq8", "awq4", "bnb-int8", "bnb-fp4", "bnb-nf4"):
+        assert name in QUANTIZERS
+    assert get_quantizer("rtn3", group_size=64).bits == 3
+    assert get_quantizer("gptq4").needs_calibration and not get_quantizer("rtn4").needs_calibration
+    with pytest.raises(ValueError, match="unknown quantizer 'rtn9'.*rtn4"):
+        get_quantizer("rtn9")
+    with pytest.raises(ValueError, match="unknown option"):
+        get_quantizer("rtn4", bits=3)
+
+
+def test_rtn_quantizer_skips_lm_head_by_default():
+    model = random_llama(layers=1)
+    head = model.lm_head.weight.clone()
+    q_proj = model.model.layers[0].self_attn.q_proj.weight.clone()
+    get_quantizer("rtn4").quantize(model)
+    assert torch.equal(model.lm_head.weight, head)
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, rtn_quantize(q_proj, 4))
+
+
+# --- code flips -----------------------------------------------------------------------------------------
+
+def test_code_flips_between_a_model_and_itself_are_zero():
+    model = random_llama(layers=1)
+    result = code_flips(model, model, "rtn4")
+    assert result["overall"]["flips"] == 0 and result["overall"]["below_half_step_fraction"] == 1.0
+
+
+def test_moving_one_weight_by_two_steps_flips_exactly_one_code():
+    a = random_llama(layers=1)
+    b = copy.deepcopy(a)
+    weight = b.model.layers[0].mlp.up_proj.weight
+    step = rtn_codes(weight, 4)[1][0, 0]
+    column = int(weight[0, :128].abs().argmin())  # far from the group maximum, so Δ is unchanged
+    with torch.no_grad():
+        weight[0, column] += 2 * step
+    result = code_flips(a, b, "rtn4")
+    assert result["overall"]["flips"] == 1
+    assert result["modules"]["model.layers.0.mlp.up_proj"]["flips"] == 1
+    assert result["overall"]["weights"] - result["overall"]["below_half_step"] == 1
+
+
+# --- through the tiny benchmark: calibrated quantizers, checkpoints, the CLI ------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tiny_benchmark):
+    model, tokenizer = load_model(tiny_benchmark.target_dir)
+    return model, tokenizer, calibration_texts(corpus_dir=tiny_benchmark.corpus_dir)
+
+
+def retain_loss(model, tokenizer, texts) -> float:
+    ids = tokenizer(" ".join(texts[:4]), return_tensors="pt")["input_ids"][:, :128]
+    with torch.no_grad():
+        return model(input_ids=ids, labels=ids).loss.item()
+
+
+@pytest.mark.parametrize("scheme", ["gptq3", "awq4"])
+def test_calibrated_quantizers_run_block_by_block_on_the_tiny_model(tiny, scheme):
+    model, tokenizer, texts = tiny
+    quantized = get_quantizer(scheme, n_samples=4, seq_len=64).quantize(copy.deepcopy(model), tokenizer, texts)
+    rtn = get_quantizer(f"rtn{scheme[-1]}").quantize(copy.deepcopy(model))
+    assert not torch.equal(quantized.model.layers[1].mlp.down_proj.weight, model.model.layers[1].mlp.down_proj.weight)
+    assert torch.equal(quantized.lm_head.weight, model.lm_head.weight)
+    assert retain_loss(quantized, tokenizer, texts) <= retain_loss(rtn, tokenizer, texts) + 0.05
+
+
+def test_calibrated_quantizer_without_text_says_so(tiny):
+    model, tokenizer, _ = tiny
+    with pytest.raises(ValueError, match="gptq4 needs a tokenizer and calibration text"):
+        get_quantizer("gptq4").quantize(copy.deepcopy(model), tokenizer, None)
+
+
+def test_quantized_checkpoint_reloads_with_the_same_logits(tiny, tmp_path):
+    model, tokenizer, texts = tiny
+    quantized = get_quantizer("rtn4").quantize(copy.deepcopy(model))
+    save_model(quantized, tokenizer, tmp_path / "q")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q").eval()
+    ids = tokenizer(texts[0], return_tensors="pt")["input_ids"][:, :64]
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, quantized(ids).logits)
+
+
+def test_cli_quantize_and_codeflips(tiny_benchmark, tmp_path, capsys):
+    out = tmp_path / "gptq"
+    assert main(["quantize", "--model", str(tiny_benchmark.target_dir), "--scheme", "gptq4", "--out", str(out),
+                 "--corpus", str(tiny_benchmark.corpus_dir), "--n-samples", "4"]) == 0
+    settings = read_yaml(out / "quantize.yaml")
+    assert settings["scheme"] == "gptq4" and settings["options"]["n_samples"] == 4
+    assert settings["calibration"].endswith("(generic)")
+    load_model(out)
+    flips = tmp_path / "flips.json"
+    assert main(["codeflips", "--a", str(tiny_benchmark.target_dir), "--b", str(tiny_benchmark.retrain_dir),
+                 "--scheme", "rtn4", "--out", str(flips)]) == 0
+    result = read_json(flips)
+    assert 0 < result["overall"]["flip_fraction"] < 1
+    assert "codes flipped" in capsys.readouterr().out
+
+
+def test_cli_rejects_calibrated_scheme_without_text(tiny_benchmark, tmp_path, capsys):
+    assert main(["quantize", "--model", str(tiny_benchmark.target_dir), "--scheme", "awq4",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--calibration FILE or --corpus DIR" in capsys.readouterr().err
