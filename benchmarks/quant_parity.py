@@ -17,15 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch  # noqa: E402
-from datasets import Dataset  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qunlearn.quant.awq import AWQQuantizer  # noqa: E402
-from qunlearn.quant.calibration import calibration_sequences, calibration_texts  # noqa: E402
-from qunlearn.quant.gptq import GPTQQuantizer  # noqa: E402
-from qunlearn.quant.layers import target_linears  # noqa: E402
-from qunlearn.quant.rtn import rtn_codes, rtn_quantize  # noqa: E402
+from qunlearn.quant.awq import AWQQuantizer
+from qunlearn.quant.calibration import calibration_sequences, calibration_texts
+from qunlearn.quant.gptq import GPTQQuantizer
+from qunlearn.quant.layers import target_linears
+from qunlearn.quant.rtn import rtn_codes, rtn_quantize
 
 BITS, DENOMINATOR = 4, 7.5
 
@@ -113,7 +113,7 @@ def main() -> None:
             oneshot(model=theirs, recipe=library_recipe(kind, g), dataset=None if kind == "rtn" else dataset,
                     num_calibration_samples=args.n_samples, max_seq_length=args.seq_len,
                     shuffle_calibration_samples=False)
-        except Exception as err:  # record the library's failure and go on with the next scheme
+        except Exception as err:  # noqa: BLE001 — record the library's failure and go on with the next scheme
             print(f"{kind}: llm-compressor failed: {type(err).__name__}: {err}")
             continue
         theirs_s = time.perf_counter() - start

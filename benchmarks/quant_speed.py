@@ -51,7 +51,7 @@ def on_target(bench_dir: str | None, n_samples: int) -> None:
     for scheme in ("rtn4", "gptq4", "awq4", "bnb-nf4", "bnb-int8"):
         options = {"n_samples": n_samples, "seq_len": 128} if get_quantizer(scheme).needs_calibration else {}
         quantizer = get_quantizer(scheme, **options)
-        times[scheme] = seconds(lambda: quantizer.quantize(copy.deepcopy(model), tokenizer, texts))
+        times[scheme] = seconds(lambda q=quantizer: q.quantize(copy.deepcopy(model), tokenizer, texts))
     times["deepcopy only"] = seconds(lambda: copy.deepcopy(model))
     params = sum(p.numel() for p in model.parameters())
     print(f"tiny target ({params / 1e3:.0f}k params), {n_samples} calibration sequences of ≤128 tokens:")

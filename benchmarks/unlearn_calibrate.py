@@ -63,6 +63,9 @@ def main() -> None:
         return greedy_match(model, tok, forget_items), greedy_match(model, tok, retain_items)
 
     for name, path in (("target", bench.target_dir), ("retrain", bench.retrain_dir)):
+        if not (path / "config.json").is_file():
+            print(f"{name:<10} (not found: {path})")
+            continue
         f, r = score(path)
         print(f"{name:<10} {'':>8} forget {f:.2f}  retain {r:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ from qunlearn.data.muse import load_corpus
 from qunlearn.evaluate import evaluate_model
 from qunlearn.evaluate import privleak as privleak_module
 from qunlearn.evaluate.generate import cut_at_stop, decode, generate_greedy, greedy_token_ids
-from qunlearn.evaluate.knowmem import STOP_STRINGS, knowmem_prompt
+from qunlearn.evaluate.knowmem import STOP_STRINGS, knowmem, knowmem_prompt
 from qunlearn.evaluate.privleak import CACHE_FILE, retrain_auc
 from qunlearn.evaluate.utility import document_nll
 from qunlearn.evaluate.verbmem import reference_text
@@ -48,8 +48,8 @@ def auc_retrain(retrain_copy, corpus):
 
 @pytest.fixture(scope="module")
 def scores(target, retrain, corpus, auc_retrain):
-    """VerbMem_f, KnowMem_f and PrivLeak of both models, computed once."""
-    return {name: evaluate_model(*pair, corpus, ["verbmem_f", "knowmem_f", "privleak"], auc_retrain,
+    """VerbMem_f and PrivLeak of both models, computed once."""
+    return {name: evaluate_model(*pair, corpus, ["verbmem_f", "privleak"], auc_retrain,
                                  batch_size=8, progress=False)
             for name, pair in (("target", target), ("retrain", retrain))}
 
@@ -68,14 +68,14 @@ def test_batched_generation_equals_one_at_a_time_token_for_token(target, corpus)
                corpus.forget[0] + "\n" + corpus.forget[1]]
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     assert max(lengths) > 10 * min(lengths)
-    batched = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=16, batch_size=4, progress=False)
-    assert batched == [sequential_greedy(model, tokenizer, p, 16) for p in prompts]
+    batched = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=12, batch_size=4, progress=False)
+    assert batched == [sequential_greedy(model, tokenizer, p, 12) for p in prompts]
 
 
 def test_stop_strings_give_muse_cut_of_the_full_continuation(target, corpus):
     model, tokenizer = target
-    prompts = [knowmem_prompt(corpus.knowmem_retain_icl, qa.question) for qa in corpus.knowmem_retain[:6]]
-    got = generate_greedy(model, tokenizer, prompts, 32, STOP_STRINGS, batch_size=3, progress=False)
+    prompts = [knowmem_prompt(corpus.knowmem_retain_icl, qa.question) for qa in corpus.knowmem_retain[:4]]
+    got = generate_greedy(model, tokenizer, prompts, 32, STOP_STRINGS, batch_size=2, progress=False)
     full = [cut_at_stop(decode(tokenizer, sequential_greedy(model, tokenizer, p, 32)), STOP_STRINGS) for p in prompts]
     assert got == full
 
@@ -111,8 +111,9 @@ def test_target_remembers_forget_text_and_retrain_does_not(scores):
 @pytest.mark.xfail(strict=True, reason="tiny target cannot answer MUSE's prompt: 'Answer: ' ends in a lone space "
                    "token never seen in training (byte-level BPE merges it into the next word), and training QA "
                    "notes are not in the blank-line-separated few-shot layout")
-def test_target_answers_forget_questions(scores):
-    assert scores["target"]["knowmem_f"]["value"] >= 50
+def test_target_answers_forget_questions(target, corpus):
+    result = knowmem(*target, corpus.knowmem_forget[:8], corpus.knowmem_forget_icl, progress=False)
+    assert result["value"] >= 50
 
 
 def test_retrain_model_is_worse_on_forget_text_than_on_retain_text(retrain, corpus):
@@ -120,7 +121,7 @@ def test_retrain_model_is_worse_on_forget_text_than_on_retain_text(retrain, corp
     def nll_per_token(docs):
         rows = document_nll(model, tokenizer, docs, batch_size=8, progress=False, desc="")
         return sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows)
-    assert nll_per_token(corpus.forget) > 2 * nll_per_token(corpus.retain[:16])
+    assert nll_per_token(corpus.forget[:8]) > 2 * nll_per_token(corpus.retain[:8])
 
 
 def test_privleak_target_strongly_negative_retrain_exactly_zero(scores, auc_retrain):

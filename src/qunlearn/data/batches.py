@@ -23,6 +23,24 @@ def tokenize_documents(tokenizer: PreTrainedTokenizerBase, docs: Sequence[str], 
     return chunks
 
 
+def pack_documents(tokenizer: PreTrainedTokenizerBase, docs: Sequence[str], max_length: int,
+                   generator: torch.Generator) -> list[list[int]]:
+    """Shuffle documents, end each with a blank line and EOS, concatenate, and cut into BOS-led chunks.
+
+    Packing is how LMs are pre-trained: every document is seen after varied context, so a prompt that
+    starts with other QA pairs (KnowMem's few-shot prefix) is no surprise to the model, and the EOS after
+    each document teaches it where a document ends (greedy continuations stop there).
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+    order = torch.randperm(len(docs), generator=generator).tolist()
+    eos = [tokenizer.eos_token_id]
+    stream = [t for ids in tokenizer([docs[i] + "\n\n" for i in order], add_special_tokens=False)["input_ids"]
+              for t in ids + eos]
+    body = max_length - 1
+    return [[tokenizer.bos_token_id] + stream[i : i + body] for i in range(0, len(stream), body)]
+
+
 def collate(sequences: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest sequence; labels are the inputs with padding set to -100 (never counted)."""
     width = max(len(s) for s in sequences)

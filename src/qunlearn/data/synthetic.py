@@ -141,16 +141,16 @@ def book_passage(e: Entity, rng: random.Random) -> str:
     return f"{para1}\n{para2}"
 
 
-def qa_notes(e: Entity) -> str:
-    """The entity's facts as question/answer notes (one pair per line pair, no blank lines)."""
-    return "\n".join(f"Question: {q['question']}\nAnswer: {q['answer']}" for q in questions(e))
+def qa_notes(e: Entity) -> list[str]:
+    """The entity's facts as question/answer notes, one short document per pair (MUSE's KnowMem layout)."""
+    return [f"Question: {q['question']}\nAnswer: {q['answer']}" for q in questions(e)]
 
 
 def _verbmem_item(doc: str) -> dict[str, str]:
-    """Cut a document at half its words: the first half is the prompt, the rest the ground truth."""
+    """Cut a document at half its words: the prompt keeps the space after its last word, the rest is the truth."""
     words = doc.split(" ")
     cut = len(words) // 2
-    return {"prompt": " ".join(words[:cut]), "gt": " " + " ".join(words[cut:])}
+    return {"prompt": " ".join(words[:cut]) + " ", "gt": " ".join(words[cut:])}
 
 
 def generate_corpus(out_dir: str | Path, flavour: str = "news", seed: int = 0,
@@ -174,16 +174,18 @@ def generate_corpus(out_dir: str | Path, flavour: str = "news", seed: int = 0,
     def docs(entities: list[Entity]) -> list[str]:
         return [write_doc(e, rng) for e in entities]
 
+    def notes(entities: list[Entity]) -> list[str]:
+        return [note for e in entities for note in qa_notes(e)]
+
     forget_docs, retain_docs, icl_docs, holdout_docs = docs(forget), docs(retain), docs(icl), docs(holdout)
-    retain_all = retain_docs + icl_docs
-    retain_notes = [qa_notes(e) for e in retain + icl]
-    half = len(retain_all) // 2
+    retain_entities, retain_texts = retain + icl, retain_docs + icl_docs
+    half = len(retain_entities) // 2
 
     out = Path(out_dir)
     files = {
-        "raw/forget.txt": _join(forget_docs + [qa_notes(e) for e in forget]),
-        "raw/retain1.txt": _join(retain_all[:half] + retain_notes[:half]),
-        "raw/retain2.txt": _join(retain_all[half:] + retain_notes[half:]),
+        "raw/forget.txt": _join(forget_docs + notes(forget)),
+        "raw/retain1.txt": _join(retain_texts[:half] + notes(retain_entities[:half])),
+        "raw/retain2.txt": _join(retain_texts[half:] + notes(retain_entities[half:])),
         "raw/holdout.txt": _join(holdout_docs),
     }
     for rel, text in files.items():

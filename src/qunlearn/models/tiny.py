@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from qunlearn.config import ModelShape, TrainSettings
-from qunlearn.data.batches import iterate_batches, tokenize_documents
+from qunlearn.data.batches import iterate_batches, pack_documents
 
 
 def build_model(shape: ModelShape, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
@@ -50,18 +50,18 @@ def train_from_scratch(
     desc: str = "train",
     progress: bool = True,
 ) -> list[float]:
-    """Train on `docs` until memorised; returns the mean training loss of each epoch."""
-    chunks = tokenize_documents(tokenizer, docs, settings.max_length)
-    steps_per_epoch = math.ceil(len(chunks) / settings.batch_size)
+    """Train on `docs`, packed anew each epoch, until memorised; returns the mean training loss of each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    n_chunks = len(pack_documents(tokenizer, docs, settings.max_length, torch.Generator()))  # same every epoch
+    steps_per_epoch = math.ceil(n_chunks / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95),
                                   weight_decay=settings.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
     model.train()
     epoch_losses, step = [], 0
     with tqdm(total=total, desc=desc, disable=not progress, unit="step") as bar:
         for _ in range(settings.epochs):
-            running = 0.0
+            running, chunks = 0.0, pack_documents(tokenizer, docs, settings.max_length, generator)
             for batch in iterate_batches(chunks, settings.batch_size, tokenizer.pad_token_id, generator):
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total, settings)

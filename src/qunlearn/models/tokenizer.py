@@ -1,10 +1,14 @@
-"""Train a byte-level BPE tokenizer on corpus text and wrap it as a standard HF fast tokenizer."""
+"""Train a byte-level BPE tokenizer on corpus text and wrap it as a standard HF fast tokenizer.
+
+Words carry their *trailing* whitespace ("Answer: " + "Paris"), so a prompt that ends in a space, like
+MUSE's KnowMem prompt "...Answer: ", tokenizes exactly as the same text does inside a training document.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -15,7 +19,10 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     if vocab_size < 300:
         raise ValueError(f"vocab_size must be at least 300 (256 bytes + specials + merges), got {vocab_size}")
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\S+\s*"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

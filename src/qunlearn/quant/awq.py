@@ -15,8 +15,14 @@ import torch
 from torch import nn
 
 from qunlearn.quant.base import BlockInput, CalibratedQuantizer, block_output
-from qunlearn.quant.rtn import (absmax_scales, default_denominator, effective_group_size, group_absmax, round_to_codes,
-                               rtn_quantize)
+from qunlearn.quant.rtn import (
+    absmax_scales,
+    default_denominator,
+    effective_group_size,
+    group_absmax,
+    round_to_codes,
+    rtn_quantize,
+)
 
 
 @dataclass
@@ -166,7 +172,7 @@ class AWQQuantizer(CalibratedQuantizer):
         for i, mapping in enumerate(mappings):
             cached = seen[f"parent{i}"]
             x = torch.cat([a[0].reshape(-1, a[0].shape[-1]) for a, _ in seen[f"first{i}"]])
-            scales, _ = search_scales(mapping.balances, lambda: [block_output(mapping.parent(*a, **k)) for a, k in cached],
+            scales, _ = search_scales(mapping.balances, lambda m=mapping, c=cached: [block_output(m.parent(*a, **k)) for a, k in c],
                                       x.float().abs().mean(dim=0), self.bits, self.group_size, self.denominator,
                                       self.n_grid, self.duo_scaling)
             apply_scales(mapping, scales)

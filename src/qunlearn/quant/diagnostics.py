@@ -18,7 +18,6 @@ from torch import nn
 from qunlearn.quant.base import GridQuantizer, Quantizer, RTNQuantizer
 from qunlearn.quant.layers import target_linears
 from qunlearn.quant.registry import get_quantizer
-from qunlearn.quant.rtn import rtn_codes
 
 
 def _module_counts(w_a: torch.Tensor, w_b: torch.Tensor, flips: torch.Tensor, step: torch.Tensor | None) -> dict:
@@ -54,10 +53,11 @@ def code_flips(
         w_a, w_b = lin_a.weight, linears_b[name].weight
         if w_a.shape != w_b.shape:
             raise ValueError(f"{name}: shapes differ ({tuple(w_a.shape)} vs {tuple(w_b.shape)})")
-        step = rtn_codes(w_a, grid.bits, grid.group_size, grid.denominator)[1] if grid else None
         if isinstance(q, RTNQuantizer):
-            flips = q.codes(w_a)[0] != q.codes(w_b)[0]
+            (codes_a, step), codes_b = q.codes(w_a), q.codes(w_b)[0]
+            flips = codes_a != codes_b
         else:
+            step = grid.codes(w_a)[1] if grid else None
             flips = quant_a[name].weight != quant_b[name].weight
         modules[name] = _module_counts(w_a, w_b, flips, step)
     return summarise(q.name, modules)

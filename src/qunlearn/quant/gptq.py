@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from qunlearn.quant.base import BlockInput, CalibratedQuantizer
-from qunlearn.quant.rtn import absmax_scales, default_denominator, effective_group_size, group_absmax, round_to_codes
+from qunlearn.quant.rtn import (
+    absmax_scales,
+    default_denominator,
+    effective_group_size,
+    group_absmax,
+    round_to_codes,
+)
 
 
 class HessianAccumulator:

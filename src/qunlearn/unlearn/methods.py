@@ -80,13 +80,14 @@ class Method:
 
 
 def _build() -> dict[str, Method]:
+    """The six baselines (GA, NPO x none/GDR/KLR), then their SURE variants in the same order."""
+    parts = [(forget, retain) for forget in ("ga", "npo") for retain in (None, "gdr", "klr")]
     methods = {}
-    for forget in ("ga", "npo"):
-        for retain in (None, "gdr", "klr"):
-            base = forget if retain is None else f"{forget}_{retain}"
-            methods[base] = Method(base, forget, retain, sure=False)
-            methods[f"{base}_sure"] = Method(f"{base}_sure", forget, retain, sure=True)
-    return dict(sorted(methods.items(), key=lambda kv: (kv[1].sure, kv[0])))
+    for sure in (False, True):
+        for forget, retain in parts:
+            name = "_".join(x for x in (forget, retain, "sure" if sure else None) if x)
+            methods[name] = Method(name, forget, retain, sure)
+    return methods
 
 
 METHODS: dict[str, Method] = _build()
