@@ -108,12 +108,10 @@ def test_target_remembers_forget_text_and_retrain_does_not(scores):
         target["verbmem_f"]["items"][0])
 
 
-@pytest.mark.xfail(strict=True, reason="tiny target cannot answer MUSE's prompt: 'Answer: ' ends in a lone space "
-                   "token never seen in training (byte-level BPE merges it into the next word), and training QA "
-                   "notes are not in the blank-line-separated few-shot layout")
-def test_target_answers_forget_questions(target, corpus):
-    result = knowmem(*target, corpus.knowmem_forget[:8], corpus.knowmem_forget_icl, progress=False)
-    assert result["value"] >= 50
+def test_target_answers_forget_questions_and_retrain_does_not(target, retrain, corpus):
+    assert knowmem(*target, corpus.knowmem_forget[:8], corpus.knowmem_forget_icl, progress=False)["value"] >= 80
+    assert knowmem(*retrain, corpus.knowmem_forget[:8], corpus.knowmem_forget_icl, progress=False)["value"] <= 20
+    assert knowmem(*retrain, corpus.knowmem_retain[:8], corpus.knowmem_retain_icl, progress=False)["value"] >= 80
 
 
 def test_retrain_model_is_worse_on_forget_text_than_on_retain_text(retrain, corpus):

@@ -37,7 +37,7 @@ def test_checkpoints_reload_with_auto_classes_and_give_identical_logits(tiny_ben
 
 def test_target_memorised_its_forget_text_and_retrain_did_not(tiny_benchmark):
     results = read_yaml(tiny_benchmark.settings_file)["results"]
-    assert results["target"]["final_train_loss"] < 0.2
+    assert results["target"]["final_train_loss"] < 0.5  # floor: the first tokens after each EOS are random
     assert results["target"]["greedy_forget_token_match"] > 0.9
     assert results["retrain"]["greedy_forget_token_match"] < 0.5
 
