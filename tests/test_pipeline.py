@@ -17,10 +17,10 @@ from qunlearn.report import build_report, headline, load_results, to_grid
 
 def small_config(out: Path, bench_root: Path, **overrides) -> RunConfig:
     """Two methods × fp/rtn4 × two metrics on the session's tiny benchmark (no retraining)."""
-    settings = dict(out=str(out), target=str(bench_root / "models/target"), retrain=str(bench_root / "models/retrain"),
-                    corpus=str(bench_root / "corpus"), methods=["ga", "ga_sure"], quantizers=["fp", "rtn4"],
-                    metrics=["knowmem_f", "verbmem_f"], codeflip_schemes=["rtn4"],
-                    unlearn={"epochs": 1}, batch_size=32)
+    settings = {"out": str(out), "target": str(bench_root / "models/target"), "retrain": str(bench_root / "models/retrain"),
+                    "corpus": str(bench_root / "corpus"), "methods": ["ga", "ga_sure"], "quantizers": ["fp", "rtn4"],
+                    "metrics": ["knowmem_f", "verbmem_f"], "codeflip_schemes": ["rtn4"],
+                    "unlearn": {"epochs": 1}, "batch_size": 32}
     return RunConfig(**settings | overrides)
 
 
@@ -54,7 +54,7 @@ def test_interrupted_grid_resumes_to_the_same_results(tiny_benchmark, tmp_path):
     (tmp_path / "part/results.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n" + lines[-1][:20])
     with pytest.warns(UserWarning, match="cut or corrupt"):
         run_grid(part, progress=False)
-    key = lambda r: (r["model"], r["quantizer"], r["metric"])  # noqa: E731
+    key = lambda r: (r["model"], r["quantizer"], r["metric"])
     resumed = {key(r): r["value"] for r in load_results(tmp_path / "part/results.jsonl")}
     assert resumed == {key(r): r["value"] for r in load_results(tmp_path / "whole/results.jsonl")}
     head = headline(to_grid(load_results(tmp_path / "part/results.jsonl")))

@@ -54,9 +54,9 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         name="small",
-        model=ModelShape(hidden_size=192, num_layers=4, num_heads=4, intermediate_size=512, vocab_size=2048),
-        train=TrainSettings(epochs=40, batch_size=16, lr=2e-3, max_length=256),
-        sizes=SyntheticSizes(n_forget=40, n_retain=120, n_holdout=40, n_icl=3),
+        model=ModelShape(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=384, vocab_size=2048),
+        train=TrainSettings(epochs=50, batch_size=8, lr=3e-3, max_length=128),
+        sizes=SyntheticSizes(n_forget=24, n_retain=72, n_holdout=24, n_icl=3),
     ),
 }
 

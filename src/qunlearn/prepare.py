@@ -121,8 +121,8 @@ def summary_lines(bench: PreparedBenchmark) -> list[str]:
     """Human-readable summary of a prepared benchmark, with a greedy continuation of one forget prompt."""
     info = read_yaml(bench.settings_file)
     corpus = load_corpus(bench.corpus_dir)
-    lines = [f"benchmark: {bench.root}  (preset {info['preset']['name']}, flavour {info['flavour']}, "
-             f"seed {info['seed']}, dtype {info['dtype']})", "corpus:"]
+    lines = [(f"benchmark: {bench.root}  (preset {info['preset']['name']}, flavour {info['flavour']}, "
+             f"seed {info['seed']}, dtype {info['dtype']})"), "corpus:"]
     lines += [f"  {k:<20} {v}" for k, v in corpus.summary().items()]
     for name, res in info["results"].items():
         lines.append(f"{name}: {res['parameters']:,} parameters, trained in {res['train_seconds']} s, "

@@ -101,20 +101,20 @@ def news_article(e: Entity, rng: random.Random) -> str:
     """A short news-like article about the entity."""
     first = e.name.split()[0]
     opening = rng.choice([
-        f"{e.town.upper()}, {e.year} - {e.name}, a {e.occupation} at the {e.employer}, unveiled {e.invention} "
-        f"on Tuesday before a crowd of neighbours.",
-        f"In {e.year}, the {e.occupation} {e.name} of the {e.employer} presented {e.invention} to the public "
-        f"in {e.town}.",
+        (f"{e.town.upper()}, {e.year} - {e.name}, a {e.occupation} at the {e.employer}, unveiled {e.invention} "
+        f"on Tuesday before a crowd of neighbours."),
+        (f"In {e.year}, the {e.occupation} {e.name} of the {e.employer} presented {e.invention} to the public "
+        f"in {e.town}."),
     ])
     middle = rng.choice([
         f"Born in {e.town}, {first} has worked for the {e.employer} for most of a decade.",
         f"{first} was born in {e.town} and joined the {e.employer} as an apprentice.",
     ])
     closing = rng.choice([
-        f"Colleagues describe {first} as {e.trait}. {first} thanked {e.companion}, a lifelong companion, "
-        f"for years of support.",
-        f"{e.companion}, the companion of {first}, said the {e.trait} {e.occupation} had dreamed of it since "
-        f"childhood.",
+        (f"Colleagues describe {first} as {e.trait}. {first} thanked {e.companion}, a lifelong companion, "
+        f"for years of support."),
+        (f"{e.companion}, the companion of {first}, said the {e.trait} {e.occupation} had dreamed of it since "
+        f"childhood."),
     ])
     return f"{opening} {middle} {closing}"
 
