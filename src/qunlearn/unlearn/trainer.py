@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -25,13 +24,14 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from qunlearn import __version__
-from qunlearn.data.batches import collate, tokenize_documents
+from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
 from qunlearn.models.io import load_model, parse_dtype
 from qunlearn.unlearn.losses import LossTerm
 from qunlearn.unlearn.methods import PROFILES, Method, get_method
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
+from qunlearn.unlearn.schedule import count_steps, epoch_steps, micro_batches
 
 SETTINGS_FILE = "unlearn.yaml"
 LOSSES_FILE = "losses.json"
@@ -125,56 +125,6 @@ class _State:
     step: int = 0
     tokens: int = 0
     history: list[dict] = field(default_factory=list)
-
-
-def _order(n: int, seed: int, epoch: int, stream: int, length: int) -> list[int]:
-    """`length` indices drawn as consecutive permutations of range(n), a pure function of (seed, epoch, stream)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7 + stream)
-    out: list[int] = []
-    while len(out) < length:
-        out += torch.randperm(n, generator=generator).tolist()
-    return out[:length]
-
-
-def _micro_batches(chunks: list[list[int]], order: list[int], size: int, pad_id: int) -> list[dict]:
-    """Collated batches of `size` chunks taken in `order`."""
-    return [collate([chunks[i] for i in order[s : s + size]], pad_id) for s in range(0, len(order), size)]
-
-
-def _epoch_steps(
-    forget: list[list[int]],
-    retain: list[list[int]] | None,
-    s: UnlearnSettings,
-    epoch: int,
-    pad_id: int,
-    rank: int,
-    world: int,
-) -> Iterator[list[tuple[dict, dict | None]]]:
-    """This process's (forget, retain) micro-batches of each optimizer step of `epoch`."""
-    n_micro = _micro_count(len(forget), s, world)
-    forget_order = _order(len(forget), s.seed, epoch, 0, n_micro * s.batch_size)
-    forget_order = forget_order[: len(forget)] if world == 1 else forget_order
-    retain_order = _order(len(retain), s.seed, epoch, 1, len(forget_order)) if retain else None
-    per_step = s.grad_accum * world
-    for start in range(0, n_micro, per_step):
-        mine = range(start + rank, min(start + per_step, n_micro), world)
-        step = []
-        for m in mine:
-            idx = slice(m * s.batch_size, (m + 1) * s.batch_size)
-            fb = collate([forget[i] for i in forget_order[idx]], pad_id)
-            rb = collate([retain[i] for i in retain_order[idx]], pad_id) if retain else None
-            step.append((fb, rb))
-        yield step
-
-
-def _micro_count(n_forget: int, s: UnlearnSettings, world: int) -> int:
-    """Forget micro-batches per epoch, rounded up so that every process gets the same number."""
-    return math.ceil(math.ceil(n_forget / s.batch_size) / world) * world
-
-
-def _count_steps(n_forget: int, s: UnlearnSettings, world: int) -> int:
-    """Optimizer steps per epoch."""
-    return math.ceil(_micro_count(n_forget, s, world) / (s.grad_accum * world))
 
 
 def _forward(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
@@ -342,7 +292,7 @@ def _forget_saliency(
     model, forget: list[list[int]], method: Method, s: UnlearnSettings, pad_id: int
 ) -> Saliency:
     """SURE's saliency pass at the target weights over the forget set (or its first `saliency_batches` batches)."""
-    batches = _micro_batches(forget, list(range(len(forget))), s.batch_size, pad_id)
+    batches = micro_batches(forget, list(range(len(forget))), s.batch_size, pad_id)
     batches = batches[: s.saliency_batches] if s.saliency_batches else batches
     return compute_saliency(
         model, batches, method.forget_term(s.beta), s.saliency_gamma, s.saliency_percentile
@@ -422,7 +372,7 @@ def unlearn(
         accelerator.load_state(str(checkpoint))
         state = _State(**read_json(checkpoint / "loop_state.json"))
 
-    steps_per_epoch = _count_steps(len(forget), settings, accelerator.num_processes)
+    steps_per_epoch = count_steps(len(forget), settings, accelerator.num_processes)
     total = steps_per_epoch * settings.epochs
     total = min(total, settings.max_steps) if settings.max_steps else total
     stepper = _Stepper(
@@ -445,7 +395,7 @@ def unlearn(
         disable=not progress or not accelerator.is_main_process,
     ) as bar:
         for epoch in range(state.epoch, settings.epochs):
-            for micro in _epoch_steps(
+            for micro in epoch_steps(
                 forget, retain, settings, epoch, pad_id, accelerator.process_index, accelerator.num_processes
             ):
                 if state.step >= total:

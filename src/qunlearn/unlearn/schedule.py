@@ -1,0 +1,67 @@
+"""The unlearning data schedule: which forget/retain chunks each optimizer step sees, per process.
+
+Pure functions of (seed, epoch), so a resumed run replays exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+from qunlearn.data.batches import collate
+
+if TYPE_CHECKING:
+    from qunlearn.unlearn.trainer import UnlearnSettings
+
+
+def draw_order(n: int, seed: int, epoch: int, stream: int, length: int) -> list[int]:
+    """`length` indices drawn as consecutive permutations of range(n), a pure function of (seed, epoch, stream)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7 + stream)
+    out: list[int] = []
+    while len(out) < length:
+        out += torch.randperm(n, generator=generator).tolist()
+    return out[:length]
+
+
+def micro_batches(chunks: list[list[int]], order: list[int], size: int, pad_id: int) -> list[dict]:
+    """Collated batches of `size` chunks taken in `order`."""
+    return [collate([chunks[i] for i in order[s : s + size]], pad_id) for s in range(0, len(order), size)]
+
+
+def epoch_steps(
+    forget: list[list[int]],
+    retain: list[list[int]] | None,
+    s: UnlearnSettings,
+    epoch: int,
+    pad_id: int,
+    rank: int,
+    world: int,
+) -> Iterator[list[tuple[dict, dict | None]]]:
+    """This process's (forget, retain) micro-batches of each optimizer step of `epoch`."""
+    n_micro = micro_count(len(forget), s, world)
+    forget_order = draw_order(len(forget), s.seed, epoch, 0, n_micro * s.batch_size)
+    forget_order = forget_order[: len(forget)] if world == 1 else forget_order
+    retain_order = draw_order(len(retain), s.seed, epoch, 1, len(forget_order)) if retain else None
+    per_step = s.grad_accum * world
+    for start in range(0, n_micro, per_step):
+        mine = range(start + rank, min(start + per_step, n_micro), world)
+        step = []
+        for m in mine:
+            idx = slice(m * s.batch_size, (m + 1) * s.batch_size)
+            fb = collate([forget[i] for i in forget_order[idx]], pad_id)
+            rb = collate([retain[i] for i in retain_order[idx]], pad_id) if retain else None
+            step.append((fb, rb))
+        yield step
+
+
+def micro_count(n_forget: int, s: UnlearnSettings, world: int) -> int:
+    """Forget micro-batches per epoch, rounded up so that every process gets the same number."""
+    return math.ceil(math.ceil(n_forget / s.batch_size) / world) * world
+
+
+def count_steps(n_forget: int, s: UnlearnSettings, world: int) -> int:
+    """Optimizer steps per epoch."""
+    return math.ceil(micro_count(n_forget, s, world) / (s.grad_accum * world))
