@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # One line per subcommand; a module's register(subparsers) adds its parser and sets `func`.
-COMMANDS = ["demo", "prepare", "run", "unlearn", "quantize", "codeflips", "evaluate", "report"]
+COMMANDS = ["demo", "prepare", "run", "unlearn", "quantize", "codeflips", "evaluate", "report", "audit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,10 +52,22 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], b
     return encoded
 
 
+def _is_stopped(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop_strings: Sequence[str]) -> bool:
+    """Whether the decoded continuation contains a stop string (decoding the whole text, as the cut does)."""
+    text = decode(tokenizer, ids)
+    return any(stop in text for stop in stop_strings)
+
+
 @torch.no_grad()
 def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[list[int]],
                   max_new_tokens: int, stop_strings: Sequence[str]) -> list[list[int]]:
-    """Greedy-decode one left-padded batch; each row stops at EOS, a stop string or `max_new_tokens`."""
+    """Greedy-decode one left-padded batch; each row stops at EOS, a stop string or `max_new_tokens`.
+
+    Per decoding step this does one forward on the rows still running: finished rows leave the batch (inputs,
+    mask, positions and KV cache are index-selected), and the step's attention mask is passed ready-made (the
+    same boolean padding mask transformers would build, or none once no running row is padded) so the model
+    does not rebuild it from the 2-D mask each step.
+    """
     eos = model.generation_config.eos_token_id
     eos_ids = set([eos] if isinstance(eos, int) else eos or [])
     width = max(len(ids) for ids in batch)
@@ -64,24 +76,33 @@ def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ba
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
     mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each prompt starts at position 0, as when alone
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.cache
+    keep_mask = mask.bool()  # (running rows, tokens so far): which cached positions are real tokens
     new: list[list[int]] = [[] for _ in batch]
-    done = [False] * len(batch)
-    cache = None
-    for _ in range(max_new_tokens):
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+    running = list(range(len(batch)))  # batch row of each row still in the forward
+    for step in range(max_new_tokens):
+        next_tokens = out.logits[:, -1].argmax(-1)
+        keep = []
+        for i, token in enumerate(next_tokens.tolist()):
+            ids = new[running[i]]
+            ids.append(token)
+            if token not in eos_ids and not (stop_strings and _is_stopped(tokenizer, ids, stop_strings)):
+                keep.append(i)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(running):
+            index = torch.tensor(keep, device=device)
+            next_tokens, keep_mask, positions = next_tokens[index], keep_mask[index], positions[index]
+            for layer in cache.layers:
+                layer.batch_select_indices(index)
+            running = [running[i] for i in keep]
+        keep_mask = torch.cat([keep_mask, keep_mask.new_ones(len(running), 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        step_mask = None if bool(keep_mask.all()) else keep_mask[:, None, None, :]
+        out = model(input_ids=next_tokens[:, None], attention_mask=step_mask, position_ids=positions, cache=cache,
                     use_cache=True, logits_to_keep=1)
         cache = out.cache
-        next_tokens = out.logits[:, -1].argmax(-1)
-        for row, token in enumerate(next_tokens.tolist()):
-            if not done[row]:
-                new[row].append(token)
-                done[row] = token in eos_ids or (
-                    bool(stop_strings) and any(s in decode(tokenizer, new[row]) for s in stop_strings))
-        if all(done):
-            break
-        input_ids = next_tokens[:, None]
-        mask = torch.cat([mask, mask.new_ones(len(batch), 1)], dim=1)
-        positions = positions[:, -1:] + 1
     return new
 
 
