@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qunlearn.quant.base import BlockInput, CalibratedQuantizer, block_output
+from qunlearn.quant.base import BlockInput, CalibratedQuantizer, block_output, record_module_inputs
 from qunlearn.quant.rtn import (
     absmax_scales,
     default_denominator,
@@ -144,14 +144,7 @@ def search_clip(
 def _collect_inputs(block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInput]) -> dict[str, list[tuple[tuple, dict]]]:
     """Run the block once and record, per named module, its (args, kwargs) on every sample."""
     seen: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in modules}
-    handles = [m.register_forward_pre_hook(lambda _m, a, k, name=name: seen[name].append((a, k)), with_kwargs=True)
-               for name, m in modules.items()]
-    try:
-        for hidden, kwargs in inputs:
-            block(hidden, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    record_module_inputs(block, modules, inputs, lambda name, args, kwargs: seen[name].append((args, kwargs)))
     return seen
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -113,6 +114,20 @@ class CalibratedQuantizer(GridQuantizer):
             if name not in in_blocks:
                 linear.weight.copy_(rtn_quantize(linear.weight, self.bits, self.group_size, self.denominator))
         return model
+
+
+def record_module_inputs(block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInput],
+                         record: Callable[[str, tuple, dict], None]) -> None:
+    """Run `block` over its calibration inputs, calling `record(name, args, kwargs)` as each named module is entered."""
+    handles = [module.register_forward_pre_hook(lambda _m, args, kwargs, name=name: record(name, args, kwargs),
+                                                with_kwargs=True)
+               for name, module in modules.items()]
+    try:
+        for hidden, kwargs in inputs:
+            block(hidden, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class _StopForward(Exception):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qunlearn.quant.base import BlockInput, CalibratedQuantizer
+from qunlearn.quant.base import BlockInput, CalibratedQuantizer, record_module_inputs
 from qunlearn.quant.rtn import (
     absmax_scales,
     default_denominator,
@@ -112,14 +112,7 @@ class GPTQQuantizer(CalibratedQuantizer):
 
     def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
         seen = {name: HessianAccumulator() for name in linears}
-        handles = [linear.register_forward_pre_hook(lambda _m, args, name=name: seen[name].add(args[0]))
-                   for name, linear in linears.items()]
-        try:
-            for hidden, kwargs in inputs:
-                block(hidden, **kwargs)
-        finally:
-            for handle in handles:
-                handle.remove()
+        record_module_inputs(block, linears, inputs, lambda name, args, _kwargs: seen[name].add(args[0]))
         for name, linear in linears.items():
             hessian = seen.pop(name).hessian()
             linear.weight.copy_(gptq_quantize(linear.weight, hessian, self.bits, self.group_size, self.denominator,
