@@ -102,3 +102,19 @@ def test_bad_attack_is_a_one_line_error(tiny_benchmark, tmp_path, capsys):
     rc = main(["audit", "--target", str(tiny_benchmark.target_dir), "--unlearned", str(tiny_benchmark.retrain_dir),
                "--corpus", str(tiny_benchmark.corpus_dir), "--out", str(tmp_path), "--attacks", "rtn5"])
     assert rc == 2 and "unknown attack 'rtn5'" in capsys.readouterr().err
+
+
+def test_demo_layout_resolves_each_unlearned_model(tmp_path):
+    from qunlearn.cli import build_parser
+    from qunlearn.commands.audit import _jobs
+
+    for rel in ("benchmark/models/target", "benchmark/models/retrain", "models/ga", "models/npo_sure"):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "config.json").write_text("{}")
+    (tmp_path / "models/quantized/ga@rtn4").mkdir(parents=True)
+    jobs = _jobs(build_parser().parse_args(["audit", "--demo", "--out", str(tmp_path)]))
+    assert [(i.unlearned.name, out) for i, out in jobs] == [("ga", tmp_path / "audit/ga"),
+                                                           ("npo_sure", tmp_path / "audit/npo_sure")]
+    assert all(i.target == tmp_path / "benchmark/models/target" and i.retrain is not None for i, _ in jobs)
+    assert main(["audit", "--demo", "--out", str(tmp_path / "nothing")]) == 2
+    assert main(["audit", "--unlearned", str(tmp_path)]) == 2

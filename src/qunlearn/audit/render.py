@@ -39,14 +39,15 @@ def rows(audit: dict) -> tuple[list[str], list[list[str]]]:
 
 def _notes(audit: dict) -> list[str]:
     split = audit["split"]
-    notes = [f"Threshold: an attack recovers when it brings back more than {100 * audit['threshold']:.0f}% of the "
-             f"target − unlearned gap on {' or '.join(LABELS[m] for m in audit['verdict_metrics'])}, or when that "
-             f"gap is ≤ {audit['epsilon']} points (nothing was forgotten).",
-             f"Evaluation half: {split['eval_verbmem']} VerbMem_f and {split['eval_knowmem']} KnowMem_f items; "
-             f"relearning trained on {split['relearn_docs_used']} of {split['forget_docs']} forget documents "
-             f"({split['rule']}).",
-             "Code flips: fraction of quantized weights that differ between the target and the unlearned model "
-             "under the attack's quantizer (the root cause of quantization recovery)."]
+    threshold = (f"Threshold: an attack recovers when it brings back more than {100 * audit['threshold']:.0f}% of "
+                 f"the target − unlearned gap on {' or '.join(LABELS[m] for m in audit['verdict_metrics'])}, or when "
+                 f"that gap is ≤ {audit['epsilon']} points (nothing was forgotten).")
+    half = (f"Evaluation half: {split['eval_verbmem']} VerbMem_f and {split['eval_knowmem']} KnowMem_f items; "
+            f"relearning trained on {split['relearn_docs_used']} of {split['forget_docs']} forget documents "
+            f"({split['rule']}).")
+    flips = ("Code flips: fraction of quantized weights that differ between the target and the unlearned model "
+             "under the attack's quantizer (the root cause of quantization recovery).")
+    notes = [threshold, half, flips]
     notes += [f"Skipped {s['name']}: {s['reason']}" for s in audit["skipped"]]
     return notes
 

@@ -84,6 +84,8 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     unlearned = evaluate(unlearned_model, tokenizer)
     log(f"unlearned: {_fmt(unlearned)}")
     del unlearned_model
+    if not settings.code_flips:
+        target_model = None  # only the code flips need the target's weights
 
     texts = {c: calibration_texts(corpus_dir=inputs.corpus, calibrate_on=c) for c in ("generic", "forget")}
     entries = []
