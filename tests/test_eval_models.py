@@ -80,6 +80,29 @@ def test_stop_strings_give_muse_cut_of_the_full_continuation(target, corpus):
     assert got == full
 
 
+def test_rows_leaving_the_batch_early_keep_the_others_exact(target, corpus):
+    """Rows that hit EOS or a stop string leave the running batch mid-way; every other row is unaffected."""
+    model, tokenizer = target
+    prompts = [knowmem_prompt(corpus.knowmem_forget_icl, qa.question) for qa in corpus.knowmem_forget[:5]]
+    prompts += [it.prompt for it in corpus.verbmem_forget[:3]] + ["Leisburcrest", corpus.forget[0][:60]]
+    got = greedy_token_ids(model, tokenizer, prompts, 32, STOP_STRINGS, batch_size=10, progress=False)
+    full = [sequential_greedy(model, tokenizer, p, 32) for p in prompts]
+    assert len({len(ids) for ids in got}) > 2  # rows really stop at different steps
+    for ids, want in zip(got, full):
+        assert ids == want[:len(ids)]
+        assert cut_at_stop(decode(tokenizer, ids), STOP_STRINGS) == cut_at_stop(decode(tokenizer, want), STOP_STRINGS)
+
+
+def test_model_still_trains_after_evaluation(tiny_benchmark, corpus):
+    """Evaluation runs under inference mode; nothing it leaves in the model may block a later backward pass."""
+    model, tokenizer = load_model(tiny_benchmark.target_dir)
+    evaluate_model(model, tokenizer, corpus, ["knowmem_f", "privleak"], 0.5, batch_size=8, progress=False)
+    ids = torch.tensor([tokenizer(corpus.forget[0]).input_ids[:32]])
+    with torch.enable_grad():
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_overlong_prompts_are_cut_from_the_left_with_a_counted_warning(target, corpus):
     model, tokenizer = target
     long_prompt = " ".join(corpus.forget * 3)

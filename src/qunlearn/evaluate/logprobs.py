@@ -20,7 +20,7 @@ class TokenStats:
     sigma: np.ndarray
 
 
-@torch.no_grad()
+@torch.inference_mode()  # cheaper per op than no_grad; only numpy arrays leave the call
 def token_stats(
     model: PreTrainedModel,
     sequences: Sequence[Sequence[int]],
