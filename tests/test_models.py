@@ -76,6 +76,13 @@ def test_prepare_reuses_identical_settings_and_cli_prints_summary(tiny_benchmark
     assert len(load_corpus(tiny_benchmark.corpus_dir).forget) > 0
 
 
+def test_prepare_refuses_a_directory_prepared_with_other_settings(tiny_benchmark, capsys):
+    with pytest.raises(ValueError, match="prepared with other settings.*--force"):
+        prepare_benchmark(tiny_benchmark.root, preset="tiny", seed=1, progress=False)
+    assert main(["prepare", "--out", str(tiny_benchmark.root), "--preset", "tiny", "--seed", "1"]) == 2
+    assert "use --force" in capsys.readouterr().err
+
+
 def test_cli_reports_bad_preset_and_dtype(capsys):
     with pytest.raises(SystemExit):
         main(["prepare", "--out", "x", "--preset", "huge"])

@@ -79,7 +79,8 @@ def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str =
                       dtype: str = "fp32", force: bool = False, progress: bool = True) -> PreparedBenchmark:
     """Generate the corpus, train the tokenizer, train target (forget+retain) and retrain (retain only).
 
-    Reuses an existing directory prepared with identical settings unless `force` is set.
+    Reuses a directory prepared with identical settings; refuses one prepared with other settings unless
+    `force` is set (then it is rebuilt).
     """
     parse_dtype(dtype)
     spec = get_preset(preset)
@@ -87,6 +88,9 @@ def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str =
     settings = _settings(spec, flavour, seed, dtype)
     if not force and is_prepared(bench, settings):
         return bench
+    if not force and bench.settings_file.is_file():
+        raise ValueError(f"{bench.root}: holds a benchmark prepared with other settings (see {bench.settings_file}); "
+                         "use --force to replace it, or another output directory")
     generate_corpus(bench.corpus_dir, flavour=flavour, seed=seed, sizes=spec.sizes)
     corpus = load_corpus(bench.corpus_dir)
     tokenizer = train_tokenizer(corpus.forget + corpus.retain + corpus.holdout, spec.model.vocab_size)

@@ -27,7 +27,7 @@ def demo_config(out: str, quick: bool, flavour: str = "news", seed: int = 0) -> 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="run the embedded benchmark end to end and write the report")
-    parser.add_argument("--out", default="qunlearn-demo", help="output directory (default: ./qunlearn-demo)")
+    parser.add_argument("--out", help="output directory (default: ./qunlearn-demo, ./qunlearn-demo-quick with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, 5 methods, fp/rtn8/rtn4")
     parser.add_argument("--flavour", choices=FLAVOURS, default="news", help="corpus style (default: news)")
     parser.add_argument("--seed", type=int, default=0, help="corpus, training and unlearning seed (default: 0)")
@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = demo_config(args.out, args.quick, args.flavour, args.seed)
+    out = args.out or ("qunlearn-demo-quick" if args.quick else "qunlearn-demo")
+    config = demo_config(out, args.quick, args.flavour, args.seed)
     written = run_and_report(config, resume=True)
     head = json.loads(Path(written["report.json"]).read_text())["headline"]
     print(head["summary"])
