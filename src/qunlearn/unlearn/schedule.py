@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 import torch
 
 from qunlearn.data.batches import collate
-
-if TYPE_CHECKING:
-    from qunlearn.unlearn.trainer import UnlearnSettings
+from qunlearn.unlearn.settings import UnlearnSettings
 
 
 def draw_order(n: int, seed: int, epoch: int, stream: int, length: int) -> list[int]:

@@ -14,7 +14,7 @@ import platform
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,11 +27,12 @@ from qunlearn import __version__
 from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
-from qunlearn.models.io import load_model, parse_dtype
+from qunlearn.models.io import load_model
 from qunlearn.unlearn.losses import LossTerm
-from qunlearn.unlearn.methods import PROFILES, Method, get_method
+from qunlearn.unlearn.methods import Method, get_method
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
 from qunlearn.unlearn.schedule import count_steps, epoch_steps, micro_batches
+from qunlearn.unlearn.settings import UnlearnSettings
 
 SETTINGS_FILE = "unlearn.yaml"
 LOSSES_FILE = "losses.json"
@@ -41,80 +42,6 @@ CHECKPOINTS = "checkpoints"
 
 class LossNotFiniteError(FloatingPointError):
     """A loss or gradient norm became NaN/inf (GA can diverge); the message names the step."""
-
-
-@dataclass(frozen=True)
-class UnlearnSettings:
-    """Every setting of one run; fields left None take the method's defaults for `profile` (see methods.py).
-
-    `batch_size` is the per-device micro-batch; the effective batch is batch_size × grad_accum × processes
-    (when batch_size is None it is derived from the profile's effective batch).
-    """
-
-    profile: str = "embedded"
-    lr: float | None = None
-    epochs: int | None = None
-    max_steps: int | None = None
-    batch_size: int | None = None
-    grad_accum: int = 1
-    max_length: int | None = None
-    dtype: str | None = None
-    seed: int = 0
-    beta: float | None = None
-    retain_weight: float | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    saliency_gamma: float | None = None
-    saliency_percentile: float | None = None
-    saliency_batches: int | None = None
-    keep_checkpoints: bool = False
-
-    def resolve(self, method: Method, num_processes: int = 1) -> UnlearnSettings:
-        """Fill every None with the method's default and validate the result."""
-        if self.profile not in PROFILES:
-            raise ValueError(
-                f"--profile: unknown profile '{self.profile}'; choose one of {', '.join(PROFILES)}"
-            )
-        defaults = method.defaults(self.profile)
-        filled = {
-            f.name: getattr(defaults, f.name)
-            for f in fields(defaults)
-            if f.name in {g.name for g in fields(self)} and getattr(self, f.name) is None
-        }
-        if self.batch_size is None:
-            filled["batch_size"] = max(1, defaults.batch_size // (self.grad_accum * num_processes))
-        if self.saliency_gamma is not None:  # a γ given as a value replaces the default percentile
-            filled.pop("saliency_percentile", None)
-        resolved = replace(self, **filled)
-        resolved.validate(method)
-        return resolved
-
-    def validate(self, method: Method) -> None:
-        """Reject impossible values with the option's name."""
-        parse_dtype(self.dtype)
-        positive = {
-            "lr": self.lr,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "grad_accum": self.grad_accum,
-            "beta": self.beta,
-        }
-        for name, value in positive.items():
-            if value is None or not value > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if self.max_length < 2:
-            raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
-        if self.retain_weight < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("--retain-weight, --weight-decay and --grad-clip must not be negative")
-        saliency = (self.saliency_gamma, self.saliency_percentile, self.saliency_batches)
-        if not method.sure and any(v is not None for v in saliency):
-            raise ValueError(f"saliency options apply to SURE methods only, not '{method.name}'")
-        if method.sure and (self.saliency_gamma is None) == (self.saliency_percentile is None):
-            raise ValueError("SURE needs exactly one of --saliency-gamma or --saliency-percentile")
-        if self.saliency_batches is not None and self.saliency_batches < 1:
-            raise ValueError(f"--saliency-batches must be at least 1, got {self.saliency_batches}")
 
 
 @dataclass
