@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+
 import torch
 
 from qunlearn.data.batches import collate
