@@ -12,6 +12,7 @@ import json
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,9 @@ class Grid:
                        progress=False,
                        resume=out_dir.exists())
 
+    @cached_property
     def calibration(self) -> list[str]:
+        """Calibration text for GPTQ/AWQ, read once per run."""
         return calibration_texts(corpus_dir=self.inputs.corpus_dir, calibrate_on=self.config.calibration)
 
     def quantized(self, model_name: str, path: Path, quantizer_name: str):
@@ -195,13 +198,15 @@ class Grid:
         quantizer = get_quantizer(quantizer_name, **self.config.quantize)
         if not quantizer.available():
             raise RuntimeError(quantizer.unavailable_reason())
-        texts = self.calibration() if quantizer.needs_calibration else None
+        texts = self.calibration if quantizer.needs_calibration else None
         quantizer.quantize(model, tokenizer, texts)
         if quantizer_name != "fp" and self.config.keep_quantized:
             save_model(model, tokenizer, saved)
         return model, tokenizer
 
+    @cached_property
     def auc_retrain(self) -> float | None:
+        """AUC_retrain for PrivLeak, computed (or read from its cache) once per run."""
         if "privleak" not in self.config.metrics or self.inputs.retrain is None:
             return None
         return retrain_auc(self.inputs.retrain, self.corpus, dtype=self.config.dtype, device=self.config.device,
@@ -219,7 +224,7 @@ class Grid:
         cell_file = self.out / "cells" / model_name / f"{quantizer}.json"
         for metric in metrics:
             bar.set_postfix_str(f"{model_name} × {quantizer}: {metric}")
-            result = evaluate_model(model, tokenizer, self.corpus, [metric], retrain_auc=self.auc_retrain(),
+            result = evaluate_model(model, tokenizer, self.corpus, [metric], retrain_auc=self.auc_retrain,
                                     batch_size=self.config.batch_size, progress=False)[metric]
             details = _read_cell(cell_file) | {metric: result}
             atomic_write_json(cell_file, details)
@@ -234,7 +239,7 @@ class Grid:
         for scheme in schemes:
             bar.set_postfix_str(f"{model_name}: code flips {scheme}")
             quantizer = get_quantizer(scheme, **self.config.quantize)
-            texts = self.calibration() if quantizer.needs_calibration else None
+            texts = self.calibration if quantizer.needs_calibration else None
             flips = code_flips(target, model, quantizer, tokenizer, texts)
             overall = flips["overall"]
             extra = {"below_half_step": overall.get("below_half_step_fraction"), "weights": overall["weights"]}
