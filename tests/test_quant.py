@@ -15,7 +15,7 @@ from qunlearn.models.io import load_model, save_model
 from qunlearn.quant.awq import apply_scales, llama_mappings, search_scales
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
-from qunlearn.quant.diagnostics import code_flips
+from qunlearn.quant.diagnostics import code_flips, weight_movement
 from qunlearn.quant.gptq import HessianAccumulator, gptq_quantize
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
@@ -237,6 +237,24 @@ def test_moving_one_weight_by_two_steps_flips_exactly_one_code():
     assert result["overall"]["flips"] == 1
     assert result["modules"]["model.layers.0.mlp.up_proj"]["flips"] == 1
     assert result["overall"]["weights"] - result["overall"]["below_half_step"] == 1
+
+
+def test_weight_movement_places_each_change_on_the_starting_grid():
+    # one group of four, absmax 1 -> 4-bit step 1/8; every value is exact in binary
+    start = torch.tensor([[1.0, 0.03125, 0.3125, -0.40625]])  # codes 7 (clamped), 0 (0.25 step), 2 (2.5 -> even), -3
+    end = torch.tensor([[1.0, 0.0, 0.34375, -0.40625]])  # zero-bin weight moves inside its bin; 2.5 -> 2.75 flips
+    result = weight_movement(start, end, bits=4, group_size=4)
+    assert result["weights"] == 4 and result["moved"] == 2
+    assert result["moved_in_zero_bin"] == 1 and result["flips"] == 1
+    assert result["mean_change_in_steps"] == 0.25 and result["max_change_in_steps"] == 0.25
+    # positions in the bin: 0.25 (second weight) and 0.5, a rounding boundary (third)
+    assert result["start_position_histogram"] == [0, 0, 1, 0, 1]
+
+
+def test_weight_movement_of_an_unchanged_matrix_is_empty():
+    w = torch.randn(4, 8)
+    result = weight_movement(w, w.clone(), bits=8, group_size=8)
+    assert result["moved"] == result["flips"] == 0 and result["start_position_histogram"] == [0] * 5
 
 
 # --- through the tiny benchmark: calibrated quantizers, checkpoints, the CLI ------------------------------

@@ -152,6 +152,25 @@ def test_bf16_weights_are_trained_and_saved_in_bf16(tiny_benchmark, tmp_path):
     assert any(not torch.equal(saved[k], target[k].to(torch.bfloat16)) for k in saved)
 
 
+def test_bf16_storage_keeps_weights_bf16_exact_and_moves_only_small_ones(tiny_benchmark, tmp_path):
+    lr = 1e-5  # an Adam step of about lr is under half a bf16 ULP for every |w| >= lr * 2^9 (2^11: margin)
+    out = unlearn(tiny_benchmark.target_dir, tiny_benchmark.corpus_dir, "ga", tmp_path / "s",
+                  fast("ga", storage="bf16", max_steps=3, lr=lr), progress=False)
+    saved, target = weights(out), weights(tiny_benchmark.target_dir)
+    assert {t.dtype for t in saved.values()} == {torch.float32}  # computed and saved in fp32 ...
+    assert all(torch.equal(t, t.to(torch.bfloat16).float()) for t in saved.values())  # ... holding bf16 values
+    start = {k: t.to(torch.bfloat16).float() for k, t in target.items()}
+    large = {k: t.abs() >= lr * 2**11 for k, t in start.items()}
+    assert all(torch.equal(saved[k][large[k]], start[k][large[k]]) for k in saved)
+    assert any(not torch.equal(saved[k][~large[k]], start[k][~large[k]]) for k in saved)
+
+
+def test_storage_must_be_narrower_than_the_compute_dtype(tiny_benchmark, tmp_path):
+    with pytest.raises(ValueError, match="--storage bf16 must be a narrower dtype than --dtype bf16"):
+        unlearn(tiny_benchmark.target_dir, tiny_benchmark.corpus_dir, "ga", tmp_path / "x",
+                fast("ga", dtype="bf16", storage="bf16"), progress=False)
+
+
 def test_a_foreign_nonempty_out_dir_is_refused(tiny_benchmark, tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not an unlearning run"):

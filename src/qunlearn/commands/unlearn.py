@@ -20,6 +20,8 @@ HELP = {
     "grad_accum": "micro-batches per optimizer step",
     "max_length": "tokens per training chunk",
     "dtype": "dtype the weights are held and trained in (fp32, bf16, fp16)",
+    "storage": "round weights to this dtype at the start and after every step (bf16: bf16 weight storage "
+               "emulated while computing in --dtype; for CPUs without fast bf16)",
     "seed": "seed of data order and RNG",
     "beta": "NPO inverse temperature",
     "retain_weight": "lambda, weight of the retain term (GDR/KLR)",

@@ -72,3 +72,35 @@ def summarise(scheme: str, modules: dict[str, dict]) -> dict[str, Any]:
         if "below_half_step" in counts:
             counts["below_half_step_fraction"] = counts["below_half_step"] / max(1, counts["weights"])
     return {"scheme": scheme, "overall": total, "modules": modules}
+
+
+# Edges of the histogram of where moved weights started inside their RTN bin: |w/Δ − round(w/Δ)|, 0 = bin centre,
+# 0.5 = a rounding boundary. A change can only flip a code if it starts near enough an edge to cross it.
+BIN_POSITION_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@torch.no_grad()
+def weight_movement(w_a: torch.Tensor, w_b: torch.Tensor, bits: int, group_size: int = 128) -> dict[str, Any]:
+    """How the change from `w_a` to `w_b` sits on `w_a`'s RTN grid: counts of weights that moved at all, of those
+    starting in the zero bin (|w_a| < Δ/2), of flipped codes, the moved weights' |change|/Δ (mean and max), and a
+    histogram of where in their bin the moved weights started (`BIN_POSITION_EDGES`)."""
+    if w_a.shape != w_b.shape:
+        raise ValueError(f"shapes differ: {tuple(w_a.shape)} vs {tuple(w_b.shape)}")
+    q = RTNQuantizer(name=f"rtn{bits}", bits=bits, group_size=group_size)
+    (codes_a, step), codes_b = q.codes(w_a), q.codes(w_b)[0]
+    a = w_a.float().reshape(step.shape[0], step.shape[1], -1)
+    delta = step.unsqueeze(-1).expand_as(a)
+    moved = (w_b.float().reshape(a.shape) != a)
+    scaled = a[moved] / delta[moved]
+    change = (w_b.float().reshape(a.shape) - a).abs()[moved] / delta[moved]
+    position = (scaled - torch.round(scaled)).abs()
+    histogram = torch.histogram(position, bins=torch.tensor(BIN_POSITION_EDGES)).hist if len(position) else None
+    return {
+        "weights": w_a.numel(),
+        "moved": int(moved.sum()),
+        "moved_in_zero_bin": int((torch.round(scaled) == 0).sum()),
+        "flips": int((codes_a != codes_b).sum()),
+        "mean_change_in_steps": float(change.mean()) if len(change) else 0.0,
+        "max_change_in_steps": float(change.max()) if len(change) else 0.0,
+        "start_position_histogram": [int(x) for x in histogram] if histogram is not None else [0] * 5,
+    }

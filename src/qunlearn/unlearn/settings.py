@@ -12,6 +12,8 @@ from qunlearn.unlearn.methods import PROFILES, Method
 class UnlearnSettings:
     """Every setting of one run; fields left None take the method's defaults for `profile` (see methods.py).
 
+    `storage` (e.g. "bf16") rounds the weights to that dtype at the start and after every optimizer step while
+    computing in `dtype`: the update-loss of bf16 weight storage without bf16 matmuls (slow on most CPUs).
     `batch_size` is the per-device micro-batch; the effective batch is batch_size × grad_accum × processes
     (when batch_size is None it is derived from the profile's effective batch).
     """
@@ -24,6 +26,7 @@ class UnlearnSettings:
     grad_accum: int = 1
     max_length: int | None = None
     dtype: str | None = None
+    storage: str | None = None
     seed: int = 0
     beta: float | None = None
     retain_weight: float | None = None
@@ -57,6 +60,8 @@ class UnlearnSettings:
     def validate(self, method: Method) -> None:
         """Reject impossible values with the option's name."""
         parse_dtype(self.dtype)
+        if self.storage is not None and parse_dtype(self.storage).itemsize >= parse_dtype(self.dtype).itemsize:
+            raise ValueError(f"--storage {self.storage} must be a narrower dtype than --dtype {self.dtype}")
         positive = {
             "lr": self.lr,
             "epochs": self.epochs,

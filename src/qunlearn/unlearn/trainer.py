@@ -27,7 +27,7 @@ from qunlearn import __version__
 from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
-from qunlearn.models.io import load_model
+from qunlearn.models.io import load_model, parse_dtype
 from qunlearn.unlearn.losses import LossTerm
 from qunlearn.unlearn.methods import Method, get_method
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
@@ -143,10 +143,20 @@ class _Stepper:
         grad_norm = float(acc.clip_grad_norm_(self.trainable, clip))
         _check_finite(grad_norm, "gradient norm", state.step + 1, epoch)
         self.optimizer.step()
+        if self.settings.storage:
+            round_to_storage(self.trainable, self.settings.storage)
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         reduced = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), "mean")
         return {k: round(float(v), 6) for k, v in zip(sums, reduced)} | {"grad_norm": round(grad_norm, 6)}
+
+
+@torch.no_grad()
+def round_to_storage(params, storage: str) -> None:
+    """Round parameters in place to the values `storage` (e.g. bf16) can hold, keeping their dtype."""
+    dtype = parse_dtype(storage)
+    for p in params:
+        p.copy_(p.to(dtype))
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
@@ -273,6 +283,9 @@ def unlearn(
     if method.needs_reference:
         ref, _ = load_model(target_dir, dtype=settings.dtype, device=str(accelerator.device))
         ref.requires_grad_(False)
+    if settings.storage:
+        for net in (model, ref) if ref is not None else (model,):
+            round_to_storage(net.parameters(), settings.storage)
 
     if accelerator.is_main_process:
         _record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")

@@ -1,0 +1,285 @@
+"""Fidelity study: which settings make a small model's unlearning behave like a 7B model's under quantization.
+
+Sweeps width × weight storage (fp32 / bf16) × learning rate (as a multiple of the "matching" LR, at which an
+Adam step of size lr is half a bf16 ULP for a weight at half the median 4-bit step: lr·2^9 = median Δ₄/2) ×
+RTN group size × method, on the embedded corpus. Per cell it unlearns the target, evaluates KnowMem/VerbMem on
+the forget set and KnowMem on the retain set at fp, rtn8 and rtn4, and records how the weights moved relative
+to the 4-bit and 8-bit grids (quant.diagnostics.weight_movement). Cells append to `<out>/cells.jsonl` (a rerun
+skips finished cells); `--summarise` writes `<out>/fidelity.json` and `<out>/fidelity.png`.
+
+Usage: python benchmarks/fidelity.py --bench DIR --out DIR [--widths 128,256] [--dtypes fp32,bf16]
+       [--lr-ratios 1,4,16] [--methods ga,npo] [--group-sizes 128] [--epochs 10] [--summarise]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import itertools
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from qunlearn.config import ModelShape, TrainSettings, get_preset
+from qunlearn.data.muse import load_corpus
+from qunlearn.evaluate import evaluate_model
+from qunlearn.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, read_text
+from qunlearn.models.io import load_model, save_model
+from qunlearn.models.tiny import build_model, train_from_scratch
+from qunlearn.prepare import PreparedBenchmark, greedy_memorisation
+from qunlearn.quant.diagnostics import weight_movement
+from qunlearn.quant.layers import target_linears
+from qunlearn.quant.registry import get_quantizer
+from qunlearn.quant.rtn import rtn_codes
+from qunlearn.unlearn.settings import UnlearnSettings
+from qunlearn.unlearn.trainer import unlearn
+
+METRICS = ["knowmem_f", "verbmem_f", "knowmem_r"]
+QUANTIZERS = ["fp", "rtn8", "rtn4"]
+BF16_HALF_ULP_EXPONENT = 9  # an Adam step of ~lr is lost in bf16 (8-bit significand) once |w| > lr·2^8..2^9
+
+
+def width_shape(width: int, base: ModelShape) -> ModelShape:
+    """The `small` preset's Llama at another width: 32-wide heads, MLP 3× wide, same depth and vocabulary."""
+    return ModelShape(hidden_size=width, num_layers=base.num_layers, num_heads=width // 32,
+                      intermediate_size=3 * width, vocab_size=base.vocab_size,
+                      max_position_embeddings=base.max_position_embeddings)
+
+
+def width_train(width: int, base: TrainSettings) -> TrainSettings:
+    """The `small` preset's training with the peak LR scaled by sqrt(128/width) (wider models diverge at 3e-3)."""
+    return TrainSettings(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr * math.sqrt(128 / width),
+                         max_length=base.max_length)
+
+
+def target_for_width(bench: PreparedBenchmark, width: int, root: Path, seed: int) -> Path:
+    """The benchmark's own target at its width; other widths are trained once on the same corpus and tokenizer."""
+    preset = get_preset("small")
+    if width == preset.model.hidden_size:
+        return bench.target_dir
+    out = root / "targets" / f"h{width}"
+    if (out / "config.json").is_file():
+        return out
+    corpus = load_corpus(bench.corpus_dir)
+    _, tokenizer = load_model(bench.target_dir)
+    model = build_model(width_shape(width, preset.model), tokenizer, seed)
+    start = time.perf_counter()
+    losses = train_from_scratch(model, tokenizer, corpus.forget + corpus.retain, width_train(width, preset.train),
+                                seed, desc=f"train h{width}")
+    record = {"width": width, "parameters": sum(p.numel() for p in model.parameters()),
+              "train_seconds": round(time.perf_counter() - start, 1), "final_train_loss": round(losses[-1], 4),
+              "greedy_forget_token_match": round(greedy_memorisation(model, tokenizer, corpus), 4),
+              "threads": torch.get_num_threads()}
+    save_model(model, tokenizer, out)
+    atomic_write_json(out / "training.json", record)
+    return out
+
+
+def matching_lr(model: torch.nn.Module, group_size: int) -> float:
+    """The LR at which lr·2^9 equals half the median 4-bit RTN step of the model's quantized linears."""
+    steps = torch.cat([rtn_codes(lin.weight.detach(), 4, group_size)[1].flatten()
+                       for lin in target_linears(model).values()])
+    return float(steps.median()) / 2 / 2 ** BF16_HALF_ULP_EXPONENT
+
+
+def scores(model, tokenizer, corpus, group_size: int) -> dict[str, dict[str, float]]:
+    """{quantizer: {metric: value}} for fp, rtn8 and rtn4 (fake-quantized copies, fp32 compute)."""
+    out = {}
+    for name in QUANTIZERS:
+        quantized = get_quantizer(name, **({} if name == "fp" else {"group_size": group_size}))
+        copy_ = quantized.quantize(copy.deepcopy(model))
+        results = evaluate_model(copy_, tokenizer, corpus, METRICS, batch_size=32, progress=False)
+        out[name] = {metric: round(results[metric]["value"], 3) for metric in METRICS}
+    return out
+
+
+def movement(target, unlearned, group_size: int) -> dict[str, dict]:
+    """weight_movement summed over every quantized linear, at 4 and 8 bits."""
+    lin_t, lin_u = target_linears(target), target_linears(unlearned)
+    out = {}
+    for bits in (4, 8):
+        total: dict = {}
+        for name, lin in lin_t.items():
+            counts = weight_movement(lin.weight.detach(), lin_u[name].weight.detach(), bits, group_size)
+            for key, value in counts.items():
+                if key == "max_change_in_steps":
+                    total[key] = max(total.get(key, 0.0), value)
+                elif key == "mean_change_in_steps":
+                    total["_change_sum"] = total.get("_change_sum", 0.0) + value * counts["moved"]
+                elif key == "start_position_histogram":
+                    total[key] = [a + b for a, b in zip(total.get(key, [0] * len(value)), value)]
+                else:
+                    total[key] = total.get(key, 0) + value
+        total["mean_change_in_steps"] = total.pop("_change_sum") / max(1, total["moved"])
+        out[f"rtn{bits}"] = total
+    return out
+
+
+# The study's weight regimes: (compute dtype, storage dtype) of the unlearning run. "bf16s" emulates bf16 weight
+# storage in fp32 compute (5-9x faster than bf16 matmuls on a CPU without native bf16; Adam states stay fp32).
+REGIMES = {"fp32": ("fp32", None), "bf16": ("bf16", None), "bf16s": ("fp32", "bf16")}
+
+
+def load_as(path: Path, regime: str):
+    """A checkpoint with weights rounded to the regime's storage dtype, computed in fp32 (CPU bf16 is slow)."""
+    compute, storage = REGIMES[regime]
+    model, tokenizer = load_model(path, dtype=storage or compute)
+    return model.float(), tokenizer
+
+
+def run_cell(cell: dict, target_dir: Path, corpus, work: Path, reference_cache: dict) -> dict:
+    """Unlearn, score at fp/rtn8/rtn4 and measure weight movement for one cell of the sweep."""
+    key = (cell["width"], cell["dtype"], cell["group_size"])
+    target, tokenizer = load_as(target_dir, cell["dtype"])
+    if key not in reference_cache:
+        reference_cache[key] = scores(target, tokenizer, corpus, cell["group_size"])
+    lr = cell["lr_ratio"] * matching_lr(target, cell["group_size"])
+    out_dir = work / "unlearned"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    start = time.perf_counter()
+    unlearn(target_dir, corpus, cell["method"], out_dir,
+            UnlearnSettings(lr=lr, epochs=cell["epochs"], dtype=REGIMES[cell["dtype"]][0],
+                            storage=REGIMES[cell["dtype"]][1], seed=cell["seed"]), progress=False)
+    seconds = time.perf_counter() - start
+    model, _ = load_as(out_dir, cell["dtype"])
+    return cell | {"lr": lr, "unlearn_seconds": round(seconds, 1), "target": reference_cache[key],
+                   "unlearned": scores(model, tokenizer, corpus, cell["group_size"]),
+                   "movement": movement(target, model, cell["group_size"])}
+
+
+def cells_done(path: Path) -> list[dict]:
+    """Finished cells of an earlier run (cut lines from a crash are skipped)."""
+    if not path.is_file():
+        return []
+    done = []
+    for line in read_text(path).splitlines():
+        try:
+            done.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return done
+
+
+CELL_KEYS = ("width", "dtype", "lr_ratio", "group_size", "method", "epochs", "seed")
+
+
+def sweep(args: argparse.Namespace) -> None:
+    bench = PreparedBenchmark(Path(args.bench))
+    corpus = load_corpus(bench.corpus_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "cells.jsonl"
+    done = {tuple(c[k] for k in CELL_KEYS) for c in cells_done(results)}
+    grid = itertools.product(args.widths, args.dtypes, args.lr_ratios, args.group_sizes, args.methods)
+    reference_cache: dict = {}
+    for width, dtype, ratio, group, method in grid:
+        cell = {"width": width, "dtype": dtype, "lr_ratio": ratio, "group_size": group, "method": method,
+                "epochs": args.epochs, "seed": args.seed}
+        if tuple(cell[k] for k in CELL_KEYS) in done:
+            continue
+        target_dir = target_for_width(bench, width, out, args.seed)
+        record = run_cell(cell, target_dir, corpus, out / "work", reference_cache)
+        append_jsonl(results, record)
+        t, u = record["target"], record["unlearned"]
+        print(f"h{width} {dtype} lr×{ratio} ({record['lr']:.2e}) g{group} {method}: KnowMem_f "
+              + " ".join(f"{q} {u[q]['knowmem_f']:.1f}/{t[q]['knowmem_f']:.1f}" for q in QUANTIZERS)
+              + f" | KnowMem_r fp {u['fp']['knowmem_r']:.1f} | moved "
+              f"{record['movement']['rtn4']['moved'] / record['movement']['rtn4']['weights']:.3f}, rtn4 flips "
+              f"{record['movement']['rtn4']['flips'] / record['movement']['rtn4']['weights']:.4f} "
+              f"[{record['unlearn_seconds']} s]", flush=True)
+
+
+def retained(record: dict, quantizer: str, metric: str = "knowmem_f") -> float | None:
+    """The unlearned model's score as a % of the target's under the same quantizer (the report's headline)."""
+    target = record["target"][quantizer][metric]
+    return None if target == 0 else round(100 * record["unlearned"][quantizer][metric] / target, 2)
+
+
+def derived(record: dict) -> dict:
+    """The numbers the write-up compares, per cell: knowledge retained per quantizer, utility, how weights moved."""
+    move4, move8 = record["movement"]["rtn4"], record["movement"]["rtn8"]
+    return {
+        **{f"knowmem_f_retained_{q}": retained(record, q) for q in QUANTIZERS},
+        **{f"verbmem_f_retained_{q}": retained(record, q, "verbmem_f") for q in QUANTIZERS},
+        "knowmem_r_fp": record["unlearned"]["fp"]["knowmem_r"],
+        "moved_fraction": round(move4["moved"] / move4["weights"], 4),
+        "moved_in_4bit_zero_bin": round(move4["moved_in_zero_bin"] / max(1, move4["moved"]), 4),
+        "flip_fraction_rtn4": round(move4["flips"] / move4["weights"], 5),
+        "flip_fraction_rtn8": round(move8["flips"] / move8["weights"], 5),
+        "mean_change_in_4bit_steps": round(move4["mean_change_in_steps"], 4),
+    }
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    """KnowMem_f retained (% of target) against LR ratio: one panel per width and method, a line per storage
+    dtype and quantizer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = sorted({(c["width"], c["method"], c["group_size"], c["epochs"]) for c in cells})
+    fig = Figure(figsize=(4.2 * len(panels), 3.6))
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for j, dtype in enumerate(sorted({c["dtype"] for c in cells})):
+            for quantizer, style in zip(QUANTIZERS, ("-", ":", "--")):
+                points = sorted((c["lr_ratio"], retained(c, quantizer)) for c in cells
+                                if (c["width"], c["method"], c["group_size"], c["epochs"]) == panel
+                                and c["dtype"] == dtype and retained(c, quantizer) is not None)
+                if points:
+                    ax.plot(*zip(*points), style, marker="o", color=f"C{j}", label=f"{dtype} {quantizer}")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("LR / matching LR (lr·2^9 = median Δ4/2)")
+        ax.set_title(f"h{panel[0]} {panel[1]} g{panel[2]} {panel[3]} ep", fontsize=9)
+        if i == 0:
+            ax.set_ylabel("KnowMem_f retained (% of target)")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def summarise(out: Path) -> None:
+    """fidelity.json (every cell with its derived numbers) and fidelity.png from `<out>/cells.jsonl`."""
+    cells = cells_done(out / "cells.jsonl")
+    if not cells:
+        raise SystemExit(f"{out / 'cells.jsonl'}: no finished cells")
+    atomic_write_json(out / "fidelity.json", {"cells": [c | {"derived": derived(c)} for c in cells]})
+    plot(cells, out / "fidelity.png")
+    for c in cells:
+        d = derived(c)
+        print(" ".join(f"{c[k]}" for k in CELL_KEYS[:5]), " ".join(f"{k}={v}" for k, v in d.items()))
+
+
+def parse_list(kind):
+    return lambda text: [kind(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", required=True, help="prepared `small` benchmark (qunlearn prepare --out DIR)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--widths", type=parse_list(int), default=[128])
+    parser.add_argument("--dtypes", type=parse_list(str), default=["fp32", "bf16s"],
+                        help=f"weight regimes: {', '.join(REGIMES)} (bf16s: bf16 storage, fp32 compute)")
+    parser.add_argument("--lr-ratios", type=parse_list(float), default=[1.0, 4.0, 16.0])
+    parser.add_argument("--group-sizes", type=parse_list(int), default=[128])
+    parser.add_argument("--methods", type=parse_list(str), default=["ga"])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--summarise", action="store_true", help="only write fidelity.json/png from cells.jsonl")
+    args = parser.parse_args()
+    if args.summarise:
+        summarise(Path(args.out))
+    else:
+        sweep(args)
+
+
+if __name__ == "__main__":
+    main()
