@@ -28,7 +28,7 @@ import torch
 from qunlearn.config import ModelShape, TrainSettings, get_preset
 from qunlearn.data.muse import load_corpus
 from qunlearn.evaluate import evaluate_model
-from qunlearn.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, read_text
+from qunlearn.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_text
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
 from qunlearn.prepare import PreparedBenchmark, greedy_memorisation
@@ -40,7 +40,7 @@ from qunlearn.unlearn.settings import UnlearnSettings
 from qunlearn.unlearn.trainer import unlearn
 
 METRICS = ["knowmem_f", "verbmem_f", "knowmem_r"]
-QUANTIZERS = ["fp", "rtn8", "rtn4"]
+QUANTIZERS = ["fp", "rtn8", "rtn4"]  # the default; --quantizers adds e.g. rtn3, rtn2 for a recovery-vs-bits curve
 BF16_HALF_ULP_EXPONENT = 9  # an Adam step of ~lr is lost in bf16 (8-bit significand) once |w| > lr·2^8..2^9
 
 
@@ -87,10 +87,10 @@ def matching_lr(model: torch.nn.Module, group_size: int) -> float:
     return float(steps.median()) / 2 / 2 ** BF16_HALF_ULP_EXPONENT
 
 
-def scores(model, tokenizer, corpus, group_size: int) -> dict[str, dict[str, float]]:
-    """{quantizer: {metric: value}} for fp, rtn8 and rtn4 (fake-quantized copies, fp32 compute)."""
+def scores(model, tokenizer, corpus, group_size: int, quantizers: list[str]) -> dict[str, dict[str, float]]:
+    """{quantizer: {metric: value}} for each quantizer (fake-quantized copies, fp32 compute)."""
     out = {}
-    for name in QUANTIZERS:
+    for name in quantizers:
         quantized = get_quantizer(name, **({} if name == "fp" else {"group_size": group_size}))
         copy_ = quantized.quantize(copy.deepcopy(model))
         results = evaluate_model(copy_, tokenizer, corpus, METRICS, batch_size=32, progress=False)
@@ -132,12 +132,12 @@ def load_as(path: Path, regime: str):
     return model.float(), tokenizer
 
 
-def run_cell(cell: dict, target_dir: Path, corpus, work: Path, reference_cache: dict) -> dict:
+def run_cell(cell: dict, target_dir: Path, corpus, work: Path, reference_cache: dict, quantizers: list[str]) -> dict:
     """Unlearn, score at fp/rtn8/rtn4 and measure weight movement for one cell of the sweep."""
     key = (cell["width"], cell["dtype"], cell["group_size"])
     target, tokenizer = load_as(target_dir, cell["dtype"])
     if key not in reference_cache:
-        reference_cache[key] = scores(target, tokenizer, corpus, cell["group_size"])
+        reference_cache[key] = scores(target, tokenizer, corpus, cell["group_size"], quantizers)
     lr = cell["lr_ratio"] * matching_lr(target, cell["group_size"])
     out_dir = work / "unlearned"
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -148,7 +148,7 @@ def run_cell(cell: dict, target_dir: Path, corpus, work: Path, reference_cache: 
     seconds = time.perf_counter() - start
     model, _ = load_as(out_dir, cell["dtype"])
     return cell | {"lr": lr, "unlearn_seconds": round(seconds, 1), "target": reference_cache[key],
-                   "unlearned": scores(model, tokenizer, corpus, cell["group_size"]),
+                   "unlearned": scores(model, tokenizer, corpus, cell["group_size"], quantizers),
                    "movement": movement(target, model, cell["group_size"])}
 
 
@@ -183,11 +183,11 @@ def sweep(args: argparse.Namespace) -> None:
         if tuple(cell[k] for k in CELL_KEYS) in done:
             continue
         target_dir = target_for_width(bench, width, out, args.seed)
-        record = run_cell(cell, target_dir, corpus, out / "work", reference_cache)
+        record = run_cell(cell, target_dir, corpus, out / "work", reference_cache, args.quantizers)
         append_jsonl(results, record)
         t, u = record["target"], record["unlearned"]
         print(f"h{width} {dtype} lr×{ratio} ({record['lr']:.2e}) g{group} {method}: KnowMem_f "
-              + " ".join(f"{q} {u[q]['knowmem_f']:.1f}/{t[q]['knowmem_f']:.1f}" for q in QUANTIZERS)
+              + " ".join(f"{q} {u[q]['knowmem_f']:.1f}/{t[q]['knowmem_f']:.1f}" for q in args.quantizers)
               + f" | KnowMem_r fp {u['fp']['knowmem_r']:.1f} | moved "
               f"{record['movement']['rtn4']['moved'] / record['movement']['rtn4']['weights']:.3f}, rtn4 flips "
               f"{record['movement']['rtn4']['flips'] / record['movement']['rtn4']['weights']:.4f} "
@@ -196,6 +196,8 @@ def sweep(args: argparse.Namespace) -> None:
 
 def retained(record: dict, quantizer: str, metric: str = "knowmem_f") -> float | None:
     """The unlearned model's score as a % of the target's under the same quantizer (the report's headline)."""
+    if quantizer not in record["target"]:
+        return None
     target = record["target"][quantizer][metric]
     return None if target == 0 else round(100 * record["unlearned"][quantizer][metric] / target, 2)
 
@@ -204,8 +206,8 @@ def derived(record: dict) -> dict:
     """The numbers the write-up compares, per cell: knowledge retained per quantizer, utility, how weights moved."""
     move4, move8 = record["movement"]["rtn4"], record["movement"]["rtn8"]
     return {
-        **{f"knowmem_f_retained_{q}": retained(record, q) for q in QUANTIZERS},
-        **{f"verbmem_f_retained_{q}": retained(record, q, "verbmem_f") for q in QUANTIZERS},
+        **{f"knowmem_f_retained_{q}": retained(record, q) for q in record["target"]},
+        **{f"verbmem_f_retained_{q}": retained(record, q, "verbmem_f") for q in record["target"]},
         "knowmem_r_fp": record["unlearned"]["fp"]["knowmem_r"],
         "moved_fraction": round(move4["moved"] / move4["weights"], 4),
         "moved_in_4bit_zero_bin": round(move4["moved_in_zero_bin"] / max(1, move4["moved"]), 4),
@@ -216,45 +218,65 @@ def derived(record: dict) -> dict:
 
 
 def plot(cells: list[dict], path: Path) -> None:
-    """KnowMem_f retained (% of target) against LR ratio: one panel per width and method, a line per storage
-    dtype and quantizer."""
+    """Two panels, one point per cell: KnowMem_f retained at rtn4 against fp (above the diagonal = 4-bit brings
+    knowledge back), and retained at fp against the share of 4-bit codes flipped (what forgetting cost)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = sorted({(c["width"], c["method"], c["group_size"], c["epochs"]) for c in cells})
-    fig = Figure(figsize=(4.2 * len(panels), 3.6))
-    for i, panel in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        for j, dtype in enumerate(sorted({c["dtype"] for c in cells})):
-            for quantizer, style in zip(QUANTIZERS, ("-", ":", "--")):
-                points = sorted((c["lr_ratio"], retained(c, quantizer)) for c in cells
-                                if (c["width"], c["method"], c["group_size"], c["epochs"]) == panel
-                                and c["dtype"] == dtype and retained(c, quantizer) is not None)
-                if points:
-                    ax.plot(*zip(*points), style, marker="o", color=f"C{j}", label=f"{dtype} {quantizer}")
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(-5, 105)
-        ax.set_xlabel("LR / matching LR (lr·2^9 = median Δ4/2)")
-        ax.set_title(f"h{panel[0]} {panel[1]} g{panel[2]} {panel[3]} ep", fontsize=9)
-        if i == 0:
-            ax.set_ylabel("KnowMem_f retained (% of target)")
-            ax.legend(fontsize=7)
+    fig = Figure(figsize=(10, 4.2))
+    recovery, cost = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    regimes, widths = sorted({c["dtype"] for c in cells}), sorted({c["width"] for c in cells})
+    markers = "os^Dv"
+    for c in cells:
+        fp, q4 = retained(c, "fp"), retained(c, "rtn4")
+        if fp is None or q4 is None:
+            continue
+        style = {"color": f"C{regimes.index(c['dtype'])}", "marker": markers[widths.index(c["width"]) % 5],
+                 "alpha": 0.8, "linestyle": "none"}
+        recovery.plot([fp], [q4], **style)
+        cost.plot([derived(c)["flip_fraction_rtn4"] * 100], [fp], **style)
+    recovery.plot([0, 100], [0, 100], color="grey", linewidth=0.8)
+    recovery.set_xlabel("KnowMem_f retained at fp (% of target)")
+    recovery.set_ylabel("KnowMem_f retained at rtn4 (% of target)")
+    recovery.set_title("above the diagonal: 4-bit brings knowledge back", fontsize=9)
+    cost.set_xlabel("4-bit codes flipped (%)")
+    cost.set_ylabel("KnowMem_f retained at fp (% of target)")
+    cost.set_title("what forgetting at full precision cost", fontsize=9)
+    handles = [recovery.plot([], [], color=f"C{i}", marker="o", linestyle="none", label=r)[0]
+               for i, r in enumerate(regimes)]
+    handles += [recovery.plot([], [], color="black", marker=markers[i % 5], linestyle="none", label=f"h{w}")[0]
+                for i, w in enumerate(widths)]
+    cost.legend(handles=handles, fontsize=8, loc="lower left")
     fig.tight_layout()
     buffer = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def table(cells: list[dict]) -> str:
+    """The cells as a markdown table, in sweep order: settings, KnowMem_f retained per quantizer, utility, movement."""
+    head = ("| width | weights | LR ratio | LR | group | method | epochs | seed | KnowMem_f retained fp / rtn8 / rtn4 (%) "
+            "| KnowMem_r fp | moved | moved in 4-bit zero bin | rtn4 flips | rtn8 flips |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in cells:
+        d = derived(c)
+        kept = " / ".join("–" if d[f"knowmem_f_retained_{q}"] is None else f"{d[f'knowmem_f_retained_{q}']:.1f}"
+                          for q in QUANTIZERS)
+        lines.append(f"| {c['width']} | {c['dtype']} | {c['lr_ratio']:g} | {c['lr']:.2e} | {c['group_size']} | "
+                     f"{c['method']} | {c['epochs']} | {c['seed']} | {kept} | {d['knowmem_r_fp']:.1f} | {d['moved_fraction']:.3f} | "
+                     f"{d['moved_in_4bit_zero_bin']:.3f} | {d['flip_fraction_rtn4']:.4f} | {d['flip_fraction_rtn8']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def summarise(out: Path) -> None:
-    """fidelity.json (every cell with its derived numbers) and fidelity.png from `<out>/cells.jsonl`."""
+    """fidelity.json (every cell with its derived numbers), fidelity.md (the table) and fidelity.png."""
     cells = cells_done(out / "cells.jsonl")
     if not cells:
         raise SystemExit(f"{out / 'cells.jsonl'}: no finished cells")
     atomic_write_json(out / "fidelity.json", {"cells": [c | {"derived": derived(c)} for c in cells]})
+    atomic_write_text(out / "fidelity.md", table(cells))
     plot(cells, out / "fidelity.png")
-    for c in cells:
-        d = derived(c)
-        print(" ".join(f"{c[k]}" for k in CELL_KEYS[:5]), " ".join(f"{k}={v}" for k, v in d.items()))
+    print(table(cells))
 
 
 def parse_list(kind):
@@ -271,6 +293,7 @@ def main() -> None:
     parser.add_argument("--lr-ratios", type=parse_list(float), default=[1.0, 4.0, 16.0])
     parser.add_argument("--group-sizes", type=parse_list(int), default=[128])
     parser.add_argument("--methods", type=parse_list(str), default=["ga"])
+    parser.add_argument("--quantizers", type=parse_list(str), default=QUANTIZERS, help="fp and rtn<bits> names")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--summarise", action="store_true", help="only write fidelity.json/png from cells.jsonl")
