@@ -32,16 +32,14 @@ from qunlearn.fileio import append_jsonl, atomic_write_bytes, atomic_write_json,
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
 from qunlearn.prepare import PreparedBenchmark, greedy_memorisation
-from qunlearn.quant.diagnostics import weight_movement
+from qunlearn.quant.diagnostics import bf16_matching_lr, weight_movement
 from qunlearn.quant.layers import target_linears
 from qunlearn.quant.registry import get_quantizer
-from qunlearn.quant.rtn import rtn_codes
 from qunlearn.unlearn.settings import UnlearnSettings
 from qunlearn.unlearn.trainer import unlearn
 
 METRICS = ["knowmem_f", "verbmem_f", "knowmem_r"]
 QUANTIZERS = ["fp", "rtn8", "rtn4"]  # the default; --quantizers adds e.g. rtn3, rtn2 for a recovery-vs-bits curve
-BF16_HALF_ULP_EXPONENT = 9  # an Adam step of ~lr is lost in bf16 (8-bit significand) once |w| > lr·2^8..2^9
 
 
 def width_shape(width: int, base: ModelShape) -> ModelShape:
@@ -78,13 +76,6 @@ def target_for_width(bench: PreparedBenchmark, width: int, root: Path, seed: int
     save_model(model, tokenizer, out)
     atomic_write_json(out / "training.json", record)
     return out
-
-
-def matching_lr(model: torch.nn.Module, group_size: int) -> float:
-    """The LR at which lr·2^9 equals half the median 4-bit RTN step of the model's quantized linears."""
-    steps = torch.cat([rtn_codes(lin.weight.detach(), 4, group_size)[1].flatten()
-                       for lin in target_linears(model).values()])
-    return float(steps.median()) / 2 / 2 ** BF16_HALF_ULP_EXPONENT
 
 
 def scores(model, tokenizer, corpus, group_size: int, quantizers: list[str]) -> dict[str, dict[str, float]]:
@@ -138,7 +129,7 @@ def run_cell(cell: dict, target_dir: Path, corpus, work: Path, reference_cache: 
     target, tokenizer = load_as(target_dir, cell["dtype"])
     if key not in reference_cache:
         reference_cache[key] = scores(target, tokenizer, corpus, cell["group_size"], quantizers)
-    lr = cell["lr_ratio"] * matching_lr(target, cell["group_size"])
+    lr = cell["lr_ratio"] * bf16_matching_lr(target, cell["group_size"])
     out_dir = work / "unlearned"
     shutil.rmtree(out_dir, ignore_errors=True)
     start = time.perf_counter()

@@ -15,7 +15,7 @@ from qunlearn.models.io import load_model, save_model
 from qunlearn.quant.awq import apply_scales, llama_mappings, search_scales
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
-from qunlearn.quant.diagnostics import code_flips, weight_movement
+from qunlearn.quant.diagnostics import bf16_matching_lr, code_flips, weight_movement
 from qunlearn.quant.gptq import HessianAccumulator, gptq_quantize
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
@@ -255,6 +255,14 @@ def test_weight_movement_of_an_unchanged_matrix_is_empty():
     w = torch.randn(4, 8)
     result = weight_movement(w, w.clone(), bits=8, group_size=8)
     assert result["moved"] == result["flips"] == 0 and result["start_position_histogram"] == [0] * 5
+
+
+def test_bf16_matching_lr_puts_lr_times_512_at_half_the_median_4bit_step():
+    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(4, 2, bias=False))
+    with torch.no_grad():  # row absmax 8, 16, 24 | 32, 40 -> 4-bit steps 1..5, median 3
+        model[0].weight.copy_(torch.tensor([[8.0, 0, 0, 0], [0, -16, 0, 0], [0, 0, 24, 0]]))
+        model[1].weight.copy_(torch.tensor([[32.0, 0, 0, 0], [0, 0, 0, -40]]))
+    assert bf16_matching_lr(model, group_size=4) == 3 / 2 / 512
 
 
 # --- through the tiny benchmark: calibrated quantizers, checkpoints, the CLI ------------------------------

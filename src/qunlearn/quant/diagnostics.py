@@ -18,6 +18,7 @@ from torch import nn
 from qunlearn.quant.base import GridQuantizer, Quantizer, RTNQuantizer
 from qunlearn.quant.layers import target_linears
 from qunlearn.quant.registry import get_quantizer
+from qunlearn.quant.rtn import rtn_codes
 
 
 def _module_counts(w_a: torch.Tensor, w_b: torch.Tensor, flips: torch.Tensor, step: torch.Tensor | None) -> dict:
@@ -104,3 +105,15 @@ def weight_movement(w_a: torch.Tensor, w_b: torch.Tensor, bits: int, group_size:
         "max_change_in_steps": float(change.max()) if len(change) else 0.0,
         "start_position_histogram": [int(x) for x in histogram] if histogram is not None else [0] * 5,
     }
+
+
+# An Adam step of about lr is lost in bf16 storage (8-bit significand) once |w| exceeds lr·2^8 to lr·2^9.
+BF16_HALF_ULP_EXPONENT = 9
+
+
+def bf16_matching_lr(model: nn.Module, group_size: int = 128) -> float:
+    """The LR at which lr·2^9 is half the median 4-bit RTN step of the model's quantized linears: with bf16
+    weights, only weights inside the 4-bit zero bin can then move (the regime of MUSE's 7B runs at lr 1e-5)."""
+    steps = torch.cat([rtn_codes(lin.weight.detach(), 4, group_size)[1].flatten()
+                       for lin in target_linears(model).values()])
+    return float(steps.median()) / 2 / 2**BF16_HALF_ULP_EXPONENT
