@@ -11,7 +11,9 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
+
+from qunlearn.evaluate.fast_llama import LlamaDecoder, unsupported_reason
 
 
 def context_length(model: PreTrainedModel) -> int | None:
@@ -58,15 +60,40 @@ def _is_stopped(tokenizer: PreTrainedTokenizerBase, ids: list[int], stop_strings
     return any(stop in text for stop in stop_strings)
 
 
+class _HFDecoder:
+    """Decode steps through the model's own forward and its `DynamicCache`: any architecture, any attention."""
+
+    def __init__(self, model: PreTrainedModel, cache: Cache) -> None:
+        self.model, self.cache = model, cache
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the cache rows in `index`."""
+        for layer in self.cache.layers:
+            layer.batch_select_indices(index)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Logits (rows, 1, vocab) for one new token per row."""
+        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
+        return out.logits
+
+
+def _decoder(model: PreTrainedModel, cache: Cache, steps: int) -> LlamaDecoder | _HFDecoder:
+    """The lean Llama decoder where it is bit-identical to the model's forward, the HF forward otherwise."""
+    return LlamaDecoder(model, cache, steps) if unsupported_reason(model) is None else _HFDecoder(model, cache)
+
+
 @torch.inference_mode()  # cheaper per op than no_grad; nothing made here outlives the call but Python ints
 def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[list[int]],
                   max_new_tokens: int, stop_strings: Sequence[str]) -> list[list[int]]:
     """Greedy-decode one left-padded batch; each row stops at EOS, a stop string or `max_new_tokens`.
 
-    Per decoding step this does one forward on the rows still running: finished rows leave the batch (inputs,
-    mask, positions and KV cache are index-selected), and under SDPA the step's attention mask is passed ready-made
-    (the boolean padding mask transformers would build, or none once no running row is padded) so the model does
-    not rebuild it from the 2-D mask each step.
+    The prompt goes through the model's forward, then one decode step per new token on the rows still running
+    (`_decoder`: the lean Llama step where it applies). Finished rows leave the batch (inputs, mask, positions and
+    KV cache are index-selected), and under SDPA the step's attention mask is passed ready-made (the boolean padding
+    mask transformers would build, or none once no running row is padded) so the model does not rebuild it from the
+    2-D mask each step.
     """
     eos = model.generation_config.eos_token_id
     eos_ids = set([eos] if isinstance(eos, int) else eos or [])
@@ -77,7 +104,8 @@ def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ba
     mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each prompt starts at position 0, as when alone
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    logits = out.logits
+    decoder = _decoder(model, out.cache, max_new_tokens - 1)
     keep_mask = mask.bool()  # (running rows, tokens so far): which cached positions are real tokens
     new: list[list[int]] = [[] for _ in batch]
     running = list(range(len(batch)))  # batch row of each row still in the forward
@@ -85,7 +113,7 @@ def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ba
     # transformers builds exactly this boolean mask for SDPA; other attention kernels get the 2-D mask as before
     sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
     for step in range(max_new_tokens):
-        next_tokens = out.logits[:, -1].argmax(-1)
+        next_tokens = logits[:, -1].argmax(-1)
         keep = []
         for i, token in enumerate(next_tokens.tolist()):
             ids = new[running[i]]
@@ -97,16 +125,13 @@ def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ba
         if len(keep) < len(running):
             index = torch.tensor(keep, device=device)
             next_tokens, keep_mask, positions = next_tokens[index], keep_mask[index], positions[index]
-            for layer in cache.layers:
-                layer.batch_select_indices(index)
+            decoder.select(index)
             running = [running[i] for i in keep]
             padded = padded and not bool(keep_mask.all())
         keep_mask = torch.cat([keep_mask, keep_mask.new_ones(len(running), 1)], dim=1)
         positions = positions[:, -1:] + 1
         step_mask = None if not padded else keep_mask[:, None, None, :] if sdpa else keep_mask.long()
-        out = model(input_ids=next_tokens[:, None], attention_mask=step_mask, position_ids=positions, cache=cache,
-                    use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        logits = decoder(next_tokens[:, None], positions, step_mask)
     return new
 
 
