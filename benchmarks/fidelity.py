@@ -29,7 +29,7 @@ from qunlearn.config import ModelShape, TrainSettings, get_preset
 from qunlearn.data.muse import load_corpus
 from qunlearn.evaluate import evaluate_model
 from qunlearn.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_text
-from qunlearn.models.io import load_model, save_model
+from qunlearn.models.io import load_model, load_tokenizer, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
 from qunlearn.prepare import PreparedBenchmark, greedy_memorisation
 from qunlearn.quant.diagnostics import bf16_matching_lr, weight_movement
@@ -64,7 +64,7 @@ def target_for_width(bench: PreparedBenchmark, width: int, root: Path, seed: int
     if (out / "config.json").is_file():
         return out
     corpus = load_corpus(bench.corpus_dir)
-    _, tokenizer = load_model(bench.target_dir)
+    tokenizer = load_tokenizer(bench.tokenizer_dir)
     model = build_model(width_shape(width, preset.model), tokenizer, seed)
     start = time.perf_counter()
     losses = train_from_scratch(model, tokenizer, corpus.forget + corpus.retain, width_train(width, preset.train),
@@ -123,13 +123,18 @@ def load_as(path: Path, regime: str):
     return model.float(), tokenizer
 
 
-def run_cell(cell: dict, target_dir: Path, corpus, work: Path, reference_cache: dict, quantizers: list[str]) -> dict:
-    """Unlearn, score at fp/rtn8/rtn4 and measure weight movement for one cell of the sweep."""
+def run_cell(cell: dict, target_dir: Path, corpus, work: Path, references: dict, quantizers: list[str]) -> dict:
+    """Unlearn, score under each quantizer and measure weight movement for one cell of the sweep.
+
+    `references` keeps, per (width, regime, group size), the target as the regime stores it, its scores and its
+    matching LR, so cells sharing them load and evaluate the target once."""
     key = (cell["width"], cell["dtype"], cell["group_size"])
-    target, tokenizer = load_as(target_dir, cell["dtype"])
-    if key not in reference_cache:
-        reference_cache[key] = scores(target, tokenizer, corpus, cell["group_size"], quantizers)
-    lr = cell["lr_ratio"] * bf16_matching_lr(target, cell["group_size"])
+    if key not in references:
+        target, tokenizer = load_as(target_dir, cell["dtype"])
+        references[key] = (target, tokenizer, scores(target, tokenizer, corpus, cell["group_size"], quantizers),
+                           bf16_matching_lr(target, cell["group_size"]))
+    target, tokenizer, target_scores, matching_lr = references[key]
+    lr = cell["lr_ratio"] * matching_lr
     out_dir = work / "unlearned"
     shutil.rmtree(out_dir, ignore_errors=True)
     start = time.perf_counter()
@@ -138,7 +143,7 @@ def run_cell(cell: dict, target_dir: Path, corpus, work: Path, reference_cache: 
                             storage=REGIMES[cell["dtype"]][1], seed=cell["seed"]), progress=False)
     seconds = time.perf_counter() - start
     model, _ = load_as(out_dir, cell["dtype"])
-    return cell | {"lr": lr, "unlearn_seconds": round(seconds, 1), "target": reference_cache[key],
+    return cell | {"lr": lr, "unlearn_seconds": round(seconds, 1), "target": target_scores,
                    "unlearned": scores(model, tokenizer, corpus, cell["group_size"], quantizers),
                    "movement": movement(target, model, cell["group_size"])}
 
@@ -167,14 +172,14 @@ def sweep(args: argparse.Namespace) -> None:
     results = out / "cells.jsonl"
     done = {tuple(c[k] for k in CELL_KEYS) for c in cells_done(results)}
     grid = itertools.product(args.widths, args.dtypes, args.lr_ratios, args.group_sizes, args.methods)
-    reference_cache: dict = {}
+    references: dict = {}
     for width, dtype, ratio, group, method in grid:
         cell = {"width": width, "dtype": dtype, "lr_ratio": ratio, "group_size": group, "method": method,
                 "epochs": args.epochs, "seed": args.seed}
         if tuple(cell[k] for k in CELL_KEYS) in done:
             continue
         target_dir = target_for_width(bench, width, out, args.seed)
-        record = run_cell(cell, target_dir, corpus, out / "work", reference_cache, args.quantizers)
+        record = run_cell(cell, target_dir, corpus, out / "work", references, args.quantizers)
         append_jsonl(results, record)
         t, u = record["target"], record["unlearned"]
         print(f"h{width} {dtype} lr×{ratio} ({record['lr']:.2e}) g{group} {method}: KnowMem_f "

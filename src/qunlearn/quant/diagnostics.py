@@ -103,7 +103,7 @@ def weight_movement(w_a: torch.Tensor, w_b: torch.Tensor, bits: int, group_size:
         "flips": int((codes_a != codes_b).sum()),
         "mean_change_in_steps": float(change.mean()) if len(change) else 0.0,
         "max_change_in_steps": float(change.max()) if len(change) else 0.0,
-        "start_position_histogram": [int(x) for x in histogram] if histogram is not None else [0] * 5,
+        "start_position_histogram": [int(x) for x in histogram] if histogram is not None else [0] * (len(BIN_POSITION_EDGES) - 1),
     }
 
 

@@ -27,7 +27,6 @@ class Hyperparameters:
     batch_size: int
     max_length: int
     dtype: str
-    storage: str | None = None
     beta: float = 0.1
     retain_weight: float = 1.0
     weight_decay: float = 0.0
