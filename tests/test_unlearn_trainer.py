@@ -17,7 +17,8 @@ from qunlearn.models.io import load_model
 from qunlearn.unlearn import losses
 from qunlearn.unlearn.methods import METHODS
 from qunlearn.unlearn.saliency import module_parameters
-from qunlearn.unlearn.trainer import LossNotFiniteError, UnlearnSettings, unlearn
+from qunlearn.errors import TrainingDivergedError
+from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
 FAST = UnlearnSettings(max_length=32, batch_size=4, saliency_batches=1, max_steps=2)
 
@@ -126,7 +127,7 @@ def test_an_injected_nan_is_caught_naming_the_step(tiny_benchmark, tmp_path, mon
         return real(*a, **k) * (float("nan") if calls["n"] == 2 else 1.0)
 
     monkeypatch.setattr(losses, "ga_loss", nan_at_second_call)
-    with pytest.raises(LossNotFiniteError, match=r"forget=nan.*at step 2 \(epoch 1\)"):
+    with pytest.raises(TrainingDivergedError, match=r"forget=nan.*at step 2 \(epoch 1\)"):
         unlearn(
             tiny_benchmark.target_dir,
             tiny_benchmark.corpus_dir,

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from qunlearn.errors import QunlearnError
+
 # One line per subcommand; a module's register(subparsers) adds its parser and sets `func`.
 COMMANDS = ["demo", "prepare", "run", "unlearn", "quantize", "codeflips", "evaluate", "report", "audit"]
 
@@ -24,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
+    except QunlearnError as err:
+        print(f"qunlearn {args.command}: {err.label}: {err}", file=sys.stderr)
+        return err.exit_code
     except (ValueError, FileNotFoundError) as err:
         print(f"qunlearn {args.command}: error: {err}", file=sys.stderr)
         return 2

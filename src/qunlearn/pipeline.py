@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from qunlearn.config import RunConfig
 from qunlearn.data.muse import load_corpus
+from qunlearn.errors import QuantizerUnavailableError
 from qunlearn.evaluate import METRICS, evaluate_model
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_yaml, read_text
@@ -197,7 +198,7 @@ class Grid:
         model, tokenizer = load_model(path, dtype=self.config.dtype, device=self.config.device)
         quantizer = get_quantizer(quantizer_name, **self.config.quantize)
         if not quantizer.available():
-            raise RuntimeError(quantizer.unavailable_reason())
+            raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
         texts = self.calibration if quantizer.needs_calibration else None
         quantizer.quantize(model, tokenizer, texts)
         if quantizer_name != "fp" and self.config.keep_quantized:

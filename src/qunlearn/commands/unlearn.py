@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import fields
 
 from qunlearn.unlearn.methods import METHODS, PROFILES
-from qunlearn.unlearn.trainer import LossNotFiniteError, UnlearnSettings, unlearn
+from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
 TYPES = {"int": int, "float": float, "str": str}
 
@@ -69,18 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = UnlearnSettings(**{f.name: getattr(args, f.name) for f in fields(UnlearnSettings)})
-    try:
-        out = unlearn(
-            args.target,
-            args.corpus,
-            args.method,
-            args.out,
-            settings,
-            progress=not args.quiet,
-            resume=args.resume,
-        )
-    except LossNotFiniteError as err:
-        print(f"qunlearn unlearn: training diverged: {err}", file=sys.stderr)
-        return 1
+    out = unlearn(
+        args.target,
+        args.corpus,
+        args.method,
+        args.out,
+        settings,
+        progress=not args.quiet,
+        resume=args.resume,
+    )
     print(f"unlearned model written to {out}")
     return 0

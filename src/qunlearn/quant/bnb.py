@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qunlearn.errors import QuantizerUnavailableError
 from qunlearn.quant.base import Quantizer
 from qunlearn.quant.layers import target_linears
 
@@ -75,7 +76,7 @@ class BnbQuantizer(Quantizer):
     def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
         reason = self.unavailable_reason()
         if reason:
-            raise RuntimeError(f"{self.name} not available: {reason}")
+            raise QuantizerUnavailableError(f"{self.name} not available: {reason}")
         if self.real:
             return self._reload(model)
         for linear in target_linears(model, self.skip).values():

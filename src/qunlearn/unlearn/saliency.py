@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qunlearn.errors import NumericalError
 from qunlearn.unlearn.losses import LossTerm
 
 
@@ -97,7 +98,7 @@ def compute_saliency(
     scores = module_scores(model, batches, forget_term)
     bad = [name for name, s in scores.items() if not math.isfinite(s)]
     if bad:
-        raise FloatingPointError(
+        raise NumericalError(
             f"SURE saliency: gradient norm is not finite for module(s) {', '.join(bad[:5])}"
         )
     gamma_value = threshold(scores, gamma, percentile)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from qunlearn import __version__
 from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
+from qunlearn.errors import TrainingDivergedError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
 from qunlearn.models.io import load_model, parse_dtype
 from qunlearn.unlearn.losses import LossTerm
@@ -38,10 +39,6 @@ SETTINGS_FILE = "unlearn.yaml"
 LOSSES_FILE = "losses.json"
 SALIENCY_FILE = "saliency.json"
 CHECKPOINTS = "checkpoints"
-
-
-class LossNotFiniteError(FloatingPointError):
-    """A loss or gradient norm became NaN/inf (GA can diverge); the message names the step."""
 
 
 @dataclass
@@ -99,7 +96,7 @@ def _describe(parts: dict[str, torch.Tensor]) -> str:
 def _check_finite(value: float, what: str, step: int, epoch: int) -> None:
     """Stop with an error naming the step when a loss or gradient norm is NaN/inf (GA can diverge)."""
     if not math.isfinite(value):
-        raise LossNotFiniteError(
+        raise TrainingDivergedError(
             f"{what} became {value} at step {step} (epoch {epoch + 1}); "
             "lower --lr, raise --retain-weight, or use fewer epochs"
         )
