@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qunlearn.cli import main
 from qunlearn.data.muse import load_corpus
+from qunlearn.errors import UserInputError
 from qunlearn.fileio import read_yaml
 from qunlearn.models.io import load_model, save_model
 from qunlearn.prepare import is_prepared, prepare_benchmark
@@ -58,9 +59,9 @@ def test_loader_refuses_pickled_weights_and_missing_dirs(tiny_benchmark, tmp_pat
     torch.save(model.state_dict(), tmp_path / "pickled/pytorch_model.bin")
     with pytest.raises(ValueError, match="no .safetensors weights"):
         load_model(tmp_path / "pickled")
-    with pytest.raises(FileNotFoundError, match="model directory not found"):
+    with pytest.raises(UserInputError, match="absent: directory not found"):
         load_model(str(tmp_path / "absent"))
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(UserInputError, match="no config.json"):
         load_model(tmp_path)
 
 

@@ -10,6 +10,7 @@ import pytest
 from qunlearn.cli import main
 from qunlearn.commands.run import load_run_config
 from qunlearn.config import BenchmarkSettings, RunConfig
+from qunlearn.errors import UserInputError
 from qunlearn.fileio import append_jsonl
 from qunlearn.pipeline import Grid, config_hash, finished_cells, run_grid, validate
 from qunlearn.report import build_report, headline, load_results, to_grid
@@ -86,7 +87,7 @@ def test_bad_config_names_are_listed_before_work(tmp_path, field, value, message
 def test_missing_model_directory_fails_before_any_work(tmp_path):
     config = RunConfig(out=str(tmp_path / "out"), target=str(tmp_path / "absent"), corpus=str(tmp_path),
                        retrain=str(tmp_path / "absent"), metrics=["knowmem_f"])
-    with pytest.raises(FileNotFoundError, match="target: .*absent: directory not found"):
+    with pytest.raises(UserInputError, match="target .*absent: directory not found"):
         Grid(config, progress=False).run()
     assert not (tmp_path / "out/results.jsonl").exists()
 

@@ -21,16 +21,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (library messages, e.g. transformers', can span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run the subcommand; user errors print one line and exit 2."""
+    """Parse arguments and run the subcommand; every failure a user can cause prints one line and exits non-zero.
+
+    Exit codes: 2 for bad input (flags, files, models that fail the integrity checks, refused outputs, OS
+    errors such as a permission denied), 1 for a run that failed numerically, 130 for Ctrl-C.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except QunlearnError as err:
-        print(f"qunlearn {args.command}: {err.label}: {err}", file=sys.stderr)
+        print(f"qunlearn {args.command}: {err.label}: {one_line(err)}", file=sys.stderr)
         return err.exit_code
-    except (ValueError, FileNotFoundError) as err:
-        print(f"qunlearn {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"qunlearn {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"qunlearn {args.command}: interrupted", file=sys.stderr)

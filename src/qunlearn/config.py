@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from qunlearn.data.synthetic import SyntheticSizes
+from qunlearn.errors import UserInputError
 
 T = TypeVar("T")
 
@@ -74,6 +76,35 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return asdict(obj)
 
 
+SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+                                        "None": (type(None),)}
+
+
+def check_type(value: Any, annotation: str, where: str) -> None:
+    """Check a YAML value against a field's annotation ('float | None', 'list[str]', 'dict[str, Any]', ...).
+
+    Numbers must be finite; bool is not taken for int or float. The error names the field and the value.
+    """
+    options = [a.strip() for a in annotation.split("|")]
+    for option in options:
+        base, _, inner = option.partition("[")
+        if base == "Any":
+            return
+        if base in ("list", "tuple") and isinstance(value, (list, tuple)):
+            element = inner.rstrip("]").split(",")[0].strip()
+            for i, item in enumerate(value):
+                check_type(item, element, f"{where}[{i}]")
+            return
+        if base == "dict" and isinstance(value, dict):
+            return
+        kinds = SCALARS.get(base)
+        if kinds and isinstance(value, kinds) and not (isinstance(value, bool) and base in ("int", "float")):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserInputError(f"{where}: must be a finite number, got {value}")
+            return
+    raise UserInputError(f"{where}: expected {annotation}, got {type(value).__name__} {value!r}")
+
+
 def from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from a dict, rejecting unknown or missing fields with the field's path."""
     if not isinstance(data, dict):
@@ -90,6 +121,8 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
         nested = spec.type if isinstance(spec.type, type) else globals().get(str(spec.type))
         if nested is not None and hasattr(nested, "__dataclass_fields__"):
             value = from_dict(nested, value, f"{where}.{name}")
+        else:
+            check_type(value, str(spec.type), f"{where}.{name}")
         kwargs[name] = value
     try:
         return cls(**kwargs)

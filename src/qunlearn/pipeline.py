@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from qunlearn.config import RunConfig
+from qunlearn.config import RunConfig, check_type, from_dict
 from qunlearn.data.muse import load_corpus
-from qunlearn.errors import QuantizerUnavailableError
+from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.evaluate import METRICS, evaluate_model
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_yaml, read_text
 from qunlearn.models.io import load_model, save_model
+from qunlearn.models.locate import locate_dir, locate_model
 from qunlearn.prepare import prepare_benchmark
+from qunlearn.quant.base import Quantizer
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
@@ -34,6 +36,7 @@ from qunlearn.unlearn.methods import METHODS
 from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
 RESULTS_FILE = "results.jsonl"
+RUN_FILE = "config.yaml"  # written first: marks a run directory
 FIXED_MODELS = ("target", "retrain")
 # A grid metric may write several result lines; the first one marks the cell done.
 RESULT_NAMES = {"utility": ("ppl_retain", "ppl_holdout")}
@@ -49,22 +52,51 @@ class Inputs:
 
 
 def validate(config: RunConfig) -> None:
-    """Reject unknown names (listing the valid ones) and bad settings before any work starts."""
-    for kind, names, valid in (("method", config.methods, METHODS), ("quantizer", config.quantizers, QUANTIZERS),
-                               ("metric", config.metrics, METRICS),
-                               ("codeflip scheme", config.codeflip_schemes, QUANTIZERS)):
+    """Reject unknown names (listing the valid ones) and bad settings before any work starts, naming the field."""
+    for kind, key, valid in (("method", "methods", METHODS), ("quantizer", "quantizers", QUANTIZERS),
+                             ("metric", "metrics", METRICS), ("codeflip scheme", "codeflip_schemes", QUANTIZERS)):
+        names = getattr(config, key)
         unknown = [n for n in names if n not in valid]
         if unknown:
-            raise ValueError(f"unknown {kind}(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+            raise UserInputError(f"{key}: unknown {kind}(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        if not names and key != "codeflip_schemes":
+            raise UserInputError(f"{key}: empty list; name at least one of {', '.join(valid)}")
     if config.calibration not in ("generic", "forget"):
-        raise ValueError(f"calibration must be 'generic' or 'forget', got '{config.calibration}'")
+        raise UserInputError(f"calibration must be 'generic' or 'forget', got '{config.calibration}'")
     if config.target is not None and config.corpus is None:
-        raise ValueError("a run with 'target' also needs 'corpus' (a MUSE-layout directory)")
+        raise UserInputError("a run with 'target' also needs 'corpus' (a MUSE-layout directory)")
     if "privleak" in config.metrics and config.target is not None and config.retrain is None:
-        raise ValueError("metric 'privleak' needs 'retrain' (AUC_retrain comes from the retrain model)")
-    UnlearnSettings(**config.unlearn)  # unknown override names fail here, naming the field
-    for name in config.quantizers:
-        get_quantizer(name, **config.quantize)
+        raise UserInputError("metric 'privleak' needs 'retrain' (AUC_retrain comes from the retrain model)")
+    if config.batch_size < 1:
+        raise UserInputError(f"batch_size must be at least 1, got {config.batch_size}")
+    from_dict(UnlearnSettings, config.unlearn, "unlearn")  # unknown names and wrong types fail here, naming the field
+    check_quantize_options(config.quantize, config.quantizers + config.codeflip_schemes)
+
+
+def quantizer_fields(name: str) -> dict[str, str]:
+    """Option name → annotation of the options quantizer `name` takes (its fixed settings excluded)."""
+    spec = QUANTIZERS[name]
+    return {f.name: str(f.type) for f in fields(spec.cls) if f.name != "name" and f.name not in spec.settings}
+
+
+def check_quantize_options(options: dict[str, Any], names: list[str]) -> None:
+    """Each `quantize:` option must apply to at least one quantizer of the grid, with a valid value."""
+    for option, value in options.items():
+        takers = [n for n in names if option in quantizer_fields(n)]
+        if not takers:
+            raise UserInputError(f"quantize.{option}: applies to none of the grid's quantizers "
+                                 f"({', '.join(dict.fromkeys(names))})")
+        check_type(value, quantizer_fields(takers[0])[option], f"quantize.{option}")
+        if option in ("n_samples", "seq_len") and value < 1:
+            raise UserInputError(f"quantize.{option}: must be at least 1, got {value}")
+        if option == "group_size" and not (value > 0 or value == -1):
+            raise UserInputError(f"quantize.group_size: must be positive or -1 (per row), got {value}")
+
+
+def make_quantizer(name: str, options: dict[str, Any]) -> Quantizer:
+    """The grid's quantizer `name` with those `quantize:` options it takes (the others are for other quantizers)."""
+    takes = quantizer_fields(name)
+    return get_quantizer(name, **{k: v for k, v in options.items() if k in takes})
 
 
 def config_hash(config: RunConfig) -> str:
@@ -81,34 +113,35 @@ def finished_cells(results: Path, run_hash: str) -> set[tuple[str, str, str]]:
         return set()
     done = set()
     for number, line in enumerate(read_text(results).splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
+            record = json.loads(line)
+            cell = (record["model"], record["quantizer"], record["metric"])
+        except (json.JSONDecodeError, TypeError, KeyError):
             warnings.warn(f"{results}: line {number} is cut or corrupt (a crash mid-write?); its cell is redone",
                           stacklevel=2)
             continue
-        if record is None:
-            continue
         if record.get("config_hash") == run_hash:
-            done.add((record["model"], record["quantizer"], record["metric"]))
+            done.add(cell)
     return done
 
 
+def check_inputs(config: RunConfig) -> None:
+    """The run's local paths exist (a missing one is 'not found' at once, never taken for a hub id)."""
+    for field_name in ("target", "retrain"):
+        if getattr(config, field_name) is not None:
+            locate_model(getattr(config, field_name), field_name)
+    if config.corpus is not None:
+        locate_dir(config.corpus, "corpus")
+
+
 def resolve_inputs(config: RunConfig, progress: bool) -> Inputs:
-    """Prepare (or reuse) the embedded benchmark when no target is given; check the given paths otherwise."""
+    """Prepare (or reuse) the embedded benchmark when no target is given; the given paths otherwise."""
     if config.target is None:
         bench = prepare_benchmark(Path(config.out) / "benchmark", progress=progress, **asdict(config.benchmark))
         return Inputs(bench.target_dir, bench.retrain_dir, bench.corpus_dir)
-    for field_name in ("target", "retrain", "corpus"):
-        value = getattr(config, field_name)
-        if value is not None and _looks_local(value) and not Path(value).is_dir():
-            raise FileNotFoundError(f"{field_name}: {value}: directory not found")
     return Inputs(Path(config.target), Path(config.retrain) if config.retrain else None, Path(config.corpus))
-
-
-def _looks_local(path: str) -> bool:
-    """A path that exists or is written as one (an HF hub id like 'org/name' is not)."""
-    return Path(path).exists() or path.startswith((".", "/", "~")) or path.count("/") != 1
 
 
 def result_lines(model: str, quantizer: str, metric: str, result: dict, run_hash: str) -> list[dict]:
@@ -135,8 +168,9 @@ class Grid:
         return [m for m in FIXED_MODELS if m != "retrain" or self.inputs.retrain is not None] + self.config.methods
 
     def run(self) -> Path:
+        check_inputs(self.config)
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_yaml(self.out / "config.yaml", asdict(self.config) | {"config_hash": self.run_hash})
+        atomic_write_yaml(self.out / RUN_FILE, asdict(self.config) | {"config_hash": self.run_hash})
         self.inputs = resolve_inputs(self.config, self.progress)
         self.corpus = load_corpus(self.inputs.corpus_dir)
         done = finished_cells(self.results, self.run_hash)
@@ -196,7 +230,7 @@ class Grid:
         if quantizer_name != "fp" and (saved / "config.json").is_file():
             return load_model(saved, dtype=self.config.dtype, device=self.config.device)
         model, tokenizer = load_model(path, dtype=self.config.dtype, device=self.config.device)
-        quantizer = get_quantizer(quantizer_name, **self.config.quantize)
+        quantizer = make_quantizer(quantizer_name, self.config.quantize)
         if not quantizer.available():
             raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
         texts = self.calibration if quantizer.needs_calibration else None
@@ -239,7 +273,7 @@ class Grid:
         model, _ = load_model(path, dtype=self.config.dtype, device="cpu")
         for scheme in schemes:
             bar.set_postfix_str(f"{model_name}: code flips {scheme}")
-            quantizer = get_quantizer(scheme, **self.config.quantize)
+            quantizer = make_quantizer(scheme, self.config.quantize)
             texts = self.calibration if quantizer.needs_calibration else None
             flips = code_flips(target, model, quantizer, tokenizer, texts)
             overall = flips["overall"]

@@ -14,10 +14,14 @@ from qunlearn import __version__
 from qunlearn.config import Preset, get_preset, to_dict
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.data.synthetic import generate_corpus
+from qunlearn.errors import OutputConflictError
 from qunlearn.fileio import atomic_write_yaml, read_yaml
 from qunlearn.models.io import load_model, parse_dtype, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
 from qunlearn.models.tokenizer import train_tokenizer
+from qunlearn.outputs import check_output_dir, output_lock, staged_dir
+
+SETTINGS_FILE = "prepare.yaml"
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class PreparedBenchmark:
 
     @property
     def settings_file(self) -> Path:
-        return self.root / "prepare.yaml"
+        return self.root / SETTINGS_FILE
 
 
 def _settings(preset: Preset, flavour: str, seed: int, dtype: str) -> dict:
@@ -86,11 +90,22 @@ def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str =
     spec = get_preset(preset)
     bench = PreparedBenchmark(Path(out_dir))
     settings = _settings(spec, flavour, seed, dtype)
-    if not force and is_prepared(bench, settings):
-        return bench
-    if not force and bench.settings_file.is_file():
-        raise ValueError(f"{bench.root}: holds a benchmark prepared with other settings (see {bench.settings_file}); "
-                         "use --force to replace it, or another output directory")
+    check_output_dir(bench.root, SETTINGS_FILE, "a prepared benchmark", {})
+    with output_lock(bench.root):
+        if not force and is_prepared(bench, settings):
+            return bench
+        if not force and bench.settings_file.is_file():
+            raise OutputConflictError(
+                f"{bench.root}: holds a benchmark prepared with other settings (see {bench.settings_file}); "
+                "use --force to replace it, or another output directory")
+        with staged_dir(bench.root) as staging:
+            _build(PreparedBenchmark(staging), spec, settings, progress)
+    return bench
+
+
+def _build(bench: PreparedBenchmark, spec: Preset, settings: dict, progress: bool) -> None:
+    """Write corpus, tokenizer, target and retrain models and prepare.yaml into `bench.root`."""
+    flavour, seed, dtype = settings["flavour"], settings["seed"], settings["dtype"]
     generate_corpus(bench.corpus_dir, flavour=flavour, seed=seed, sizes=spec.sizes)
     corpus = load_corpus(bench.corpus_dir)
     tokenizer = train_tokenizer(corpus.forget + corpus.retain + corpus.holdout, spec.model.vocab_size)
@@ -118,7 +133,6 @@ def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str =
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "torch_threads": torch.get_num_threads(),
     })
-    return bench
 
 
 def summary_lines(bench: PreparedBenchmark) -> list[str]:

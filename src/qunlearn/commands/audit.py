@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from qunlearn.audit.attacks import ATTACK_NAMES
 from qunlearn.audit.render import write_audit
 from qunlearn.audit.run import AuditInputs, AuditSettings, run_audit
 from qunlearn.audit.verdict import DEFAULT_THRESHOLD
+from qunlearn.models.io import resolve_device
+from qunlearn.models.locate import locate_model
+from qunlearn.outputs import check_output_dir, output_lock, staged_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,9 +73,18 @@ def run(args: argparse.Namespace) -> int:
                              relearn_batch_size=args.relearn_batch_size, code_flips=not args.no_code_flips,
                              device=args.device, batch_size=args.batch_size, seed=args.seed)
     settings.check()
-    for inputs, out in _jobs(args):
+    resolve_device(settings.device)
+    jobs = _jobs(args)
+    for inputs, out in jobs:  # every check before the first audit starts
+        for name in ("target", "unlearned", "retrain"):
+            if getattr(inputs, name) is not None:
+                locate_model(getattr(inputs, name), f"--{name}")
+        check_output_dir(out, "audit.json", "an audit", {f"--{k}": v for k, v in asdict(inputs).items()})
+    for inputs, out in jobs:
         print(f"auditing {inputs.unlearned}")
-        audit = run_audit(inputs, settings, log=lambda line: print(f"  {line}"))
-        paths = write_audit(audit, out)
+        with output_lock(out), staged_dir(out) as staging:
+            audit = run_audit(inputs, settings, log=lambda line: print(f"  {line}"))
+            write_audit(audit, staging)
+        paths = {name: out / name for name in ("audit.md", "audit.json", "audit.html")}
         print(f"{audit['summary']}\nwrote {paths['audit.md']}, {paths['audit.json']}, {paths['audit.html']}")
     return 0

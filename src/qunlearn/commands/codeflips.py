@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 
 from qunlearn.commands.quantize import add_scheme_options, build_quantizer
 from qunlearn.fileio import atomic_write_json
 from qunlearn.models.io import load_model
+from qunlearn.models.locate import locate_model
+from qunlearn.outputs import check_output_file, output_lock
 from qunlearn.quant.diagnostics import code_flips
 
 
@@ -33,10 +36,16 @@ def format_result(result: dict, top: int = 10) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     quantizer, texts = build_quantizer(args)
-    model_a, tokenizer = load_model(args.a)
-    model_b, _ = load_model(args.b)
-    result = code_flips(model_a, model_b, quantizer, tokenizer, texts)
-    print("\n".join(format_result(result)))
+    locate_model(args.a, "--a")
+    locate_model(args.b, "--b")
     if args.out:
-        atomic_write_json(args.out, result)
+        check_output_file(args.out, "overall", "a code-flip result",
+                          {"--a": args.a, "--b": args.b, "--calibration": args.calibration, "--corpus": args.corpus})
+    with output_lock(args.out) if args.out else nullcontext():
+        model_a, tokenizer = load_model(args.a)
+        model_b, _ = load_model(args.b)
+        result = code_flips(model_a, model_b, quantizer, tokenizer, texts)
+        print("\n".join(format_result(result)))
+        if args.out:
+            atomic_write_json(args.out, result)
     return 0

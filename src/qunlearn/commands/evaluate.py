@@ -15,6 +15,8 @@ from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.evaluate.registry import METRICS, check_metrics, evaluate_model
 from qunlearn.fileio import atomic_write_json
 from qunlearn.models.io import load_model, parse_dtype, resolve_device
+from qunlearn.models.locate import locate_model
+from qunlearn.outputs import check_output_file, output_lock
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +40,17 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")
     parse_dtype(args.dtype)
     device = str(resolve_device(args.device))
+    locate_model(args.model, "--model")
+    if args.retrain:
+        locate_model(args.retrain, "--retrain")
+    check_output_file(args.out, "metrics", "an evaluation result",
+                      {"--model": args.model, "--corpus": args.corpus, "--retrain": args.retrain})
+    with output_lock(args.out):
+        return _evaluate(args, device)
+
+
+def _evaluate(args: argparse.Namespace, device: str) -> int:
+    """Score the model (holding the output's lock) and write the result file."""
     corpus = load_corpus(args.corpus)
     auc_retrain = None
     if "privleak" in args.metrics:

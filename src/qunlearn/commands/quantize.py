@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict
-from pathlib import Path
 
+from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.fileio import atomic_write_yaml
+from qunlearn.models.integrity import check_finite
 from qunlearn.models.io import load_model, save_model
+from qunlearn.models.locate import locate_model
+from qunlearn.outputs import check_output_dir, output_lock, staged_dir
 from qunlearn.quant.calibration import CALIBRATE_ON, calibration_texts
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
+
+QUANTIZE_FILE = "quantize.yaml"
 
 
 def add_scheme_options(parser: argparse.ArgumentParser) -> None:
@@ -34,10 +39,10 @@ def build_quantizer(args: argparse.Namespace):
     quantizer = get_quantizer(args.scheme, **{k: v for k, v in options.items() if hasattr(probe, k)})
     reason = quantizer.unavailable_reason()
     if reason:
-        raise ValueError(f"--scheme {args.scheme} not available: {reason}")
+        raise QuantizerUnavailableError(f"--scheme {args.scheme} not available: {reason}")
     texts = calibration_texts(args.calibration, args.corpus, args.calibrate_on)
     if quantizer.needs_calibration and not texts:
-        raise ValueError(f"--scheme {args.scheme} needs calibration text: give --calibration FILE or --corpus DIR")
+        raise UserInputError(f"--scheme {args.scheme} needs calibration text: give --calibration FILE or --corpus DIR")
     return quantizer, texts
 
 
@@ -52,18 +57,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quantizer, texts = build_quantizer(args)
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
-    start = time.perf_counter()
-    model = quantizer.quantize(model, tokenizer, texts if quantizer.needs_calibration else None)
-    seconds = time.perf_counter() - start
-    out = save_model(model, tokenizer, args.out)
-    calibration = (args.calibration or (f"{args.corpus} ({args.calibrate_on})" if args.corpus else None)
-                   if quantizer.needs_calibration else None)
-    atomic_write_yaml(Path(out) / "quantize.yaml", {
-        "source": str(args.model), "scheme": args.scheme, "dtype": args.dtype,
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items()},
-        "calibration": calibration, "calibration_docs": len(texts) if calibration else 0,
-        "seconds": round(seconds, 3),
-    })
-    print(f"{args.scheme}: quantized {args.model} in {seconds:.1f}s → {out}")
+    locate_model(args.model, "--model")
+    check_output_dir(args.out, QUANTIZE_FILE, "a quantized checkpoint",
+                     {"--model": args.model, "--calibration": args.calibration, "--corpus": args.corpus})
+    with output_lock(args.out), staged_dir(args.out) as staging:
+        model, tokenizer = load_model(args.model, dtype=args.dtype)
+        start = time.perf_counter()
+        model = quantizer.quantize(model, tokenizer, texts if quantizer.needs_calibration else None)
+        seconds = time.perf_counter() - start
+        check_finite(model, f"{args.scheme} quantization of {args.model}")
+        save_model(model, tokenizer, staging)
+        calibration = (args.calibration or (f"{args.corpus} ({args.calibrate_on})" if args.corpus else None)
+                       if quantizer.needs_calibration else None)
+        atomic_write_yaml(staging / QUANTIZE_FILE, {
+            "source": str(args.model), "scheme": args.scheme, "dtype": args.dtype,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items()},
+            "calibration": calibration, "calibration_docs": len(texts) if calibration else 0,
+            "seconds": round(seconds, 3),
+        })
+    print(f"{args.scheme}: quantized {args.model} in {seconds:.1f}s → {args.out}")
     return 0

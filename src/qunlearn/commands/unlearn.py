@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from qunlearn.models.locate import locate_model
 from qunlearn.unlearn.methods import METHODS, PROFILES
 from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    locate_model(args.target, "--target")
     settings = UnlearnSettings(**{f.name: getattr(args, f.name) for f in fields(UnlearnSettings)})
     out = unlearn(
         args.target,

@@ -10,7 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from qunlearn.errors import UserInputError
 from qunlearn.fileio import current_umask
+from qunlearn.models.integrity import check_files, check_model
+from qunlearn.models.locate import locate_model
+from qunlearn.outputs import swap_in
 
 # qunlearn shows its own progress; transformers' per-load "Loading weights" bars would drown it.
 hf_logging.disable_progress_bar()
@@ -30,10 +34,21 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """'auto' or None → cuda if available else cpu; otherwise the named device."""
+    """'auto' or None → cuda if available else cpu; otherwise the named device, which must exist here."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserInputError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
+                                 "no visible GPU); use --device cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise UserInputError(f"--device {name}: only {count} CUDA device(s) visible")
+    return device
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -55,25 +70,19 @@ def load_model(
     Weights must be safetensors (pickled `.bin` weights are never loaded); `trust_remote_code` stays
     off unless the caller asks for it.
     """
-    local = Path(path)
-    if local.exists() and not local.is_dir():
-        raise ValueError(f"{local}: expected a model directory, got a file")
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"{local}: not a HF checkpoint (no config.json)")
-        if not any(local.glob("*.safetensors")) and not (local / "model.safetensors.index.json").is_file():
-            raise ValueError(f"{local}: no .safetensors weights (pickled weights are never loaded)")
-    elif str(path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{path}: model directory not found")
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+    source = locate_model(path)
+    check_files(source)
+    model, info = AutoModelForCausalLM.from_pretrained(
+        source, dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+        output_loading_info=True, ignore_mismatched_sizes=True,
     )
+    check_model(model, info, source)
     model.to(resolve_device(device)).eval()
-    return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return model, load_tokenizer(source, trust_remote_code=trust_remote_code)
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Save model (safetensors) and tokenizer into one directory, replacing it atomically."""
+    """Save model (safetensors) and tokenizer into one directory; an earlier one is replaced only once this is complete."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
@@ -81,9 +90,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
+from qunlearn.errors import UserInputError
 from qunlearn.models.io import parse_dtype
 from qunlearn.unlearn.methods import PROFILES, Method
 
@@ -59,6 +61,10 @@ class UnlearnSettings:
 
     def validate(self, method: Method) -> None:
         """Reject impossible values with the option's name."""
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserInputError(f"--{spec.name.replace('_', '-')} must be a finite number, got {value}")
         parse_dtype(self.dtype)
         if self.storage is not None and parse_dtype(self.storage).itemsize >= parse_dtype(self.dtype).itemsize:
             raise ValueError(f"--storage {self.storage} must be a narrower dtype than --dtype {self.dtype}")
@@ -85,3 +91,11 @@ class UnlearnSettings:
             raise ValueError("SURE needs exactly one of --saliency-gamma or --saliency-percentile")
         if self.saliency_batches is not None and self.saliency_batches < 1:
             raise ValueError(f"--saliency-batches must be at least 1, got {self.saliency_batches}")
+
+
+def check_context(max_length: int, config: object) -> None:
+    """--max-length must fit the model's context (`max_position_embeddings` in its config.json)."""
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and max_length > context:
+        raise UserInputError(f"--max-length {max_length} exceeds the model's context of {context} tokens "
+                             "(max_position_embeddings in its config.json)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -29,11 +29,12 @@ from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.errors import TrainingDivergedError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
 from qunlearn.models.io import load_model, parse_dtype
+from qunlearn.outputs import check_output_dir, output_lock, swap_in
 from qunlearn.unlearn.losses import LossTerm
 from qunlearn.unlearn.methods import Method, get_method
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
 from qunlearn.unlearn.schedule import count_steps, epoch_steps, micro_batches
-from qunlearn.unlearn.settings import UnlearnSettings
+from qunlearn.unlearn.settings import UnlearnSettings, check_context
 
 SETTINGS_FILE = "unlearn.yaml"
 LOSSES_FILE = "losses.json"
@@ -156,13 +157,67 @@ def round_to_storage(params, storage: str) -> None:
         p.copy_(p.to(dtype))
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool) -> None:
-    """Keep an earlier run of ours when resuming, clear it otherwise; refuse a non-empty directory of another kind."""
-    if (out_dir / SETTINGS_FILE).is_file():
-        if not resume:
-            shutil.rmtree(out_dir)
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"--out {out_dir}: directory exists and is not an unlearning run; choose a new one")
+def _prepare_out_dir(out_dir: Path, resume: bool, inputs: dict[str, Path], main: bool) -> Path:
+    """Check `out_dir` and choose where this run writes: in place for a new or resumed run, else a staging dir.
+
+    An earlier run in `out_dir` that is not resumed stays intact until the new one is complete (then swapped
+    in); an input or a directory of another kind is refused.
+    """
+    check_output_dir(out_dir, SETTINGS_FILE, "an unlearning run", inputs)
+    if (out_dir / SETTINGS_FILE).is_file() and not resume:
+        staging = out_dir.parent / f".{out_dir.name}.staging"
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a killed run; the main process holds the lock
+        return staging
+    return out_dir
+
+
+def _record_failure(work_dir: Path, out_dir: Path, err: BaseException) -> None:
+    """After a failed run: drop a staging dir, or mark the run's unlearn.yaml `status: failed` with the reason."""
+    if work_dir != out_dir:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    elif (out_dir / SETTINGS_FILE).is_file():
+        record = read_yaml(out_dir / SETTINGS_FILE)
+        if record.get("status") != "complete":
+            reason = " ".join(str(err).split()) or type(err).__name__
+            atomic_write_yaml(out_dir / SETTINGS_FILE, record | {"status": "failed", "reason": reason})
+    elif out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+
+
+def unlearn(
+    target_dir: str | Path,
+    corpus: Corpus | str | Path,
+    method: str | Method,
+    out_dir: str | Path,
+    settings: UnlearnSettings | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Unlearn `corpus.forget` from the target with `method`; writes an HF checkpoint and run records to `out_dir`.
+
+    Outputs: model + tokenizer (safetensors), unlearn.yaml (every setting, status, timings), losses.json
+    (per-step loss curve), saliency.json for SURE. With `resume`, continues from the last epoch
+    checkpoint (same result as an uninterrupted run); a finished run is returned as is. The inputs are
+    never written; an earlier run in `out_dir` is replaced only by a complete one; a failed run records
+    `status: failed` and its reason; a second process on the same `out_dir` is refused (lock).
+    """
+    out_dir = Path(out_dir)
+    root = corpus.root if isinstance(corpus, Corpus) else Path(corpus)
+    state = PartialState()
+    main = state.is_main_process
+    with output_lock(out_dir) if main else nullcontext():
+        work_dir = _prepare_out_dir(out_dir, resume, {"--target": Path(target_dir), "--corpus": root}, main)
+        state.wait_for_everyone()
+        try:
+            _unlearn(target_dir, corpus, method, work_dir, settings, progress, resume)
+        except BaseException as err:
+            if main:
+                _record_failure(work_dir, out_dir, err)
+            raise
+        if main and work_dir != out_dir:
+            swap_in(work_dir, out_dir)
+    return out_dir
 
 
 def _latest_checkpoint(out_dir: Path) -> Path | None:
@@ -233,7 +288,7 @@ def _forget_saliency(
     )
 
 
-def unlearn(
+def _unlearn(
     target_dir: str | Path,
     corpus: Corpus | str | Path,
     method: str | Method,
@@ -242,20 +297,12 @@ def unlearn(
     progress: bool = True,
     resume: bool = False,
 ) -> Path:
-    """Unlearn `corpus.forget` from the target with `method`; writes an HF checkpoint and run records to `out_dir`.
-
-    Outputs: model + tokenizer (safetensors), unlearn.yaml (every setting, status, timings), losses.json
-    (per-step loss curve), saliency.json for SURE. With `resume`, continues from the last epoch
-    checkpoint (same result as an uninterrupted run); a finished run is returned as is.
-    """
+    """The training run of `unlearn`, writing into `out_dir` (the run directory or its staging dir)."""
     method = get_method(method) if isinstance(method, str) else method
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     target_dir, out_dir = Path(target_dir), Path(out_dir)
     accelerator = Accelerator()
     settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
-    if accelerator.is_main_process:
-        _prepare_out_dir(out_dir, resume)
-    accelerator.wait_for_everyone()
     previous = read_yaml(out_dir / SETTINGS_FILE) if resume and (out_dir / SETTINGS_FILE).is_file() else None
     if previous is not None:
         if previous.get("settings") != asdict(settings) or previous.get("method") != method.name:
@@ -268,6 +315,7 @@ def unlearn(
     set_seed(settings.seed)
 
     model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu")
+    check_context(settings.max_length, model.config)
     pad_id = tokenizer.pad_token_id
     forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
     retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
