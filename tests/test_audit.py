@@ -95,7 +95,9 @@ def test_html_is_self_contained_with_plot(audits):
         assert "data:image/png;base64," in page
         assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", page)
         assert "holds" in page or "recovers" in page
-        assert "| attack | verdict |" in (audits["out"] / name / "audit.md").read_text()
+        markdown = (audits["out"] / name / "audit.md").read_text()
+        assert "| attack | verdict |" in markdown
+        assert "Integrity checks passed at every load of target, unlearned" in markdown
 
 
 def test_bad_attack_is_a_one_line_error(tiny_benchmark, tmp_path, capsys):

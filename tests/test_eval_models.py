@@ -37,13 +37,13 @@ def retrain(tiny_benchmark):
 
 @pytest.fixture(scope="module")
 def retrain_copy(tiny_benchmark, tmp_path_factory):
-    """A private copy of the retrain checkpoint, so the AUC cache never touches the shared fixture."""
+    """A private copy of the retrain checkpoint (its folder holds the AUC cache of these tests)."""
     return shutil.copytree(tiny_benchmark.retrain_dir, tmp_path_factory.mktemp("retrain") / "retrain")
 
 
 @pytest.fixture(scope="module")
 def auc_retrain(retrain_copy, corpus):
-    return retrain_auc(retrain_copy, corpus, progress=False)
+    return retrain_auc(retrain_copy, corpus, progress=False, cache_dir=retrain_copy.parent)
 
 
 @pytest.fixture(scope="module")
@@ -154,16 +154,18 @@ def test_privleak_target_strongly_negative_retrain_exactly_zero(scores, auc_retr
 
 
 def test_retrain_auc_is_cached_per_corpus(retrain_copy, corpus, auc_retrain, monkeypatch, tmp_path):
-    cache = json.loads((retrain_copy / CACHE_FILE).read_text())
+    cache_file = retrain_copy.parent / CACHE_FILE
+    assert not (retrain_copy / CACHE_FILE).exists()  # the retrain checkpoint is an input: never written
+    cache = json.loads(cache_file.read_text())
     assert [entry["auc"] for entry in cache.values()] == [auc_retrain]
     monkeypatch.setattr(privleak_module, "load_model", lambda *a, **k: pytest.fail("cache was not used"))
-    assert retrain_auc(retrain_copy, corpus, progress=False) == auc_retrain
+    assert retrain_auc(retrain_copy, corpus, progress=False, cache_dir=retrain_copy.parent) == auc_retrain
     monkeypatch.undo()
     other = shutil.copytree(corpus.root, tmp_path / "corpus")
     holdout = json.loads((other / "privleak/holdout.json").read_text())
     (other / "privleak/holdout.json").write_text(json.dumps(holdout[:-1]))
-    retrain_auc(retrain_copy, other, progress=False)
-    assert len(json.loads((retrain_copy / CACHE_FILE).read_text())) == 2
+    retrain_auc(retrain_copy, other, progress=False, cache_dir=retrain_copy.parent)
+    assert len(json.loads(cache_file.read_text())) == 2
 
 
 def test_cli_writes_one_json_with_every_requested_metric(tiny_benchmark, retrain_copy, auc_retrain, tmp_path, capsys):

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from qunlearn.commands import unlearn as unlearn_command
+from qunlearn.errors import TrainingDivergedError
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import load_model
 from qunlearn.unlearn import losses
 from qunlearn.unlearn.methods import METHODS
 from qunlearn.unlearn.saliency import module_parameters
-from qunlearn.errors import TrainingDivergedError
 from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
 FAST = UnlearnSettings(max_length=32, batch_size=4, saliency_batches=1, max_steps=2)
@@ -136,6 +136,8 @@ def test_an_injected_nan_is_caught_naming_the_step(tiny_benchmark, tmp_path, mon
             fast("ga"),
             progress=False,
         )
+    record = read_yaml(tmp_path / "nan" / "unlearn.yaml")  # a failed run says so, with the reason
+    assert record["status"] == "failed" and "at step 2 (epoch 1)" in record["reason"]
 
 
 def test_bf16_weights_are_trained_and_saved_in_bf16(tiny_benchmark, tmp_path):

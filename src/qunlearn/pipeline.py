@@ -245,7 +245,7 @@ class Grid:
         if "privleak" not in self.config.metrics or self.inputs.retrain is None:
             return None
         return retrain_auc(self.inputs.retrain, self.corpus, dtype=self.config.dtype, device=self.config.device,
-                           batch_size=self.config.batch_size, progress=False)
+                           batch_size=self.config.batch_size, progress=False, cache_dir=self.out)
 
     def evaluate_cell(self, model_name: str, path: Path, quantizer: str, metrics: list[str], bar: tqdm) -> None:
         """Quantize once, evaluate each missing metric, append each result as soon as it exists."""

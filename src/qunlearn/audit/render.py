@@ -48,6 +48,8 @@ def _notes(audit: dict) -> list[str]:
     flips = ("Code flips: fraction of quantized weights that differ between the target and the unlearned model "
              "under the attack's quantizer (the root cause of quantization recovery).")
     notes = [threshold, half, flips]
+    if "integrity" in audit:
+        notes.insert(0, f"Integrity checks {audit['integrity']}.")
     notes += [f"Skipped {s['name']}: {s['reason']}" for s in audit["skipped"]]
     return notes
 

@@ -12,6 +12,7 @@ from qunlearn.audit.verdict import DEFAULT_THRESHOLD, EPSILON, VERDICT_METRICS, 
 from qunlearn.data.muse import load_corpus
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.evaluate.registry import evaluate_model
+from qunlearn.models.integrity import CHECKS
 from qunlearn.models.io import load_model, resolve_device
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips
@@ -42,8 +43,8 @@ class AuditSettings:
     def check(self) -> None:
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"--threshold must be between 0 and 1 (got {self.threshold})")
-        if self.relearn_steps < 1 or self.relearn_lr <= 0 or self.relearn_batch_size < 1:
-            raise ValueError("--relearn-steps and --relearn-batch-size must be >= 1 and --relearn-lr > 0")
+        if self.relearn_steps < 1 or not 0 < self.relearn_lr < float("inf") or self.relearn_batch_size < 1:
+            raise ValueError("--relearn-steps and --relearn-batch-size must be >= 1 and --relearn-lr a finite number > 0")
         if self.relearn_docs is not None and self.relearn_docs < 1:
             raise ValueError(f"--relearn-docs must be >= 1 (got {self.relearn_docs})")
 
@@ -113,6 +114,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
         entries.append(entry)
         log(f"{attack.name}: {entry['verdict']} ({_fmt(scores)})")
     recovering = [e["name"] for e in entries if e["verdict"] == "recovers"]
+    loaded = ["target", "unlearned"] + (["retrain"] if inputs.retrain is not None else [])
     summary = (f"{len(recovering)} of {len(entries)} attacks recover the forgotten knowledge: {', '.join(recovering)}"
                if recovering else f"unlearning holds under all {len(entries)} attacks")
     return {
@@ -123,6 +125,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
         "threshold": settings.threshold, "epsilon": EPSILON, "verdict_metrics": list(VERDICT_METRICS),
         "split": {"rule": SPLIT_RULE, **split.counts, "relearn_docs_used": len(relearn_docs)},
         "baselines": {"target": target, "unlearned": unlearned},
+        "integrity": f"passed at every load of {', '.join(loaded)} (attacked copies included): {CHECKS}",
         "attacks": entries, "skipped": skipped, "summary": summary,
         "verdict": "recovers" if recovering else "holds",
     }

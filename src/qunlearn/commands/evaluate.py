@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("evaluate", help="MUSE metrics (VerbMem, KnowMem, PrivLeak, utility) of a checkpoint")
     parser.add_argument("--model", required=True, help="HF causal LM directory (safetensors)")
     parser.add_argument("--corpus", required=True, help="MUSE-layout corpus directory")
-    parser.add_argument("--retrain", help="retrain checkpoint directory (PrivLeak's AUC_retrain; cached there)")
+    parser.add_argument("--retrain", help="retrain checkpoint directory (PrivLeak's AUC_retrain; read only)")
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="NAME",
                         help=f"metrics to run (default: all of {', '.join(METRICS)})")
     parser.add_argument("--out", required=True, help="output JSON file")

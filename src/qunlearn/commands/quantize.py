@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from dataclasses import asdict
 
 from qunlearn.errors import QuantizerUnavailableError, UserInputError
@@ -12,8 +13,11 @@ from qunlearn.models.integrity import check_finite
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import check_output_dir, output_lock, staged_dir
+from qunlearn.quant.base import GridQuantizer
 from qunlearn.quant.calibration import CALIBRATE_ON, calibration_texts
+from qunlearn.quant.layers import target_linears
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
+from qunlearn.quant.rtn import effective_group_size
 
 QUANTIZE_FILE = "quantize.yaml"
 
@@ -33,6 +37,10 @@ def add_scheme_options(parser: argparse.ArgumentParser) -> None:
 
 def build_quantizer(args: argparse.Namespace):
     """The quantizer named by --scheme with the options given on the command line, and its calibration text."""
+    if args.group_size is not None and not (args.group_size > 0 or args.group_size == -1):
+        raise UserInputError(f"--group-size must be positive or -1 (per row), got {args.group_size}")
+    if args.n_samples is not None and args.n_samples < 1:
+        raise UserInputError(f"--n-samples must be at least 1, got {args.n_samples}")
     probe = get_quantizer(args.scheme)
     options = {key: value for key, value in (("group_size", args.group_size), ("n_samples", args.n_samples),
                                              ("device", args.device)) if value is not None}
@@ -44,6 +52,16 @@ def build_quantizer(args: argparse.Namespace):
     if quantizer.needs_calibration and not texts:
         raise UserInputError(f"--scheme {args.scheme} needs calibration text: give --calibration FILE or --corpus DIR")
     return quantizer, texts
+
+
+def group_sizes_used(model, quantizer) -> dict[int, int] | None:
+    """Row length → group size the quantizer used on it (the whole row where --group-size does not divide it)."""
+    if not isinstance(quantizer, GridQuantizer):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback is recorded here instead
+        return {cols: effective_group_size(cols, quantizer.group_size)
+                for cols in sorted({lin.weight.shape[1] for lin in target_linears(model, quantizer.skip).values()})}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_yaml(staging / QUANTIZE_FILE, {
             "source": str(args.model), "scheme": args.scheme, "dtype": args.dtype,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items()},
+            "group_sizes_used": group_sizes_used(model, quantizer),
             "calibration": calibration, "calibration_docs": len(texts) if calibration else 0,
             "seconds": round(seconds, 3),
         })

@@ -65,26 +65,34 @@ def privleak(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus:
 
 
 def _cache_key(retrain_dir: Path, corpus: Corpus, dtype: str) -> str:
-    """Hash of everything AUC_retrain depends on: the two text sets, the attack, the dtype, the weight files."""
+    """Hash of everything AUC_retrain depends on: the checkpoint and its weight files, the two text sets, the attack,
+    the dtype."""
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in retrain_dir.glob("*.safetensors"))
-    blob = json.dumps({"forget": corpus.privleak_forget, "holdout": corpus.privleak_holdout, "attack": ATTACK,
-                       "dtype": dtype, "weights": weights})
+    blob = json.dumps({"retrain": str(retrain_dir.resolve()), "forget": corpus.privleak_forget,
+                       "holdout": corpus.privleak_holdout, "attack": ATTACK, "dtype": dtype, "weights": weights})
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str = "fp32", device: str = "cpu",
-                batch_size: int = 16, progress: bool = True) -> float:
-    """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets, read from / written to its cache file."""
+                batch_size: int = 16, progress: bool = True, cache_dir: str | Path | None = None) -> float:
+    """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets.
+
+    With `cache_dir` (a directory the caller owns, e.g. a run's output) the value is read from / written to its
+    cache file there; the retrain checkpoint itself is an input and is never written.
+    """
     retrain_dir = Path(retrain_dir)
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
-    cache_path = retrain_dir / CACHE_FILE
+    cache_path = Path(cache_dir) / CACHE_FILE if cache_dir is not None else None
     key = _cache_key(retrain_dir, corpus, dtype)
-    cache = read_json(cache_path) if cache_path.is_file() else {}
+    cache = read_json(cache_path) if cache_path is not None and cache_path.is_file() else {}
     if key in cache:
         return cache[key]["auc"]
     model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device)
     auc = attack_aucs(model, tokenizer, corpus, batch_size, progress)[0][ATTACK]
-    cache[key] = {"auc": auc, "attack": ATTACK, "dtype": dtype, "corpus": str(corpus.root)}
+    if cache_path is None:
+        return auc
+    cache[key] = {"auc": auc, "attack": ATTACK, "dtype": dtype, "retrain": str(retrain_dir),
+                  "corpus": str(corpus.root)}
     try:
         atomic_write_json(cache_path, cache)
     except OSError as err:

@@ -18,6 +18,8 @@ from qunlearn.errors import ModelIntegrityError, UserInputError
 from qunlearn.fileio import read_json
 
 SHOWN = 3  # tensor names listed per problem; the count says how many more
+CHECKS = "config.json and safetensors files readable, all tensors present, none unexpected, shapes as configured, " \
+         "all weights finite"
 
 
 def _names(keys, what: str) -> str:
