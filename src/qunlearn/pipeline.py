@@ -25,6 +25,7 @@ from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.evaluate import METRICS, evaluate_model
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_yaml, read_text
+from qunlearn.models.integrity import check_finite
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.locate import locate_dir, locate_model
 from qunlearn.prepare import prepare_benchmark
@@ -235,6 +236,7 @@ class Grid:
             raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
         texts = self.calibration if quantizer.needs_calibration else None
         quantizer.quantize(model, tokenizer, texts)
+        check_finite(model, f"{model_name} quantized with {quantizer_name}")  # no score for a broken result
         if quantizer_name != "fp" and self.config.keep_quantized:
             save_model(model, tokenizer, saved)
         return model, tokenizer

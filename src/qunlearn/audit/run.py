@@ -12,7 +12,7 @@ from qunlearn.audit.verdict import DEFAULT_THRESHOLD, EPSILON, VERDICT_METRICS, 
 from qunlearn.data.muse import load_corpus
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.evaluate.registry import evaluate_model
-from qunlearn.models.integrity import CHECKS
+from qunlearn.models.integrity import CHECKS, check_finite
 from qunlearn.models.io import load_model, resolve_device
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips
@@ -103,6 +103,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
         elif attack.kind == "relearning":
             model = relearn(model, tok, relearn_docs, settings.relearn_steps, settings.relearn_lr,
                             settings.relearn_batch_size, seed=settings.seed)
+        check_finite(model, f"{attack.name} attack on {inputs.unlearned}")  # no verdict on a broken model
         scores = evaluate(model, tok)
         del model
         per_metric = {m: metric_verdict(scores[m], unlearned[m], target[m], settings.threshold)

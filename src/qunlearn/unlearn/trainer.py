@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from qunlearn import __version__
 from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
-from qunlearn.errors import TrainingDivergedError
+from qunlearn.errors import TrainingDivergedError, UserInputError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
 from qunlearn.models.io import load_model, parse_dtype
 from qunlearn.outputs import check_output_dir, output_lock, swap_in
@@ -176,6 +176,8 @@ def _record_failure(work_dir: Path, out_dir: Path, err: BaseException) -> None:
     """After a failed run: drop a staging dir, or mark the run's unlearn.yaml `status: failed` with the reason."""
     if work_dir != out_dir:
         shutil.rmtree(work_dir, ignore_errors=True)
+    elif isinstance(err, UserInputError):
+        pass  # refused before training (e.g. --resume with other settings): the records stay as they were
     elif (out_dir / SETTINGS_FILE).is_file():
         record = read_yaml(out_dir / SETTINGS_FILE)
         if record.get("status") != "complete":
@@ -306,7 +308,7 @@ def _unlearn(
     previous = read_yaml(out_dir / SETTINGS_FILE) if resume and (out_dir / SETTINGS_FILE).is_file() else None
     if previous is not None:
         if previous.get("settings") != asdict(settings) or previous.get("method") != method.name:
-            raise ValueError(
+            raise UserInputError(
                 f"--resume: {out_dir / SETTINGS_FILE} was written with other settings or method; "
                 "rerun with the same options or without --resume"
             )
