@@ -22,6 +22,7 @@ import qunlearn
 from qunlearn.cli import main
 from qunlearn.commands import quantize as quantize_command
 from qunlearn.fileio import read_yaml
+from qunlearn.models.integrity import nonfinite_tensors
 from qunlearn.outputs import output_lock, staged_dir
 from qunlearn.pipeline import finished_cells
 
@@ -402,3 +403,14 @@ def test_non_finite_and_out_of_context_settings_name_the_flag(tiny_benchmark, tm
         assert code == 2
         one_line(err, "quantize", "error", message)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nonfinite_tensors_counts_nan_and_both_infinities_per_tensor():
+    net = torch.nn.Linear(4, 3)
+    net.register_buffer("steps", torch.tensor([7]))  # integer buffers are not weights
+    with torch.no_grad():
+        net.weight[0, :3] = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    assert nonfinite_tensors(net) == {"weight": 3}
+    with torch.no_grad():
+        net.weight.zero_()
+    assert nonfinite_tensors(net) == {}
