@@ -110,6 +110,15 @@ def test_evaluate_refuses_a_broken_model(case, model_copy, tiny_benchmark, tmp_p
     assert not out.exists() and tree_hash(model_copy) == before
 
 
+def test_a_checkpoint_that_needs_remote_code_is_refused_naming_why(model_copy, tmp_path, capsys):
+    edit_config(model_copy, model_type="my-own-llama", auto_map={"AutoModelForCausalLM": "modeling_mine.MyLlama"})
+    code, err = cli(capsys, "quantize", "--model", model_copy, "--scheme", "rtn4", "--out", tmp_path / "q")
+    assert code == 2
+    one_line(err, "quantize", "error", "config.json: the model needs its own Python code (auto_map)",
+             "no CLI command asks for it")
+    assert "trust_remote_code=True`" not in err
+
+
 def test_quantize_codeflips_unlearn_and_audit_refuse_a_nan_model(model_copy, tiny_benchmark, tmp_path, capsys):
     edit_weights(model_copy, nan_at)
     before, target = tree_hash(model_copy), tiny_benchmark.target_dir

@@ -28,8 +28,11 @@ def _names(keys, what: str) -> str:
     return f"{len(keys)} {what}: {', '.join(keys[:SHOWN])}{more}"
 
 
-def check_files(checkpoint: str | Path) -> None:
-    """Check a local checkpoint's config.json and safetensors headers before transformers reads them (hub ids pass)."""
+def check_files(checkpoint: str | Path, trust_remote_code: bool = False) -> None:
+    """Check a local checkpoint's config.json and safetensors headers before transformers reads them (hub ids pass).
+
+    A checkpoint that needs its own Python code (`auto_map`) is refused unless `trust_remote_code` is set.
+    """
     root = Path(checkpoint)
     if not root.is_dir():
         return
@@ -41,6 +44,10 @@ def check_files(checkpoint: str | Path) -> None:
         raise ModelIntegrityError(str(err)) from None
     if not isinstance(config, dict):
         raise ModelIntegrityError(f"{root / 'config.json'}: expected a JSON object, got {type(config).__name__}")
+    if "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING and not trust_remote_code:
+        raise UserInputError(f"{root / 'config.json'}: the model needs its own Python code (auto_map), which "
+                             "qunlearn never runs unless asked: load_model(trust_remote_code=True); no CLI command "
+                             "asks for it")
     try:  # known architectures only: a remote-code config is left to from_pretrained's trust_remote_code check
         if config.get("model_type") in CONFIG_MAPPING:
             AutoConfig.from_pretrained(str(root))

@@ -71,7 +71,7 @@ def load_model(
     off unless the caller asks for it.
     """
     source = locate_model(path)
-    check_files(source)
+    check_files(source, trust_remote_code)
     model, info = AutoModelForCausalLM.from_pretrained(
         source, dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
         output_loading_info=True, ignore_mismatched_sizes=True,
