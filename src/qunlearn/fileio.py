@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from qunlearn.errors import UserInputError
+
 
 def current_umask() -> int:
     """The process umask (read by setting and restoring it)."""
@@ -69,14 +71,14 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """Read a UTF-8 file; a missing or non-UTF-8 file raises ValueError naming it."""
+    """Read a UTF-8 file; a missing or non-UTF-8 file raises UserInputError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
+        raise UserInputError(f"{path}: file not found")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not valid UTF-8 (byte {err.start}: {err.reason})") from None
+        raise UserInputError(f"{path}: not valid UTF-8 (byte {err.start}: {err.reason})") from None
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -85,7 +87,7 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        raise UserInputError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
@@ -94,4 +96,4 @@ def read_yaml(path: str | os.PathLike) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: invalid YAML: {err}") from None
+        raise UserInputError(f"{path}: invalid YAML: {err}") from None

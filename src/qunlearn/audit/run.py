@@ -10,6 +10,7 @@ from qunlearn.audit.attacks import expand_attacks, relearn
 from qunlearn.audit.split import SPLIT_RULE, split_forget
 from qunlearn.audit.verdict import DEFAULT_THRESHOLD, EPSILON, VERDICT_METRICS, metric_verdict, verdict
 from qunlearn.data.muse import load_corpus
+from qunlearn.errors import UserInputError
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.evaluate.registry import evaluate_model
 from qunlearn.models.integrity import CHECKS, check_finite
@@ -59,7 +60,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     for name in ("target", "unlearned", "corpus", "retrain"):
         path = getattr(inputs, name)
         if path is not None and not Path(path).is_dir():
-            raise FileNotFoundError(f"--{name}: {path}: directory not found")
+            raise UserInputError(f"--{name} {path}: directory not found")
     attacks, skipped = expand_attacks(settings.attacks)
     device = str(resolve_device(settings.device))
     corpus = load_corpus(inputs.corpus)

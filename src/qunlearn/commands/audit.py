@@ -10,6 +10,7 @@ from qunlearn.audit.attacks import ATTACK_NAMES
 from qunlearn.audit.render import write_audit
 from qunlearn.audit.run import AuditInputs, AuditSettings, run_audit
 from qunlearn.audit.verdict import DEFAULT_THRESHOLD
+from qunlearn.errors import UserInputError
 from qunlearn.models.io import resolve_device
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import check_output_dir, output_lock, staged_dir
@@ -52,16 +53,16 @@ def _jobs(args: argparse.Namespace) -> list[tuple[AuditInputs, Path]]:
     if not args.demo:
         missing = [f"--{n}" for n in ("target", "unlearned", "corpus") if getattr(args, n) is None]
         if missing:
-            raise ValueError(f"{', '.join(missing)} required (or --demo)")
+            raise UserInputError(f"{', '.join(missing)} required (or --demo)")
         return [(AuditInputs(Path(args.target), Path(args.unlearned), Path(args.corpus),
                              Path(args.retrain) if args.retrain else None), Path(args.out or "qunlearn-audit"))]
     if any(getattr(args, n) for n in ("target", "unlearned", "corpus", "retrain")):
-        raise ValueError("--demo takes its models from the demo directory; drop --target/--unlearned/--corpus/--retrain")
+        raise UserInputError("--demo takes its models from the demo directory; drop --target/--unlearned/--corpus/--retrain")
     root = Path(args.out or "qunlearn-demo")
     bench, models = root / "benchmark", root / "models"
     methods = sorted(p.name for p in models.glob("*") if (p / "config.json").is_file()) if models.is_dir() else []
     if not methods:
-        raise FileNotFoundError(f"{models}: no unlearned models; run `qunlearn demo --out {root}` first")
+        raise UserInputError(f"{models}: no unlearned models; run `qunlearn demo --out {root}` first")
     retrain = bench / "models" / "retrain"
     return [(AuditInputs(bench / "models" / "target", models / m, bench / "corpus",
                          retrain if retrain.is_dir() else None), root / "audit" / m) for m in methods]
