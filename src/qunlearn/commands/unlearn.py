@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from qunlearn.unlearn.launch import is_main_process
 from qunlearn.unlearn.methods import METHODS, PROFILES
 from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
@@ -77,5 +78,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         resume=args.resume,
     )
-    print(f"unlearned model written to {out}")
+    if is_main_process():  # under torchrun / accelerate launch only rank 0 speaks
+        print(f"unlearned model written to {out}")
     return 0

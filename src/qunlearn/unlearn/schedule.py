@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from qunlearn.data.batches import collate
+from qunlearn.errors import UserInputError
 from qunlearn.unlearn.settings import UnlearnSettings
 
 
@@ -62,3 +63,13 @@ def micro_count(n_forget: int, s: UnlearnSettings, world: int) -> int:
 def count_steps(n_forget: int, s: UnlearnSettings, world: int) -> int:
     """Optimizer steps per epoch."""
     return math.ceil(micro_count(n_forget, s, world) / (s.grad_accum * world))
+
+
+def check_world(n_forget: int, s: UnlearnSettings, world: int) -> None:
+    """Refuse more processes than forget batches: the extra ranks would only repeat chunks to pad the step."""
+    batches = math.ceil(n_forget / s.batch_size)
+    if world > batches:
+        raise UserInputError(
+            f"{world} processes, but the forget set has only {batches} batch(es) of --batch-size {s.batch_size} "
+            f"({n_forget} chunks); launch at most {batches} processes or lower --batch-size"
+        )

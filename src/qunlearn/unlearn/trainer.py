@@ -9,7 +9,6 @@ uninterrupted run would have done. LR is constant (MUSE), AdamW with HF Trainer'
 from __future__ import annotations
 
 import math
-import os
 import platform
 import shutil
 import time
@@ -28,11 +27,12 @@ from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.errors import TrainingDivergedError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
-from qunlearn.models.io import load_model, parse_dtype
+from qunlearn.models.io import load_model, parse_dtype, save_model
+from qunlearn.unlearn.launch import from_main, make_accelerator
 from qunlearn.unlearn.losses import LossTerm
 from qunlearn.unlearn.methods import Method, get_method
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
-from qunlearn.unlearn.schedule import count_steps, epoch_steps, micro_batches
+from qunlearn.unlearn.schedule import check_world, count_steps, epoch_steps, micro_batches
 from qunlearn.unlearn.settings import UnlearnSettings
 
 SETTINGS_FILE = "unlearn.yaml"
@@ -64,8 +64,8 @@ def _objective(
     forget_term: LossTerm,
     retain_term: LossTerm | None,
     weight: float,
-    fb: dict,
-    rb: dict | None,
+    forget_batch: dict,
+    retain_batch: dict | None,
     device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = L_forget + λ·L_retain on one micro-batch pair; returns the total and its parts (detached)."""
@@ -78,33 +78,35 @@ def _objective(
                 ref_logits = _forward(ref, batch, device)
         return fn(logits, batch["labels"].to(device), ref_logits)
 
-    forget = term(forget_term, fb)
+    forget = term(forget_term, forget_batch)
     parts = {"forget": forget.detach()}
     total = forget
     if retain_term is not None:
-        retain = term(retain_term, rb)
+        retain = term(retain_term, retain_batch)
         parts["retain"] = retain.detach()
         total = forget + weight * retain
     return total, parts
 
 
-def _describe(parts: dict[str, torch.Tensor]) -> str:
-    """'loss (forget=nan, retain=0.51)' for an error message."""
-    return "loss (" + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()) + ")"
+def _check_finite(values: torch.Tensor, names: list[str], step: int, epoch: int) -> None:
+    """Stop every rank with one message when a loss or gradient norm is NaN/inf on any rank (GA can diverge).
 
-
-def _check_finite(value: float, what: str, step: int, epoch: int) -> None:
-    """Stop with an error naming the step when a loss or gradient norm is NaN/inf (GA can diverge)."""
-    if not math.isfinite(value):
+    `values` is [ranks, len(names)], gathered from all processes, so every rank raises the same error.
+    """
+    for rank, row in enumerate(values.tolist()):
+        if all(math.isfinite(v) for v in row):
+            continue
+        where = f" on rank {rank}" if len(values) > 1 else ""
+        what = ", ".join(f"{k}={v:.4g}" for k, v in zip(names, row))
         raise TrainingDivergedError(
-            f"{what} became {value} at step {step} (epoch {epoch + 1}); "
+            f"{what} at step {step} (epoch {epoch + 1}){where}; "
             "lower --lr, raise --retain-weight, or use fewer epochs"
         )
 
 
 @dataclass
-class _Stepper:
-    """Everything one optimizer step needs: models, optimizer, trainable parameters, loss terms, settings."""
+class _OptimizerStep:
+    """One optimizer step over this rank's micro-batches: models, optimizer, trainable parameters, loss terms."""
 
     accelerator: Accelerator
     model: torch.nn.Module
@@ -116,10 +118,10 @@ class _Stepper:
     settings: UnlearnSettings
 
     def __call__(self, micro: list[tuple[dict, dict | None]], state: _State, epoch: int) -> dict[str, float]:
-        """Accumulate gradients over the micro-batches, clip, step; returns the step's mean loss terms."""
+        """Accumulate gradients over the micro-batches, clip, step; returns the step's loss terms (mean of ranks)."""
         acc, n = self.accelerator, len(micro)
         sums: dict[str, float] = {}
-        for i, (fb, rb) in enumerate(micro):
+        for i, (forget_batch, retain_batch) in enumerate(micro):
             with acc.no_sync(self.model) if i < n - 1 else nullcontext():
                 loss, parts = _objective(
                     self.model,
@@ -127,25 +129,27 @@ class _Stepper:
                     self.forget_term,
                     self.retain_term,
                     self.settings.retain_weight,
-                    fb,
-                    rb,
+                    forget_batch,
+                    retain_batch,
                     acc.device,
                 )
-                _check_finite(loss.item(), _describe(parts), state.step + 1, epoch)
+                names = ["loss", *parts]
+                everyone = acc.gather(torch.stack([loss.detach(), *parts.values()]).reshape(1, -1)).cpu()
+                _check_finite(everyone, names, state.step + 1, epoch)
                 acc.backward(loss / n)
-            for key, value in (parts | {"loss": loss.detach()}).items():
-                sums[key] = sums.get(key, 0.0) + value.item() / n
-            state.tokens += int(fb["attention_mask"].sum()) + (int(rb["attention_mask"].sum()) if rb else 0)
+            for key, value in zip(names, everyone.mean(dim=0).tolist()):
+                sums[key] = sums.get(key, 0.0) + value / n
+            state.tokens += int(forget_batch["attention_mask"].sum())
+            state.tokens += int(retain_batch["attention_mask"].sum()) if retain_batch else 0
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         grad_norm = float(acc.clip_grad_norm_(self.trainable, clip))
-        _check_finite(grad_norm, "gradient norm", state.step + 1, epoch)
+        _check_finite(torch.tensor([[grad_norm]]), ["gradient norm"], state.step + 1, epoch)
         self.optimizer.step()
         if self.settings.storage:
             round_to_storage(self.trainable, self.settings.storage)
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        reduced = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), "mean")
-        return {k: round(float(v), 6) for k, v in zip(sums, reduced)} | {"grad_norm": round(grad_norm, 6)}
+        return {k: round(v, 6) for k, v in sums.items()} | {"grad_norm": round(grad_norm, 6)}
 
 
 @torch.no_grad()
@@ -179,6 +183,7 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, state: _State) -> 
     final = out_dir / CHECKPOINTS / f"epoch-{state.epoch}"
     tmp = final.with_suffix(".tmp")
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank's RNG state is in `tmp` before it is renamed
     if accelerator.is_main_process:
         atomic_write_json(tmp / "loop_state.json", asdict(state))
         tmp.rename(final)
@@ -208,9 +213,9 @@ def _record(
             "target": str(target_dir),
             "corpus": str(corpus.root),
             "settings": asdict(settings),
-            "num_processes": accelerator.num_processes,
+            "world_size": accelerator.num_processes,
             "device": str(accelerator.device),
-            "effective_batch": settings.batch_size * settings.grad_accum * accelerator.num_processes,
+            "global_batch": settings.batch_size * settings.grad_accum * accelerator.num_processes,
             "versions": {
                 "qunlearn": __version__,
                 "torch": str(torch.__version__),
@@ -223,14 +228,117 @@ def _record(
 
 
 def _forget_saliency(
-    model, forget: list[list[int]], method: Method, s: UnlearnSettings, pad_id: int
+    model, forget: list[list[int]], method: Method, settings: UnlearnSettings, pad_id: int
 ) -> Saliency:
     """SURE's saliency pass at the target weights over the forget set (or its first `saliency_batches` batches)."""
-    batches = micro_batches(forget, list(range(len(forget))), s.batch_size, pad_id)
-    batches = batches[: s.saliency_batches] if s.saliency_batches else batches
+    batches = micro_batches(forget, list(range(len(forget))), settings.batch_size, pad_id)
+    batches = batches[: settings.saliency_batches] if settings.saliency_batches else batches
     return compute_saliency(
-        model, batches, method.forget_term(s.beta), s.saliency_gamma, s.saliency_percentile
+        model, batches, method.forget_term(settings.beta), settings.saliency_gamma, settings.saliency_percentile
     )
+
+
+def _previous_run(out_dir: Path, method: Method, settings: UnlearnSettings) -> dict | None:
+    """The records of the run `--resume` continues (None if there is none); refuse one with other settings."""
+    if not (out_dir / SETTINGS_FILE).is_file():
+        return None
+    previous = read_yaml(out_dir / SETTINGS_FILE)
+    if previous.get("settings") != asdict(settings) or previous.get("method") != method.name:
+        raise ValueError(
+            f"--resume: {out_dir / SETTINGS_FILE} was written with other settings or method; "
+            "rerun with the same options or without --resume"
+        )
+    return previous
+
+
+@dataclass
+class _Setup:
+    """What training starts from: the model to train, the frozen reference (or None), tokenizer and data."""
+
+    model: torch.nn.Module
+    ref: torch.nn.Module | None
+    tokenizer: object
+    forget: list[list[int]]
+    retain: list[list[int]] | None
+
+
+def _set_up(
+    target_dir: Path, corpus: Corpus, method: Method, settings: UnlearnSettings, accelerator: Accelerator
+) -> _Setup:
+    """Load model (and reference) onto this process's device and tokenize the forget/retain documents."""
+    model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu")
+    forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
+    retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
+    if method.retain and not retain:
+        raise ValueError(
+            f"{corpus.root}: method '{method.name}' needs retain documents and the corpus has none"
+        )
+    check_world(len(forget), settings, accelerator.num_processes)
+    model.to(accelerator.device)
+    ref = None
+    if method.needs_reference:
+        ref, _ = load_model(target_dir, dtype=settings.dtype, device=str(accelerator.device))
+        ref.requires_grad_(False)
+    if settings.storage:
+        for net in (model, ref) if ref is not None else (model,):
+            round_to_storage(net.parameters(), settings.storage)
+    return _Setup(model, ref, tokenizer, forget, retain)
+
+
+def _sure_mask(
+    setup: _Setup, method: Method, settings: UnlearnSettings, out_dir: Path, reuse: bool
+) -> list[torch.nn.Parameter]:
+    """Select SURE's salient modules on rank 0 (or reuse saliency.json when resuming), freeze the rest everywhere.
+
+    Every rank trains with rank 0's selection, so the masks are identical by construction.
+    """
+    saliency_file = out_dir / SALIENCY_FILE
+
+    def select() -> list[str]:
+        if reuse and saliency_file.is_file():
+            return read_json(saliency_file)["selected"]
+        found = _forget_saliency(setup.model, setup.forget, method, settings, setup.tokenizer.pad_token_id)
+        atomic_write_json(saliency_file, found.to_json())
+        return found.selected
+
+    return apply_mask(setup.model, from_main(select))
+
+
+def _train(
+    step: _OptimizerStep,
+    setup: _Setup,
+    settings: UnlearnSettings,
+    out_dir: Path,
+    state: _State,
+    desc: str,
+    progress: bool,
+) -> float:
+    """Run the epochs from `state` on, checkpointing after each; returns the seconds spent checkpointing."""
+    accelerator = step.accelerator
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = count_steps(len(setup.forget), settings, world)
+    total = steps_per_epoch * settings.epochs
+    total = min(total, settings.max_steps) if settings.max_steps else total
+    pad_id = setup.tokenizer.pad_token_id
+    checkpoint_seconds = 0.0
+    step.model.train()
+    show = progress and accelerator.is_main_process
+    with tqdm(total=total, initial=state.step, desc=desc, unit="step", disable=not show) as bar:
+        for epoch in range(state.epoch, settings.epochs):
+            for micro in epoch_steps(setup.forget, setup.retain, settings, epoch, pad_id, rank, world):
+                if state.step >= total:
+                    break
+                entry = step(micro, state, epoch)
+                state.history.append({"step": state.step, "epoch": epoch + 1, **entry})
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k != "grad_norm"})
+            if state.step >= total and (state.step < (epoch + 1) * steps_per_epoch):
+                break
+            state.epoch = epoch + 1
+            saving = time.perf_counter()
+            _save_checkpoint(accelerator, out_dir, state)
+            checkpoint_seconds += time.perf_counter() - saving
+    return checkpoint_seconds
 
 
 def unlearn(
@@ -246,112 +354,54 @@ def unlearn(
 
     Outputs: model + tokenizer (safetensors), unlearn.yaml (every setting, status, timings), losses.json
     (per-step loss curve), saliency.json for SURE. With `resume`, continues from the last epoch
-    checkpoint (same result as an uninterrupted run); a finished run is returned as is.
+    checkpoint (same result as an uninterrupted run); a finished run is returned as is. Under `torchrun` or
+    `accelerate launch` every rank calls this; rank 0 writes, the others wait at barriers.
     """
     method = get_method(method) if isinstance(method, str) else method
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     target_dir, out_dir = Path(target_dir), Path(out_dir)
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
     if accelerator.is_main_process:
         _prepare_out_dir(out_dir, resume)
     accelerator.wait_for_everyone()
-    previous = read_yaml(out_dir / SETTINGS_FILE) if resume and (out_dir / SETTINGS_FILE).is_file() else None
-    if previous is not None:
-        if previous.get("settings") != asdict(settings) or previous.get("method") != method.name:
-            raise ValueError(
-                f"--resume: {out_dir / SETTINGS_FILE} was written with other settings or method; "
-                "rerun with the same options or without --resume"
-            )
-        if previous.get("status") == "complete":
-            return out_dir
+    previous = _previous_run(out_dir, method, settings) if resume else None
+    if previous is not None and previous.get("status") == "complete":
+        return out_dir
     set_seed(settings.seed)
 
-    model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu")
-    pad_id = tokenizer.pad_token_id
-    forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
-    retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
-    if method.retain and not retain:
-        raise ValueError(
-            f"{corpus.root}: method '{method.name}' needs retain documents and the corpus has none"
-        )
-    model.to(accelerator.device)
-    ref = None
-    if method.needs_reference:
-        ref, _ = load_model(target_dir, dtype=settings.dtype, device=str(accelerator.device))
-        ref.requires_grad_(False)
-    if settings.storage:
-        for net in (model, ref) if ref is not None else (model,):
-            round_to_storage(net.parameters(), settings.storage)
-
+    setup = _set_up(target_dir, corpus, method, settings, accelerator)
     if accelerator.is_main_process:
         _record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")
-    saliency_seconds = 0.0
-    trainable = list(model.parameters())
-    if method.sure:
-        saliency_file = out_dir / SALIENCY_FILE
-        start = time.perf_counter()
-        if previous is not None and saliency_file.is_file():
-            selected = read_json(saliency_file)["selected"]
-        else:
-            found = _forget_saliency(model, forget, method, settings, pad_id)
-            selected = found.selected
-            if accelerator.is_main_process:
-                atomic_write_json(saliency_file, found.to_json())
-        saliency_seconds = time.perf_counter() - start
-        trainable = apply_mask(model, selected)
+    start = time.perf_counter()
+    trainable = _sure_mask(setup, method, settings, out_dir, previous is not None) if method.sure else None
+    saliency_seconds = time.perf_counter() - start
+    trainable = trainable if trainable is not None else list(setup.model.parameters())
 
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = accelerator.prepare(setup.model, optimizer)
     state = _State()
     checkpoint = _latest_checkpoint(out_dir) if previous is not None else None
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = _State(**read_json(checkpoint / "loop_state.json"))
-
-    steps_per_epoch = count_steps(len(forget), settings, accelerator.num_processes)
-    total = steps_per_epoch * settings.epochs
-    total = min(total, settings.max_steps) if settings.max_steps else total
-    stepper = _Stepper(
+    step = _OptimizerStep(
         accelerator,
         model,
-        ref,
+        setup.ref,
         optimizer,
         trainable,
         method.forget_term(settings.beta),
         method.retain_term(),
         settings,
     )
-    model.train()
-    start, checkpoint_seconds = time.perf_counter(), 0.0
-    with tqdm(
-        total=total,
-        initial=state.step,
-        desc=f"unlearn {method.name}",
-        unit="step",
-        disable=not progress or not accelerator.is_main_process,
-    ) as bar:
-        for epoch in range(state.epoch, settings.epochs):
-            for micro in epoch_steps(
-                forget, retain, settings, epoch, pad_id, accelerator.process_index, accelerator.num_processes
-            ):
-                if state.step >= total:
-                    break
-                entry = stepper(micro, state, epoch)
-                state.history.append({"step": state.step, "epoch": epoch + 1, **entry})
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k != "grad_norm"})
-            if state.step >= total and (state.step < (epoch + 1) * steps_per_epoch):
-                break
-            state.epoch = epoch + 1
-            saving = time.perf_counter()
-            _save_checkpoint(accelerator, out_dir, state)
-            checkpoint_seconds += time.perf_counter() - saving
+    start = time.perf_counter()
+    checkpoint_seconds = _train(step, setup, settings, out_dir, state, f"unlearn {method.name}", progress)
     train_seconds = time.perf_counter() - start - checkpoint_seconds
     tokens = int(accelerator.reduce(torch.tensor(state.tokens, device=accelerator.device), "sum"))
 
     if accelerator.is_main_process:
-        _save_final(accelerator.unwrap_model(model), tokenizer, out_dir)
+        save_model(accelerator.unwrap_model(model), setup.tokenizer, out_dir, keep_other_files=True)
         atomic_write_json(out_dir / LOSSES_FILE, state.history)
         if not settings.keep_checkpoints:
             shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
@@ -373,14 +423,3 @@ def unlearn(
         )
     accelerator.wait_for_everyone()
     return out_dir
-
-
-def _save_final(model, tokenizer, out_dir: Path) -> None:
-    """Write model (safetensors) and tokenizer into `out_dir` file by file via a temp folder (each file atomic)."""
-    tmp = out_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for path in tmp.iterdir():
-        os.replace(path, out_dir / path.name)
-    tmp.rmdir()
