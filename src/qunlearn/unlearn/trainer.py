@@ -3,7 +3,8 @@
 Weights are held in the chosen dtype (not autocast): bf16 storage decides which small updates survive,
 which is part of what the project studies. Data order is a pure function of (seed, epoch), and each epoch
 ends with an accelerate checkpoint (model, optimizer, RNG), so `resume` replays exactly what an
-uninterrupted run would have done. LR is constant (MUSE), AdamW with HF Trainer's defaults.
+uninterrupted run would have done. LR is constant (MUSE), AdamW with HF Trainer's defaults
+(or 8-bit AdamW); memory options are in memory.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, rea
 from qunlearn.models.io import load_model, parse_dtype, save_model
 from qunlearn.unlearn.launch import from_main, make_accelerator
 from qunlearn.unlearn.losses import LossTerm
+from qunlearn.unlearn.memory import forget_logprobs, make_optimizer
 from qunlearn.unlearn.methods import Method, get_method
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
 from qunlearn.unlearn.schedule import check_world, count_steps, epoch_steps, micro_batches
@@ -38,6 +40,7 @@ from qunlearn.unlearn.settings import UnlearnSettings
 SETTINGS_FILE = "unlearn.yaml"
 LOSSES_FILE = "losses.json"
 SALIENCY_FILE = "saliency.json"
+REFERENCE_FILE = "reference_logprobs.json"
 CHECKPOINTS = "checkpoints"
 
 
@@ -56,36 +59,6 @@ def _forward(model: torch.nn.Module, batch: dict, device: torch.device) -> torch
     return model(
         input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
     ).logits
-
-
-def _objective(
-    model,
-    ref,
-    forget_term: LossTerm,
-    retain_term: LossTerm | None,
-    weight: float,
-    forget_batch: dict,
-    retain_batch: dict | None,
-    device: torch.device,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = L_forget + λ·L_retain on one micro-batch pair; returns the total and its parts (detached)."""
-
-    def term(fn: LossTerm, batch: dict) -> torch.Tensor:
-        logits = _forward(model, batch, device)
-        ref_logits = None
-        if fn.needs_reference:
-            with torch.no_grad():
-                ref_logits = _forward(ref, batch, device)
-        return fn(logits, batch["labels"].to(device), ref_logits)
-
-    forget = term(forget_term, forget_batch)
-    parts = {"forget": forget.detach()}
-    total = forget
-    if retain_term is not None:
-        retain = term(retain_term, retain_batch)
-        parts["retain"] = retain.detach()
-        total = forget + weight * retain
-    return total, parts
 
 
 def _check_finite(values: torch.Tensor, names: list[str], step: int, epoch: int) -> None:
@@ -111,11 +84,37 @@ class _OptimizerStep:
     accelerator: Accelerator
     model: torch.nn.Module
     ref: torch.nn.Module | None
+    ref_logprobs: torch.Tensor | None
     optimizer: torch.optim.Optimizer
     trainable: list[torch.nn.Parameter]
     forget_term: LossTerm
     retain_term: LossTerm | None
     settings: UnlearnSettings
+
+    def _term(self, fn: LossTerm, batch: dict) -> torch.Tensor:
+        """One loss term on one batch, with the reference's logits or cached log-likelihoods if it needs them."""
+        device = self.accelerator.device
+        logits = _forward(self.model, batch, device)
+        ref = None
+        if fn.needs_reference and self.ref_logprobs is not None:
+            ref = self.ref_logprobs[batch["index"]].to(device)
+        elif fn.needs_reference:
+            with torch.no_grad():
+                ref = _forward(self.ref, batch, device)
+        return fn(logits, batch["labels"].to(device), ref)
+
+    def _objective(
+        self, forget_batch: dict, retain_batch: dict | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L = L_forget + λ·L_retain on one micro-batch pair; returns the total and its parts (detached)."""
+        forget = self._term(self.forget_term, forget_batch)
+        parts = {"forget": forget.detach()}
+        total = forget
+        if self.retain_term is not None:
+            retain = self._term(self.retain_term, retain_batch)
+            parts["retain"] = retain.detach()
+            total = forget + self.settings.retain_weight * retain
+        return total, parts
 
     def __call__(self, micro: list[tuple[dict, dict | None]], state: _State, epoch: int) -> dict[str, float]:
         """Accumulate gradients over the micro-batches, clip, step; returns the step's loss terms (mean of ranks)."""
@@ -123,16 +122,7 @@ class _OptimizerStep:
         sums: dict[str, float] = {}
         for i, (forget_batch, retain_batch) in enumerate(micro):
             with acc.no_sync(self.model) if i < n - 1 else nullcontext():
-                loss, parts = _objective(
-                    self.model,
-                    self.ref,
-                    self.forget_term,
-                    self.retain_term,
-                    self.settings.retain_weight,
-                    forget_batch,
-                    retain_batch,
-                    acc.device,
-                )
+                loss, parts = self._objective(forget_batch, retain_batch)
                 names = ["loss", *parts]
                 everyone = acc.gather(torch.stack([loss.detach(), *parts.values()]).reshape(1, -1)).cpu()
                 _check_finite(everyone, names, state.step + 1, epoch)
@@ -260,6 +250,7 @@ class _Setup:
     tokenizer: object
     forget: list[list[int]]
     retain: list[list[int]] | None
+    ref_logprobs: torch.Tensor | None = None
 
 
 def _set_up(
@@ -275,14 +266,34 @@ def _set_up(
         )
     check_world(len(forget), settings, accelerator.num_processes)
     model.to(accelerator.device)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = None
-    if method.needs_reference:
-        ref, _ = load_model(target_dir, dtype=settings.dtype, device=str(accelerator.device))
+    if method.needs_reference and settings.reference != "cached":
+        ref_dtype = "bf16" if settings.reference == "bf16" else settings.dtype
+        ref, _ = load_model(target_dir, dtype=ref_dtype, device=str(accelerator.device))
         ref.requires_grad_(False)
     if settings.storage:
         for net in (model, ref) if ref is not None else (model,):
             round_to_storage(net.parameters(), settings.storage)
     return _Setup(model, ref, tokenizer, forget, retain)
+
+
+def _cached_reference(setup: _Setup, settings: UnlearnSettings, out_dir: Path, reuse: bool, device) -> torch.Tensor:
+    """NPO's reference log-likelihoods of the forget chunks: computed on rank 0 at the target weights (or read
+    back when resuming), saved with the run, handed to every rank."""
+    cache = out_dir / REFERENCE_FILE
+
+    def compute() -> torch.Tensor:
+        if reuse and cache.is_file():
+            return torch.tensor(read_json(cache), dtype=torch.float32)
+        found = forget_logprobs(
+            setup.model, setup.forget, settings.batch_size, setup.tokenizer.pad_token_id, device
+        )
+        atomic_write_json(cache, found.tolist())
+        return found
+
+    return from_main(compute)
 
 
 def _sure_mask(
@@ -373,12 +384,14 @@ def unlearn(
     setup = _set_up(target_dir, corpus, method, settings, accelerator)
     if accelerator.is_main_process:
         _record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")
+    if settings.reference == "cached":
+        setup.ref_logprobs = _cached_reference(setup, settings, out_dir, previous is not None, accelerator.device)
     start = time.perf_counter()
     trainable = _sure_mask(setup, method, settings, out_dir, previous is not None) if method.sure else None
     saliency_seconds = time.perf_counter() - start
     trainable = trainable if trainable is not None else list(setup.model.parameters())
 
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(settings.optim, trainable, settings.lr, settings.weight_decay)
     model, optimizer = accelerator.prepare(setup.model, optimizer)
     state = _State()
     checkpoint = _latest_checkpoint(out_dir) if previous is not None else None
@@ -389,6 +402,7 @@ def unlearn(
         accelerator,
         model,
         setup.ref,
+        setup.ref_logprobs,
         optimizer,
         trainable,
         method.forget_term(settings.beta),
