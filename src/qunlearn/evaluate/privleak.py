@@ -73,7 +73,7 @@ def _cache_key(retrain_dir: Path, corpus: Corpus, dtype: str) -> str:
 
 
 def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str = "fp32", device: str = "cpu",
-                batch_size: int = 16, progress: bool = True) -> float:
+                batch_size: int = 16, progress: bool = True, device_map: str | None = None) -> float:
     """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets, read from / written to its cache file."""
     retrain_dir = Path(retrain_dir)
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
@@ -82,7 +82,7 @@ def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str
     cache = read_json(cache_path) if cache_path.is_file() else {}
     if key in cache:
         return cache[key]["auc"]
-    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device)
+    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device, device_map=device_map)
     auc = attack_aucs(model, tokenizer, corpus, batch_size, progress)[0][ATTACK]
     cache[key] = {"auc": auc, "attack": ATTACK, "dtype": dtype, "corpus": str(corpus.root)}
     try:

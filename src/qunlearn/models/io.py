@@ -50,11 +50,13 @@ def load_model(
     dtype: str | torch.dtype = "fp32",
     device: str | None = "cpu",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local directory or HF id, in eval mode.
 
     Weights must be safetensors (pickled `.bin` weights are never loaded); `trust_remote_code` stays
-    off unless the caller asks for it.
+    off unless the caller asks for it. `device_map` ("auto", "cpu", ...) goes to from_pretrained, which then
+    places the layers (over several GPUs and the CPU for a model larger than one device) instead of `device`.
     """
     local = Path(path)
     if local.exists() and not local.is_dir():
@@ -67,9 +69,12 @@ def load_model(
     elif str(path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"{path}: model directory not found")
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+        str(path), dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+        device_map=device_map,
     )
-    model.to(resolve_device(device)).eval()
+    if device_map is None:
+        model.to(resolve_device(device))
+    model.eval()
     return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
 
 
