@@ -6,7 +6,8 @@ Derived model states per parameter, weights held in dtype of w bytes (bf16: 2, f
   + reference (NPO/KLR 'model': w; 'bf16': 2; NPO 'cached': 0, 4 bytes per forget chunk instead).
 Activations come on top and scale with batch × tokens (gradient checkpointing keeps one block's input).
 Each measured case runs alone in a fresh subprocess (peak RSS is per process); the baseline is the RSS of the
-same process after imports and the batch, before the model exists.
+same process after imports and the batch, before the model exists. "Held" is the RSS right after the step
+(weights + optimizer state + reference; gradients freed), "peak" includes the step's temporaries.
 Usage: python benchmarks/memory_plan.py [--dtype bf16] [--tokens 256] [--cases ga,ga:adamw8bit,...]
 """
 
@@ -88,9 +89,10 @@ def measure(case: str, dtype: str, tokens: int) -> dict:
                           method.forget_term(0.1), method.retain_term(), settings)
     batch["index"] = torch.tensor([0])
     step([(batch, batch if method.retain else None)], _State(), 0)
+    held = rss()  # after the step: weights, optimizer state and reference (gradients are freed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     params = sum(p.numel() for p in model.parameters())
-    return {"case": case, "params": params, "measured_gb": (peak - base) / GB,
+    return {"case": case, "params": params, "measured_gb": (peak - base) / GB, "held_gb": (held - base) / GB,
             "derived_states_gb": state_bytes_per_param(method_name, reference, optim, dtype) * params / GB}
 
 
@@ -115,8 +117,9 @@ def main() -> None:
             print(f"  {case}: failed: {done.stderr.strip().splitlines()[-1]}")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"  measured {case:22s} peak {r['measured_gb']:5.2f} GB above baseline; derived states "
-              f"{r['derived_states_gb']:5.2f} GB ({r['params'] / 1e6:.0f}M params, {args.tokens} tokens)", flush=True)
+        print(f"  measured {case:22s} peak {r['measured_gb']:5.2f} GB, held after the step {r['held_gb']:5.2f} GB "
+              f"(above baseline); derived states {r['derived_states_gb']:5.2f} GB "
+              f"({r['params'] / 1e6:.0f}M params, {args.tokens} tokens)", flush=True)
 
 
 if __name__ == "__main__":

@@ -79,19 +79,24 @@ def load_model(
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, keep_other_files: bool = False
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    keep_other_files: bool = False,
+    state_dict: dict | None = None,
 ) -> Path:
     """Save model (safetensors) and tokenizer into one directory, replacing it atomically.
 
     With `keep_other_files` the files move into an existing `out_dir` one by one (each atomic), keeping the
-    files already there that the model does not write (a run's records).
+    files already there that the model does not write (a run's records). `state_dict` replaces the model's
+    own (the full weights gathered from a sharded FSDP / ZeRO-3 model).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if keep_other_files and out_dir.is_dir():
             for path in tmp.iterdir():

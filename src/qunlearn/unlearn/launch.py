@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list
 
 from qunlearn.errors import UserInputError
 
@@ -73,3 +73,12 @@ def from_main(make: Callable[[], T]) -> T:
     if error is not None:
         raise error
     return value
+
+
+def check_engine(accelerator: Accelerator, grad_accum: int) -> None:
+    """Refuse --grad-accum > 1 under DeepSpeed: its engine steps inside every backward, not after N micro-batches."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and grad_accum != 1:
+        raise UserInputError(
+            f"--grad-accum {grad_accum} with a DeepSpeed accelerate config: DeepSpeed steps the optimizer in every "
+            "backward; use --grad-accum 1 (raise --batch-size or processes) or an FSDP / DDP launch"
+        )

@@ -29,7 +29,7 @@ from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.errors import TrainingDivergedError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
 from qunlearn.models.io import load_model, parse_dtype, save_model
-from qunlearn.unlearn.launch import from_main, make_accelerator
+from qunlearn.unlearn.launch import check_engine, from_main, make_accelerator
 from qunlearn.unlearn.losses import LossTerm
 from qunlearn.unlearn.memory import forget_logprobs, make_optimizer
 from qunlearn.unlearn.methods import Method, get_method
@@ -373,6 +373,7 @@ def unlearn(
     target_dir, out_dir = Path(target_dir), Path(out_dir)
     accelerator = make_accelerator()
     settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
+    check_engine(accelerator, settings.grad_accum)
     if accelerator.is_main_process:
         _prepare_out_dir(out_dir, resume)
     accelerator.wait_for_everyone()
@@ -414,8 +415,10 @@ def unlearn(
     train_seconds = time.perf_counter() - start - checkpoint_seconds
     tokens = int(accelerator.reduce(torch.tensor(state.tokens, device=accelerator.device), "sum"))
 
+    weights = accelerator.get_state_dict(model)  # every rank takes part: it gathers a sharded (FSDP, ZeRO-3) model
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), setup.tokenizer, out_dir, keep_other_files=True)
+        save_model(accelerator.unwrap_model(model), setup.tokenizer, out_dir, keep_other_files=True,
+                   state_dict=weights)
         atomic_write_json(out_dir / LOSSES_FILE, state.history)
         if not settings.keep_checkpoints:
             shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
