@@ -279,7 +279,9 @@ def _set_up(
     return _Setup(model, ref, tokenizer, forget, retain)
 
 
-def _cached_reference(setup: _Setup, settings: UnlearnSettings, out_dir: Path, reuse: bool, device) -> torch.Tensor:
+def _cached_reference(
+    setup: _Setup, settings: UnlearnSettings, out_dir: Path, reuse: bool, device: torch.device
+) -> torch.Tensor:
     """NPO's reference log-likelihoods of the forget chunks: computed on rank 0 at the target weights (or read
     back when resuming), saved with the run, handed to every rank."""
     cache = out_dir / REFERENCE_FILE
