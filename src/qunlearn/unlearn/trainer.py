@@ -1,10 +1,11 @@
-"""One training loop for every unlearning method, on HF accelerate (CPU, one GPU, or `accelerate launch`).
+"""One training loop for every unlearning method, on HF accelerate: one process (CPU or GPU), or N data-parallel
+ranks under `torchrun` / `accelerate launch` (gloo on CPU, nccl on GPU; see launch.py).
 
 Weights are held in the chosen dtype (not autocast): bf16 storage decides which small updates survive,
 which is part of what the project studies. Data order is a pure function of (seed, epoch), and each epoch
 ends with an accelerate checkpoint (model, optimizer, RNG), so `resume` replays exactly what an
-uninterrupted run would have done. LR is constant (MUSE), AdamW with HF Trainer's defaults
-(or 8-bit AdamW); memory options are in memory.py.
+uninterrupted run would have done, also under N processes. LR is constant (MUSE), AdamW with HF Trainer's
+defaults (or 8-bit AdamW); memory options are in memory.py.
 """
 
 from __future__ import annotations
