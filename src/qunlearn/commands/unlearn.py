@@ -36,7 +36,7 @@ HELP = {
     "reference": "NPO/KLR reference: 'model' (a second copy in --dtype), 'bf16' (a bf16 copy), "
                  "'cached' (NPO only: reference log-likelihoods computed once, no second model)",
     "optim": "optimizer: adamw, or bitsandbytes' adamw8bit / paged_adamw8bit (8-bit state)",
-    "gradient_checkpointing": "recompute activations in the backward pass (less memory, about 1/3 more time)",
+    "gradient_checkpointing": "recompute activations in the backward pass (less memory, one more forward pass per step)",
 }
 
 
