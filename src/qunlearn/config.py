@@ -168,6 +168,7 @@ class RunConfig:
     unlearn: dict[str, Any] = field(default_factory=dict)
     quantize: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
+    device_map: str | None = None
     dtype: str = "fp32"
     batch_size: int = 16
     keep_quantized: bool = True

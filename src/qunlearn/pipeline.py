@@ -104,7 +104,7 @@ def config_hash(config: RunConfig) -> str:
     """Hash of what decides a cell's value (not the lists of cells, the output folder or the batch size)."""
     keep = {k: v for k, v in asdict(config).items()
             if k not in ("out", "methods", "quantizers", "metrics", "codeflip_schemes", "batch_size",
-                         "keep_quantized", "device")}
+                         "keep_quantized", "device", "device_map")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -229,8 +229,10 @@ class Grid:
         """Load the model and quantize it, reusing a saved quantized checkpoint when there is one."""
         saved = self.out / "models" / "quantized" / f"{model_name}@{quantizer_name}"
         if quantizer_name != "fp" and (saved / "config.json").is_file():
-            return load_model(saved, dtype=self.config.dtype, device=self.config.device)
-        model, tokenizer = load_model(path, dtype=self.config.dtype, device=self.config.device)
+            return load_model(saved, dtype=self.config.dtype, device=self.config.device,
+                              device_map=self.config.device_map)
+        model, tokenizer = load_model(path, dtype=self.config.dtype, device=self.config.device,
+                                      device_map=self.config.device_map)
         quantizer = make_quantizer(quantizer_name, self.config.quantize)
         if not quantizer.available():
             raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
@@ -247,7 +249,8 @@ class Grid:
         if "privleak" not in self.config.metrics or self.inputs.retrain is None:
             return None
         return retrain_auc(self.inputs.retrain, self.corpus, dtype=self.config.dtype, device=self.config.device,
-                           batch_size=self.config.batch_size, progress=False, cache_dir=self.out)
+                           batch_size=self.config.batch_size, progress=False, cache_dir=self.out,
+                           device_map=self.config.device_map)
 
     def evaluate_cell(self, model_name: str, path: Path, quantizer: str, metrics: list[str], bar: tqdm) -> None:
         """Quantize once, evaluate each missing metric, append each result as soon as it exists."""

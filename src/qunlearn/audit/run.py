@@ -38,6 +38,7 @@ class AuditSettings:
     relearn_batch_size: int = 4
     code_flips: bool = True
     device: str = "auto"
+    device_map: str | None = None  # HF device_map ("auto": spread over GPUs and CPU); replaces `device`
     batch_size: int = 16
     seed: int = 0
 
@@ -72,17 +73,18 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     metrics = ["verbmem_f", "knowmem_f"]
     auc = None
     if inputs.retrain is not None:
-        auc = retrain_auc(inputs.retrain, corpus, device=device, batch_size=settings.batch_size, progress=False)
+        auc = retrain_auc(inputs.retrain, corpus, device=device, batch_size=settings.batch_size, progress=False,
+                          device_map=settings.device_map)
         metrics.append("privleak")
 
     def evaluate(model, tokenizer) -> dict[str, float]:
         return _scores(evaluate_model(model, tokenizer, split.eval_corpus, metrics, auc, settings.batch_size,
                                       progress=False))
 
-    target_model, tokenizer = load_model(inputs.target, device=device)
+    target_model, tokenizer = load_model(inputs.target, device=device, device_map=settings.device_map)
     target = evaluate(target_model, tokenizer)
     log(f"target: {_fmt(target)}")
-    unlearned_model, _ = load_model(inputs.unlearned, device=device)
+    unlearned_model, _ = load_model(inputs.unlearned, device=device, device_map=settings.device_map)
     unlearned = evaluate(unlearned_model, tokenizer)
     log(f"unlearned: {_fmt(unlearned)}")
     del unlearned_model
@@ -93,7 +95,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     entries = []
     for attack in attacks:
         start = time.perf_counter()
-        model, tok = load_model(inputs.unlearned, dtype=attack.dtype, device=device)
+        model, tok = load_model(inputs.unlearned, dtype=attack.dtype, device=device, device_map=settings.device_map)
         flips = None
         if attack.kind == "quantization":
             quantizer = get_quantizer(attack.quantizer)

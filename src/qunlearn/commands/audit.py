@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--relearn-batch-size", type=int, default=4, help="relearning batch size (default 4)")
     parser.add_argument("--no-code-flips", action="store_true", help="skip the code-flip rates")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--device-map", help="'auto': spread a model larger than one GPU over the GPUs and CPU "
+                                             "(HF device_map; replaces --device)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per evaluation pass (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="relearning shuffle seed (default 0)")
     parser.set_defaults(func=run)
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     settings = AuditSettings(attacks=args.attacks, threshold=args.threshold, relearn_steps=args.relearn_steps,
                              relearn_lr=args.relearn_lr, relearn_docs=args.relearn_docs,
                              relearn_batch_size=args.relearn_batch_size, code_flips=not args.no_code_flips,
-                             device=args.device, batch_size=args.batch_size, seed=args.seed)
+                             device=args.device, device_map=args.device_map, batch_size=args.batch_size,
+                             seed=args.seed)
     settings.check()
     resolve_device(settings.device)
     jobs = _jobs(args)

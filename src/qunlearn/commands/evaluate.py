@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"metrics to run (default: all of {', '.join(METRICS)})")
     parser.add_argument("--out", required=True, help="output JSON file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--device-map", help="'auto': spread a model larger than one GPU over the GPUs and CPU "
+                                             "(HF device_map; replaces --device)")
     parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default: fp32)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts/texts per forward pass (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -55,8 +57,9 @@ def _evaluate(args: argparse.Namespace, device: str) -> int:
     auc_retrain = None
     if "privleak" in args.metrics:
         auc_retrain = retrain_auc(args.retrain, corpus, dtype=args.dtype, device=device,
-                                  batch_size=args.batch_size, progress=not args.no_progress)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+                                  batch_size=args.batch_size, progress=not args.no_progress,
+                                  device_map=args.device_map)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map)
     start = time.perf_counter()
     results = evaluate_model(model, tokenizer, corpus, args.metrics, auc_retrain, args.batch_size,
                              progress=not args.no_progress)
@@ -64,7 +67,8 @@ def _evaluate(args: argparse.Namespace, device: str) -> int:
         "model": str(Path(args.model).resolve()),
         "corpus": str(Path(args.corpus).resolve()),
         "retrain": str(Path(args.retrain).resolve()) if args.retrain else None,
-        "settings": {"metrics": args.metrics, "device": device, "dtype": args.dtype, "batch_size": args.batch_size,
+        "settings": {"metrics": args.metrics, "device": device, "device_map": args.device_map,
+                     "dtype": args.dtype, "batch_size": args.batch_size,
                      "decoding": "greedy"},
         "seconds": round(time.perf_counter() - start, 3),
         "versions": {"qunlearn": __version__, "torch": str(torch.__version__),

@@ -6,10 +6,13 @@ import argparse
 from dataclasses import fields
 
 from qunlearn.models.locate import locate_model
+from qunlearn.unlearn.launch import is_main_process
+from qunlearn.unlearn.memory import OPTIMIZERS, REFERENCES
 from qunlearn.unlearn.methods import METHODS, PROFILES
 from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
 TYPES = {"int": int, "float": float, "str": str}
+CHOICES = {"profile": PROFILES, "reference": REFERENCES, "optim": OPTIMIZERS}
 
 HELP = {
     "profile": "default hyperparameters: 'embedded' (built-in benchmark) or 'muse' (real 7B models, MUSE's)",
@@ -31,6 +34,10 @@ HELP = {
     "saliency_percentile": "SURE: gamma = the module score at this percentile (0-100)",
     "saliency_batches": "SURE: forget batches for the saliency pass (default: the whole forget set)",
     "keep_checkpoints": "keep the last epoch checkpoint (model, optimizer, RNG) after finishing",
+    "reference": "NPO/KLR reference: 'model' (a second copy in --dtype), 'bf16' (a bf16 copy), "
+                 "'cached' (NPO only: reference log-likelihoods computed once, no second model)",
+    "optim": "optimizer: adamw, or bitsandbytes' adamw8bit / paged_adamw8bit (8-bit state)",
+    "gradient_checkpointing": "recompute activations in the backward pass (less memory, one more forward pass per step)",
 }
 
 
@@ -53,9 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default = "the method's" if spec.default is None else spec.default
         if spec.type == "bool":
             parser.add_argument(flag, action="store_true", help=HELP[spec.name])
-        elif spec.name == "profile":
+        elif spec.name in CHOICES:
             parser.add_argument(
-                flag, choices=PROFILES, default=spec.default, help=f"{HELP[spec.name]} (default: {default})"
+                flag, choices=CHOICES[spec.name], default=spec.default, help=f"{HELP[spec.name]} (default: {default})"
             )
         else:
             parser.add_argument(
@@ -79,5 +86,6 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         resume=args.resume,
     )
-    print(f"unlearned model written to {out}")
+    if is_main_process():  # under torchrun / accelerate launch only rank 0 speaks
+        print(f"unlearned model written to {out}")
     return 0

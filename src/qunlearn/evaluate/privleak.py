@@ -74,7 +74,8 @@ def _cache_key(retrain_dir: Path, corpus: Corpus, dtype: str) -> str:
 
 
 def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str = "fp32", device: str = "cpu",
-                batch_size: int = 16, progress: bool = True, cache_dir: str | Path | None = None) -> float:
+                batch_size: int = 16, progress: bool = True, cache_dir: str | Path | None = None,
+                device_map: str | None = None) -> float:
     """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets.
 
     With `cache_dir` (a directory the caller owns, e.g. a run's output) the value is read from / written to its
@@ -87,7 +88,7 @@ def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str
     cache = read_json(cache_path) if cache_path is not None and cache_path.is_file() else {}
     if key in cache:
         return cache[key]["auc"]
-    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device)
+    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device, device_map=device_map)
     auc = attack_aucs(model, tokenizer, corpus, batch_size, progress)[0][ATTACK]
     if cache_path is None:
         return auc

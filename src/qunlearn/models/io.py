@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -64,33 +65,53 @@ def load_model(
     dtype: str | torch.dtype = "fp32",
     device: str | None = "cpu",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local directory or HF id, in eval mode.
 
     Weights must be safetensors (pickled `.bin` weights are never loaded); `trust_remote_code` stays
-    off unless the caller asks for it.
+    off unless the caller asks for it. `device_map` ("auto", "cpu", ...) goes to from_pretrained, which then
+    places the layers (over several GPUs and the CPU for a model larger than one device) instead of `device`.
     """
     source = locate_model(path)
     check_files(source, trust_remote_code)
     model, info = AutoModelForCausalLM.from_pretrained(
         source, dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
-        output_loading_info=True, ignore_mismatched_sizes=True,
+        output_loading_info=True, ignore_mismatched_sizes=True, device_map=device_map,
     )
     check_model(model, info, source)
-    model.to(resolve_device(device)).eval()
+    if device_map is None:
+        model.to(resolve_device(device))
+    model.eval()
     return model, load_tokenizer(source, trust_remote_code=trust_remote_code)
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Save model (safetensors) and tokenizer into one directory; an earlier one is replaced only once this is complete."""
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | Path,
+    keep_other_files: bool = False,
+    state_dict: dict | None = None,
+) -> Path:
+    """Save model (safetensors) and tokenizer into one directory; an earlier one is replaced only once this is complete.
+
+    With `keep_other_files` the files move into an existing `out_dir` one by one (each atomic), keeping the
+    files already there that the model does not write (a run's records). `state_dict` replaces the model's
+    own (the full weights gathered from a sharded FSDP / ZeRO-3 model).
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
-        swap_in(tmp, out_dir)
+        if keep_other_files and out_dir.is_dir():
+            for path in tmp.iterdir():
+                os.replace(path, out_dir / path.name)
+            tmp.rmdir()
+        else:
+            swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

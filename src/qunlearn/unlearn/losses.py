@@ -1,6 +1,6 @@
 """Unlearning losses as pure tensor functions of logits and labels, plus one small class per loss term.
 
-Conventions (DESIGN.md "Formulas"): `logits` are [batch, seq, vocab] for the inputs, `labels` are the
+Conventions: `logits` are [batch, seq, vocab] for the inputs, `labels` are the
 inputs with -100 on padding; position t predicts label t+1, and a position whose target is -100
 never counts. NPO uses *sequence* log-likelihoods and KLR uses log-softmax of both models, not the raw
 logits that MUSE's reference code uses.
@@ -51,12 +51,17 @@ def ga_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -nll(logits, labels)
 
 
+def npo_from_logprobs(logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO: −(2/β)·mean log σ(−β·(log π_θ(y|x) − log π_ref(y|x))) from sequence log-likelihoods [batch]."""
+    log_ratio = logprob - ref_logprob.detach()
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+
+
 def npo_loss(
     logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """NPO: −(2/β)·mean log σ(−β·(log π_θ(y|x) − log π_ref(y|x))) with sequence log-likelihoods."""
-    log_ratio = sequence_logprob(logits, labels) - sequence_logprob(ref_logits, labels).detach()
-    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+    """NPO from the model's and the reference's logits (sequence log-likelihoods of both)."""
+    return npo_from_logprobs(sequence_logprob(logits, labels), sequence_logprob(ref_logits, labels), beta)
 
 
 def gdr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -98,7 +103,11 @@ class GA:
 
 @dataclass(frozen=True)
 class NPO:
-    """Forget term of NPO with inverse temperature β, against the frozen target as reference."""
+    """Forget term of NPO with inverse temperature β, against the frozen target as reference.
+
+    The reference comes as its logits [batch, seq, vocab], or as its sequence log-likelihoods [batch]
+    when they were computed once before training (`--reference cached`).
+    """
 
     beta: float = 0.1
     needs_reference: ClassVar[bool] = True
@@ -106,6 +115,8 @@ class NPO:
     def __call__(
         self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None
     ) -> torch.Tensor:
+        if ref_logits.dim() == 1:
+            return npo_from_logprobs(sequence_logprob(logits, labels), ref_logits, self.beta)
         return npo_loss(logits, ref_logits, labels, self.beta)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from qunlearn.data.batches import collate
+from qunlearn.errors import UserInputError
 from qunlearn.unlearn.settings import UnlearnSettings
 
 
@@ -31,34 +32,50 @@ def micro_batches(chunks: list[list[int]], order: list[int], size: int, pad_id: 
 def epoch_steps(
     forget: list[list[int]],
     retain: list[list[int]] | None,
-    s: UnlearnSettings,
+    settings: UnlearnSettings,
     epoch: int,
     pad_id: int,
     rank: int,
     world: int,
 ) -> Iterator[list[tuple[dict, dict | None]]]:
-    """This process's (forget, retain) micro-batches of each optimizer step of `epoch`."""
-    n_micro = micro_count(len(forget), s, world)
-    forget_order = draw_order(len(forget), s.seed, epoch, 0, n_micro * s.batch_size)
+    """This process's (forget, retain) micro-batches of each optimizer step of `epoch`.
+
+    Micro-batch m of a step goes to rank m mod world, so N processes see what one process sees with
+    grad_accum × N. Forget batches carry `index`, the chunks they hold.
+    """
+    size = settings.batch_size
+    n_micro = micro_count(len(forget), settings, world)
+    forget_order = draw_order(len(forget), settings.seed, epoch, 0, n_micro * size)
     forget_order = forget_order[: len(forget)] if world == 1 else forget_order
-    retain_order = draw_order(len(retain), s.seed, epoch, 1, len(forget_order)) if retain else None
-    per_step = s.grad_accum * world
+    retain_order = draw_order(len(retain), settings.seed, epoch, 1, len(forget_order)) if retain else None
+    per_step = settings.grad_accum * world
     for start in range(0, n_micro, per_step):
         mine = range(start + rank, min(start + per_step, n_micro), world)
         step = []
         for m in mine:
-            idx = slice(m * s.batch_size, (m + 1) * s.batch_size)
-            fb = collate([forget[i] for i in forget_order[idx]], pad_id)
-            rb = collate([retain[i] for i in retain_order[idx]], pad_id) if retain else None
-            step.append((fb, rb))
+            idx = slice(m * size, (m + 1) * size)
+            forget_batch = collate([forget[i] for i in forget_order[idx]], pad_id)
+            forget_batch["index"] = torch.tensor(forget_order[idx])  # which chunks: keys NPO's cached reference
+            retain_batch = collate([retain[i] for i in retain_order[idx]], pad_id) if retain else None
+            step.append((forget_batch, retain_batch))
         yield step
 
 
-def micro_count(n_forget: int, s: UnlearnSettings, world: int) -> int:
+def micro_count(n_forget: int, settings: UnlearnSettings, world: int) -> int:
     """Forget micro-batches per epoch, rounded up so that every process gets the same number."""
-    return math.ceil(math.ceil(n_forget / s.batch_size) / world) * world
+    return math.ceil(math.ceil(n_forget / settings.batch_size) / world) * world
 
 
-def count_steps(n_forget: int, s: UnlearnSettings, world: int) -> int:
+def count_steps(n_forget: int, settings: UnlearnSettings, world: int) -> int:
     """Optimizer steps per epoch."""
-    return math.ceil(micro_count(n_forget, s, world) / (s.grad_accum * world))
+    return math.ceil(micro_count(n_forget, settings, world) / (settings.grad_accum * world))
+
+
+def check_world(n_forget: int, settings: UnlearnSettings, world: int) -> None:
+    """Refuse more processes than forget batches: the extra ranks would only repeat chunks to pad the step."""
+    batches = math.ceil(n_forget / settings.batch_size)
+    if world > batches:
+        raise UserInputError(
+            f"{world} processes, but the forget set has only {batches} batch(es) of --batch-size {settings.batch_size} "
+            f"({n_forget} chunks); launch at most {batches} processes or lower --batch-size"
+        )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 
 from qunlearn.errors import UserInputError
 from qunlearn.models.io import parse_dtype
+from qunlearn.unlearn.memory import OPTIMIZERS, REFERENCES
 from qunlearn.unlearn.methods import PROFILES, Method
 
 
@@ -16,6 +17,7 @@ class UnlearnSettings:
 
     `storage` (e.g. "bf16") rounds the weights to that dtype at the start and after every optimizer step while
     computing in `dtype`: the update-loss of bf16 weight storage without bf16 matmuls (slow on most CPUs).
+    `reference`, `optim` and `gradient_checkpointing` trade memory for time (see unlearn/memory.py).
     `batch_size` is the per-device micro-batch; the effective batch is batch_size × grad_accum × processes
     (when batch_size is None it is derived from the profile's effective batch).
     """
@@ -38,6 +40,9 @@ class UnlearnSettings:
     saliency_percentile: float | None = None
     saliency_batches: int | None = None
     keep_checkpoints: bool = False
+    reference: str = "model"
+    optim: str = "adamw"
+    gradient_checkpointing: bool = False
 
     def resolve(self, method: Method, num_processes: int = 1) -> UnlearnSettings:
         """Fill every None with the method's default and validate the result."""
@@ -89,6 +94,17 @@ class UnlearnSettings:
             raise ValueError(f"saliency options apply to SURE methods only, not '{method.name}'")
         if method.sure and (self.saliency_gamma is None) == (self.saliency_percentile is None):
             raise ValueError("SURE needs exactly one of --saliency-gamma or --saliency-percentile")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"--reference: unknown '{self.reference}'; choose one of {', '.join(REFERENCES)}")
+        if self.optim not in OPTIMIZERS:
+            raise ValueError(f"--optim: unknown '{self.optim}'; choose one of {', '.join(OPTIMIZERS)}")
+        if self.reference != "model" and not method.needs_reference:
+            raise ValueError(f"--reference {self.reference}: method '{method.name}' uses no reference model")
+        if self.reference == "cached" and method.retain == "klr":
+            raise ValueError(
+                f"--reference cached holds NPO's log-likelihoods only, and method '{method.name}' has KLR, "
+                "which needs the reference's distributions: use --reference bf16 or model"
+            )
         if self.saliency_batches is not None and self.saliency_batches < 1:
             raise ValueError(f"--saliency-batches must be at least 1, got {self.saliency_batches}")
 

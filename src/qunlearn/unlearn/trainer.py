@@ -1,15 +1,16 @@
-"""One training loop for every unlearning method, on HF accelerate (CPU, one GPU, or `accelerate launch`).
+"""One training loop for every unlearning method, on HF accelerate: one process (CPU or GPU), or N data-parallel
+ranks under `torchrun` / `accelerate launch` (gloo on CPU, nccl on GPU; see launch.py).
 
 Weights are held in the chosen dtype (not autocast): bf16 storage decides which small updates survive,
 which is part of what the project studies. Data order is a pure function of (seed, epoch), and each epoch
 ends with an accelerate checkpoint (model, optimizer, RNG), so `resume` replays exactly what an
-uninterrupted run would have done. LR is constant (MUSE), AdamW with HF Trainer's defaults.
+uninterrupted run would have done, also under N processes. LR is constant (MUSE), AdamW with HF Trainer's
+defaults (or 8-bit AdamW); memory options are in memory.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import platform
 import shutil
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -28,17 +29,20 @@ from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.errors import TrainingDivergedError, UserInputError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
-from qunlearn.models.io import load_model, parse_dtype
+from qunlearn.models.io import load_model, parse_dtype, save_model
 from qunlearn.outputs import check_output_dir, output_lock, swap_in
+from qunlearn.unlearn.launch import check_engine, from_main, make_accelerator
 from qunlearn.unlearn.losses import LossTerm
+from qunlearn.unlearn.memory import forget_logprobs, make_optimizer
 from qunlearn.unlearn.methods import Method, get_method
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
-from qunlearn.unlearn.schedule import count_steps, epoch_steps, micro_batches
+from qunlearn.unlearn.schedule import check_world, count_steps, epoch_steps, micro_batches
 from qunlearn.unlearn.settings import UnlearnSettings, check_context
 
 SETTINGS_FILE = "unlearn.yaml"
 LOSSES_FILE = "losses.json"
 SALIENCY_FILE = "saliency.json"
+REFERENCE_FILE = "reference_logprobs.json"
 CHECKPOINTS = "checkpoints"
 
 
@@ -59,94 +63,85 @@ def _forward(model: torch.nn.Module, batch: dict, device: torch.device) -> torch
     ).logits
 
 
-def _objective(
-    model,
-    ref,
-    forget_term: LossTerm,
-    retain_term: LossTerm | None,
-    weight: float,
-    fb: dict,
-    rb: dict | None,
-    device: torch.device,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L = L_forget + λ·L_retain on one micro-batch pair; returns the total and its parts (detached)."""
+def _check_finite(values: torch.Tensor, names: list[str], step: int, epoch: int) -> None:
+    """Stop every rank with one message when a loss or gradient norm is NaN/inf on any rank (GA can diverge).
 
-    def term(fn: LossTerm, batch: dict) -> torch.Tensor:
-        logits = _forward(model, batch, device)
-        ref_logits = None
-        if fn.needs_reference:
-            with torch.no_grad():
-                ref_logits = _forward(ref, batch, device)
-        return fn(logits, batch["labels"].to(device), ref_logits)
-
-    forget = term(forget_term, fb)
-    parts = {"forget": forget.detach()}
-    total = forget
-    if retain_term is not None:
-        retain = term(retain_term, rb)
-        parts["retain"] = retain.detach()
-        total = forget + weight * retain
-    return total, parts
-
-
-def _describe(parts: dict[str, torch.Tensor]) -> str:
-    """'loss (forget=nan, retain=0.51)' for an error message."""
-    return "loss (" + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items()) + ")"
-
-
-def _check_finite(value: float, what: str, step: int, epoch: int) -> None:
-    """Stop with an error naming the step when a loss or gradient norm is NaN/inf (GA can diverge)."""
-    if not math.isfinite(value):
+    `values` is [ranks, len(names)], gathered from all processes, so every rank raises the same error.
+    """
+    for rank, row in enumerate(values.tolist()):
+        if all(math.isfinite(v) for v in row):
+            continue
+        where = f" on rank {rank}" if len(values) > 1 else ""
+        what = ", ".join(f"{k}={v:.4g}" for k, v in zip(names, row))
         raise TrainingDivergedError(
-            f"{what} became {value} at step {step} (epoch {epoch + 1}); "
+            f"{what} at step {step} (epoch {epoch + 1}){where}; "
             "lower --lr, raise --retain-weight, or use fewer epochs"
         )
 
 
 @dataclass
-class _Stepper:
-    """Everything one optimizer step needs: models, optimizer, trainable parameters, loss terms, settings."""
+class _OptimizerStep:
+    """One optimizer step over this rank's micro-batches: models, optimizer, trainable parameters, loss terms."""
 
     accelerator: Accelerator
     model: torch.nn.Module
     ref: torch.nn.Module | None
+    ref_logprobs: torch.Tensor | None
     optimizer: torch.optim.Optimizer
     trainable: list[torch.nn.Parameter]
     forget_term: LossTerm
     retain_term: LossTerm | None
     settings: UnlearnSettings
 
+    def _term(self, fn: LossTerm, batch: dict) -> torch.Tensor:
+        """One loss term on one batch, with the reference's logits or cached log-likelihoods if it needs them."""
+        device = self.accelerator.device
+        logits = _forward(self.model, batch, device)
+        ref = None
+        if fn.needs_reference and self.ref_logprobs is not None:
+            ref = self.ref_logprobs[batch["index"]].to(device)
+        elif fn.needs_reference:
+            with torch.no_grad():
+                ref = _forward(self.ref, batch, device)
+        return fn(logits, batch["labels"].to(device), ref)
+
+    def _objective(
+        self, forget_batch: dict, retain_batch: dict | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L = L_forget + λ·L_retain on one micro-batch pair; returns the total and its parts (detached)."""
+        forget = self._term(self.forget_term, forget_batch)
+        parts = {"forget": forget.detach()}
+        total = forget
+        if self.retain_term is not None:
+            retain = self._term(self.retain_term, retain_batch)
+            parts["retain"] = retain.detach()
+            total = forget + self.settings.retain_weight * retain
+        return total, parts
+
     def __call__(self, micro: list[tuple[dict, dict | None]], state: _State, epoch: int) -> dict[str, float]:
-        """Accumulate gradients over the micro-batches, clip, step; returns the step's mean loss terms."""
+        """Accumulate gradients over the micro-batches, clip, step; returns the step's loss terms (mean of ranks)."""
         acc, n = self.accelerator, len(micro)
         sums: dict[str, float] = {}
-        for i, (fb, rb) in enumerate(micro):
+        for i, (forget_batch, retain_batch) in enumerate(micro):
             with acc.no_sync(self.model) if i < n - 1 else nullcontext():
-                loss, parts = _objective(
-                    self.model,
-                    self.ref,
-                    self.forget_term,
-                    self.retain_term,
-                    self.settings.retain_weight,
-                    fb,
-                    rb,
-                    acc.device,
-                )
-                _check_finite(loss.item(), _describe(parts), state.step + 1, epoch)
+                loss, parts = self._objective(forget_batch, retain_batch)
+                names = ["loss", *parts]
+                everyone = acc.gather(torch.stack([loss.detach(), *parts.values()]).reshape(1, -1)).cpu()
+                _check_finite(everyone, names, state.step + 1, epoch)
                 acc.backward(loss / n)
-            for key, value in (parts | {"loss": loss.detach()}).items():
-                sums[key] = sums.get(key, 0.0) + value.item() / n
-            state.tokens += int(fb["attention_mask"].sum()) + (int(rb["attention_mask"].sum()) if rb else 0)
+            for key, value in zip(names, everyone.mean(dim=0).tolist()):
+                sums[key] = sums.get(key, 0.0) + value / n
+            state.tokens += int(forget_batch["attention_mask"].sum())
+            state.tokens += int(retain_batch["attention_mask"].sum()) if retain_batch else 0
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         grad_norm = float(acc.clip_grad_norm_(self.trainable, clip))
-        _check_finite(grad_norm, "gradient norm", state.step + 1, epoch)
+        _check_finite(torch.tensor([[grad_norm]]), ["gradient norm"], state.step + 1, epoch)
         self.optimizer.step()
         if self.settings.storage:
             round_to_storage(self.trainable, self.settings.storage)
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        reduced = acc.reduce(torch.tensor(list(sums.values()), device=acc.device), "mean")
-        return {k: round(float(v), 6) for k, v in zip(sums, reduced)} | {"grad_norm": round(grad_norm, 6)}
+        return {k: round(v, 6) for k, v in sums.items()} | {"grad_norm": round(grad_norm, 6)}
 
 
 @torch.no_grad()
@@ -187,41 +182,6 @@ def _record_failure(work_dir: Path, out_dir: Path, err: BaseException) -> None:
         out_dir.rmdir()
 
 
-def unlearn(
-    target_dir: str | Path,
-    corpus: Corpus | str | Path,
-    method: str | Method,
-    out_dir: str | Path,
-    settings: UnlearnSettings | None = None,
-    progress: bool = True,
-    resume: bool = False,
-) -> Path:
-    """Unlearn `corpus.forget` from the target with `method`; writes an HF checkpoint and run records to `out_dir`.
-
-    Outputs: model + tokenizer (safetensors), unlearn.yaml (every setting, status, timings), losses.json
-    (per-step loss curve), saliency.json for SURE. With `resume`, continues from the last epoch
-    checkpoint (same result as an uninterrupted run); a finished run is returned as is. The inputs are
-    never written; an earlier run in `out_dir` is replaced only by a complete one; a failed run records
-    `status: failed` and its reason; a second process on the same `out_dir` is refused (lock).
-    """
-    out_dir = Path(out_dir)
-    root = corpus.root if isinstance(corpus, Corpus) else Path(corpus)
-    state = PartialState()
-    main = state.is_main_process
-    with output_lock(out_dir) if main else nullcontext():
-        work_dir = _prepare_out_dir(out_dir, resume, {"--target": Path(target_dir), "--corpus": root}, main)
-        state.wait_for_everyone()
-        try:
-            _unlearn(target_dir, corpus, method, work_dir, settings, progress, resume)
-        except BaseException as err:
-            if main:
-                _record_failure(work_dir, out_dir, err)
-            raise
-        if main and work_dir != out_dir:
-            swap_in(work_dir, out_dir)
-    return out_dir
-
-
 def _latest_checkpoint(out_dir: Path) -> Path | None:
     """The newest complete epoch checkpoint in `out_dir`, if any."""
     done = sorted(
@@ -236,6 +196,7 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, state: _State) -> 
     final = out_dir / CHECKPOINTS / f"epoch-{state.epoch}"
     tmp = final.with_suffix(".tmp")
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank's RNG state is in `tmp` before it is renamed
     if accelerator.is_main_process:
         atomic_write_json(tmp / "loop_state.json", asdict(state))
         tmp.rename(final)
@@ -265,9 +226,9 @@ def _record(
             "target": str(target_dir),
             "corpus": str(corpus.root),
             "settings": asdict(settings),
-            "num_processes": accelerator.num_processes,
+            "world_size": accelerator.num_processes,
             "device": str(accelerator.device),
-            "effective_batch": settings.batch_size * settings.grad_accum * accelerator.num_processes,
+            "global_batch": settings.batch_size * settings.grad_accum * accelerator.num_processes,
             "versions": {
                 "qunlearn": __version__,
                 "torch": str(torch.__version__),
@@ -280,114 +241,131 @@ def _record(
 
 
 def _forget_saliency(
-    model, forget: list[list[int]], method: Method, s: UnlearnSettings, pad_id: int
+    model, forget: list[list[int]], method: Method, settings: UnlearnSettings, pad_id: int
 ) -> Saliency:
     """SURE's saliency pass at the target weights over the forget set (or its first `saliency_batches` batches)."""
-    batches = micro_batches(forget, list(range(len(forget))), s.batch_size, pad_id)
-    batches = batches[: s.saliency_batches] if s.saliency_batches else batches
+    batches = micro_batches(forget, list(range(len(forget))), settings.batch_size, pad_id)
+    batches = batches[: settings.saliency_batches] if settings.saliency_batches else batches
     return compute_saliency(
-        model, batches, method.forget_term(s.beta), s.saliency_gamma, s.saliency_percentile
+        model, batches, method.forget_term(settings.beta), settings.saliency_gamma, settings.saliency_percentile
     )
 
 
-def _unlearn(
-    target_dir: str | Path,
-    corpus: Corpus | str | Path,
-    method: str | Method,
-    out_dir: str | Path,
-    settings: UnlearnSettings | None = None,
-    progress: bool = True,
-    resume: bool = False,
-) -> Path:
-    """The training run of `unlearn`, writing into `out_dir` (the run directory or its staging dir)."""
-    method = get_method(method) if isinstance(method, str) else method
-    corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
-    target_dir, out_dir = Path(target_dir), Path(out_dir)
-    accelerator = Accelerator()
-    settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
-    previous = read_yaml(out_dir / SETTINGS_FILE) if resume and (out_dir / SETTINGS_FILE).is_file() else None
-    if previous is not None:
-        if previous.get("settings") != asdict(settings) or previous.get("method") != method.name:
-            raise UserInputError(
-                f"--resume: {out_dir / SETTINGS_FILE} was written with other settings or method; "
-                "rerun with the same options or without --resume"
-            )
-        if previous.get("status") == "complete":
-            return out_dir
-    set_seed(settings.seed)
+def _previous_run(out_dir: Path, method: Method, settings: UnlearnSettings) -> dict | None:
+    """The records of the run `--resume` continues (None if there is none); refuse one with other settings."""
+    if not (out_dir / SETTINGS_FILE).is_file():
+        return None
+    previous = read_yaml(out_dir / SETTINGS_FILE)
+    if previous.get("settings") != asdict(settings) or previous.get("method") != method.name:
+        raise UserInputError(
+            f"--resume: {out_dir / SETTINGS_FILE} was written with other settings or method; "
+            "rerun with the same options or without --resume"
+        )
+    return previous
 
+
+@dataclass
+class _Setup:
+    """What training starts from: the model to train, the frozen reference (or None), tokenizer and data."""
+
+    model: torch.nn.Module
+    ref: torch.nn.Module | None
+    tokenizer: object
+    forget: list[list[int]]
+    retain: list[list[int]] | None
+    ref_logprobs: torch.Tensor | None = None
+
+
+def _set_up(
+    target_dir: Path, corpus: Corpus, method: Method, settings: UnlearnSettings, accelerator: Accelerator
+) -> _Setup:
+    """Load model (and reference) onto this process's device and tokenize the forget/retain documents."""
     model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu")
     check_context(settings.max_length, model.config)
-    pad_id = tokenizer.pad_token_id
     forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
     retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
     if method.retain and not retain:
         raise ValueError(
             f"{corpus.root}: method '{method.name}' needs retain documents and the corpus has none"
         )
+    check_world(len(forget), settings, accelerator.num_processes)
     model.to(accelerator.device)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = None
-    if method.needs_reference:
-        ref, _ = load_model(target_dir, dtype=settings.dtype, device=str(accelerator.device))
+    if method.needs_reference and settings.reference != "cached":
+        ref_dtype = "bf16" if settings.reference == "bf16" else settings.dtype
+        ref, _ = load_model(target_dir, dtype=ref_dtype, device=str(accelerator.device))
         ref.requires_grad_(False)
     if settings.storage:
         for net in (model, ref) if ref is not None else (model,):
             round_to_storage(net.parameters(), settings.storage)
+    return _Setup(model, ref, tokenizer, forget, retain)
 
-    if accelerator.is_main_process:
-        _record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")
-    saliency_seconds = 0.0
-    trainable = list(model.parameters())
-    if method.sure:
-        saliency_file = out_dir / SALIENCY_FILE
-        start = time.perf_counter()
-        if previous is not None and saliency_file.is_file():
-            selected = read_json(saliency_file)["selected"]
-        else:
-            found = _forget_saliency(model, forget, method, settings, pad_id)
-            selected = found.selected
-            if accelerator.is_main_process:
-                atomic_write_json(saliency_file, found.to_json())
-        saliency_seconds = time.perf_counter() - start
-        trainable = apply_mask(model, selected)
 
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    state = _State()
-    checkpoint = _latest_checkpoint(out_dir) if previous is not None else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = _State(**read_json(checkpoint / "loop_state.json"))
+def _cached_reference(
+    setup: _Setup, settings: UnlearnSettings, out_dir: Path, reuse: bool, device: torch.device
+) -> torch.Tensor:
+    """NPO's reference log-likelihoods of the forget chunks: computed on rank 0 at the target weights (or read
+    back when resuming), saved with the run, handed to every rank."""
+    cache = out_dir / REFERENCE_FILE
 
-    steps_per_epoch = count_steps(len(forget), settings, accelerator.num_processes)
+    def compute() -> torch.Tensor:
+        if reuse and cache.is_file():
+            return torch.tensor(read_json(cache), dtype=torch.float32)
+        found = forget_logprobs(
+            setup.model, setup.forget, settings.batch_size, setup.tokenizer.pad_token_id, device
+        )
+        atomic_write_json(cache, found.tolist())
+        return found
+
+    return from_main(compute)
+
+
+def _sure_mask(
+    setup: _Setup, method: Method, settings: UnlearnSettings, out_dir: Path, reuse: bool
+) -> list[torch.nn.Parameter]:
+    """Select SURE's salient modules on rank 0 (or reuse saliency.json when resuming), freeze the rest everywhere.
+
+    Every rank trains with rank 0's selection, so the masks are identical by construction.
+    """
+    saliency_file = out_dir / SALIENCY_FILE
+
+    def select() -> list[str]:
+        if reuse and saliency_file.is_file():
+            return read_json(saliency_file)["selected"]
+        found = _forget_saliency(setup.model, setup.forget, method, settings, setup.tokenizer.pad_token_id)
+        atomic_write_json(saliency_file, found.to_json())
+        return found.selected
+
+    return apply_mask(setup.model, from_main(select))
+
+
+def _train(
+    step: _OptimizerStep,
+    setup: _Setup,
+    settings: UnlearnSettings,
+    out_dir: Path,
+    state: _State,
+    desc: str,
+    progress: bool,
+) -> float:
+    """Run the epochs from `state` on, checkpointing after each; returns the seconds spent checkpointing."""
+    accelerator = step.accelerator
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = count_steps(len(setup.forget), settings, world)
     total = steps_per_epoch * settings.epochs
     total = min(total, settings.max_steps) if settings.max_steps else total
-    stepper = _Stepper(
-        accelerator,
-        model,
-        ref,
-        optimizer,
-        trainable,
-        method.forget_term(settings.beta),
-        method.retain_term(),
-        settings,
-    )
-    model.train()
-    start, checkpoint_seconds = time.perf_counter(), 0.0
-    with tqdm(
-        total=total,
-        initial=state.step,
-        desc=f"unlearn {method.name}",
-        unit="step",
-        disable=not progress or not accelerator.is_main_process,
-    ) as bar:
+    pad_id = setup.tokenizer.pad_token_id
+    checkpoint_seconds = 0.0
+    step.model.train()
+    show = progress and accelerator.is_main_process
+    with tqdm(total=total, initial=state.step, desc=desc, unit="step", disable=not show) as bar:
         for epoch in range(state.epoch, settings.epochs):
-            for micro in epoch_steps(
-                forget, retain, settings, epoch, pad_id, accelerator.process_index, accelerator.num_processes
-            ):
+            for micro in epoch_steps(setup.forget, setup.retain, settings, epoch, pad_id, rank, world):
                 if state.step >= total:
                     break
-                entry = stepper(micro, state, epoch)
+                entry = step(micro, state, epoch)
                 state.history.append({"step": state.step, "epoch": epoch + 1, **entry})
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in entry.items() if k != "grad_norm"})
@@ -397,11 +375,105 @@ def _unlearn(
             saving = time.perf_counter()
             _save_checkpoint(accelerator, out_dir, state)
             checkpoint_seconds += time.perf_counter() - saving
+    return checkpoint_seconds
+
+
+def unlearn(
+    target_dir: str | Path,
+    corpus: Corpus | str | Path,
+    method: str | Method,
+    out_dir: str | Path,
+    settings: UnlearnSettings | None = None,
+    progress: bool = True,
+    resume: bool = False,
+) -> Path:
+    """Unlearn `corpus.forget` from the target with `method`; writes an HF checkpoint and run records to `out_dir`.
+
+    Outputs: model + tokenizer (safetensors), unlearn.yaml (every setting, status, timings), losses.json
+    (per-step loss curve), saliency.json for SURE. With `resume`, continues from the last epoch
+    checkpoint (same result as an uninterrupted run); a finished run is returned as is. Under `torchrun` or
+    `accelerate launch` every rank calls this; rank 0 writes, the others wait at barriers. The inputs are
+    never written; an earlier run in `out_dir` is replaced only by a complete one; a failed run records
+    `status: failed` and its reason; a second process on the same `out_dir` is refused (lock).
+    """
+    out_dir = Path(out_dir)
+    root = corpus.root if isinstance(corpus, Corpus) else Path(corpus)
+    accelerator = make_accelerator()
+    main = accelerator.is_main_process
+    with output_lock(out_dir) if main else nullcontext():
+        work_dir = from_main(
+            lambda: _prepare_out_dir(out_dir, resume, {"--target": Path(target_dir), "--corpus": root}, main)
+        )
+        try:
+            _unlearn(accelerator, target_dir, corpus, method, work_dir, settings, progress, resume)
+        except BaseException as err:
+            if main:
+                _record_failure(work_dir, out_dir, err)
+            raise
+        if main and work_dir != out_dir:
+            swap_in(work_dir, out_dir)
+        accelerator.wait_for_everyone()
+    return out_dir
+
+
+def _unlearn(
+    accelerator: Accelerator,
+    target_dir: str | Path,
+    corpus: Corpus | str | Path,
+    method: str | Method,
+    out_dir: Path,
+    settings: UnlearnSettings | None,
+    progress: bool,
+    resume: bool,
+) -> None:
+    """The training run of `unlearn`, writing into `out_dir` (the run directory or its staging dir)."""
+    method = get_method(method) if isinstance(method, str) else method
+    corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
+    target_dir, out_dir = Path(target_dir), Path(out_dir)
+    settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
+    check_engine(accelerator, settings.grad_accum)
+    previous = _previous_run(out_dir, method, settings) if resume else None
+    if previous is not None and previous.get("status") == "complete":
+        return
+    set_seed(settings.seed)
+
+    setup = _set_up(target_dir, corpus, method, settings, accelerator)
+    if accelerator.is_main_process:
+        _record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")
+    if settings.reference == "cached":
+        setup.ref_logprobs = _cached_reference(setup, settings, out_dir, previous is not None, accelerator.device)
+    start = time.perf_counter()
+    trainable = _sure_mask(setup, method, settings, out_dir, previous is not None) if method.sure else None
+    saliency_seconds = time.perf_counter() - start
+    trainable = trainable if trainable is not None else list(setup.model.parameters())
+
+    optimizer = make_optimizer(settings.optim, trainable, settings.lr, settings.weight_decay)
+    model, optimizer = accelerator.prepare(setup.model, optimizer)
+    state = _State()
+    checkpoint = _latest_checkpoint(out_dir) if previous is not None else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = _State(**read_json(checkpoint / "loop_state.json"))
+    step = _OptimizerStep(
+        accelerator,
+        model,
+        setup.ref,
+        setup.ref_logprobs,
+        optimizer,
+        trainable,
+        method.forget_term(settings.beta),
+        method.retain_term(),
+        settings,
+    )
+    start = time.perf_counter()
+    checkpoint_seconds = _train(step, setup, settings, out_dir, state, f"unlearn {method.name}", progress)
     train_seconds = time.perf_counter() - start - checkpoint_seconds
     tokens = int(accelerator.reduce(torch.tensor(state.tokens, device=accelerator.device), "sum"))
 
+    weights = accelerator.get_state_dict(model)  # every rank takes part: it gathers a sharded (FSDP, ZeRO-3) model
     if accelerator.is_main_process:
-        _save_final(accelerator.unwrap_model(model), tokenizer, out_dir)
+        save_model(accelerator.unwrap_model(model), setup.tokenizer, out_dir, keep_other_files=True,
+                   state_dict=weights)
         atomic_write_json(out_dir / LOSSES_FILE, state.history)
         if not settings.keep_checkpoints:
             shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
@@ -422,15 +494,3 @@ def _unlearn(
             final=state.history[-1] if state.history else None,
         )
     accelerator.wait_for_everyone()
-    return out_dir
-
-
-def _save_final(model, tokenizer, out_dir: Path) -> None:
-    """Write model (safetensors) and tokenizer into `out_dir` file by file via a temp folder (each file atomic)."""
-    tmp = out_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for path in tmp.iterdir():
-        os.replace(path, out_dir / path.name)
-    tmp.rmdir()
