@@ -1,4 +1,4 @@
-"""`qunlearn evaluate`: MUSE metrics of one checkpoint on one corpus, written to a JSON file."""
+"""`qunlearn evaluate`: MUSE (default) or TOFU metrics of one checkpoint, written to a JSON file."""
 
 from __future__ import annotations
 
@@ -11,33 +11,97 @@ import transformers
 
 from qunlearn import __version__
 from qunlearn.data.muse import load_corpus
+from qunlearn.data.tofu import FORGET_SPLITS, load_tofu
+from qunlearn.errors import UserInputError
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.evaluate.registry import METRICS, check_metrics, evaluate_model
+from qunlearn.evaluate.tofu import (
+    DEFAULT_DATE_STRING,
+    DEFAULT_SYSTEM_PROMPT,
+    MAX_NEW_TOKENS,
+    PROMPT_FORMATS,
+    evaluate_tofu,
+    resolve_prompt_format,
+    retain_model_truth_ratios,
+)
 from qunlearn.fileio import atomic_write_json
 from qunlearn.models.io import load_model, parse_dtype, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("evaluate", help="MUSE metrics (VerbMem, KnowMem, PrivLeak, utility) of a checkpoint")
+    parser = sub.add_parser("evaluate", help="MUSE metrics (VerbMem, KnowMem, PrivLeak, utility) or TOFU metrics "
+                                             "(forget quality, model utility) of a checkpoint")
+    parser.add_argument("--benchmark", choices=["muse", "tofu"], default="muse", help="metric suite (default: muse)")
     parser.add_argument("--model", required=True, help="HF causal LM directory (safetensors)")
-    parser.add_argument("--corpus", required=True, help="MUSE-layout corpus directory")
+    parser.add_argument("--corpus", "--data", dest="corpus", required=True,
+                        help="MUSE-layout corpus directory, or for --benchmark tofu a TOFU directory or HF dataset id")
     parser.add_argument("--retrain", help="retrain checkpoint directory (PrivLeak's AUC_retrain; cached there)")
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="NAME",
-                        help=f"metrics to run (default: all of {', '.join(METRICS)})")
+                        help=f"MUSE metrics to run (default: all of {', '.join(METRICS)})")
     parser.add_argument("--out", required=True, help="output JSON file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default: fp32)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts/texts per forward pass (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    tofu = parser.add_argument_group("TOFU (--benchmark tofu)")
+    tofu.add_argument("--forget-split", choices=FORGET_SPLITS, default="forget10", help="(default: forget10)")
+    tofu.add_argument("--retain-model", help="model trained without the forget split: forget quality's reference")
+    tofu.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="auto",
+                      help="chat (tokenizer's template), plain (Question: ... Answer:), or auto: chat when the "
+                           "tokenizer has a template (default: auto)")
+    tofu.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT,
+                      help=f"chat format's system message, '' for none (default: {DEFAULT_SYSTEM_PROMPT!r})")
+    tofu.add_argument("--date-string", default=DEFAULT_DATE_STRING,
+                      help=f"date given to chat templates that print one (default: {DEFAULT_DATE_STRING!r})")
+    tofu.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                      help=f"greedy answer length for ROUGE (default: {MAX_NEW_TOKENS})")
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    check_metrics(args.metrics, have_retrain_auc=args.retrain is not None)
+def _header(args: argparse.Namespace, device: str) -> dict:
+    return {
+        "model": str(Path(args.model).resolve()),
+        "versions": {"qunlearn": __version__, "torch": str(torch.__version__),
+                     "transformers": transformers.__version__},
+        "device": device, "dtype": args.dtype, "batch_size": args.batch_size,
+    }
+
+
+def run_tofu(args: argparse.Namespace, device: str) -> int:
+    """TOFU: the retain model's forget truth ratios first (when given), then every metric of --model."""
+    data = load_tofu(args.corpus, args.forget_split)
+    progress = not args.no_progress
+    reference = None
+    if args.retain_model:
+        retain, retain_tok = load_model(args.retain_model, dtype=args.dtype, device=device)
+        fmt = resolve_prompt_format(retain_tok, args.prompt_format, args.system_prompt, args.date_string)
+        reference = retain_model_truth_ratios(retain, retain_tok, data, fmt, args.batch_size, progress)
+        del retain
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
+    fmt = resolve_prompt_format(tokenizer, args.prompt_format, args.system_prompt, args.date_string)
+    result = evaluate_tofu(model, tokenizer, data, reference, fmt, args.batch_size, progress, args.max_new_tokens)
+    retain_path = str(Path(args.retain_model).resolve()) if args.retain_model else None
+    atomic_write_json(args.out, _header(args, device) | {"retain_model": retain_path} | result)
+    print(f"prompt format: {fmt.kind}" + (f" (system prompt {fmt.system_prompt!r})" if fmt.system_prompt else ""))
+    for name, value in result["summary"].items():
+        print(f"{name:<24} " + ("n/a (no --retain-model)" if value is None else f"{value:10.4f}"))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _device(args: argparse.Namespace) -> str:
+    """Check --batch-size and --dtype; the device to run on."""
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1 (got {args.batch_size})")
+        raise UserInputError(f"--batch-size must be >= 1 (got {args.batch_size})")
     parse_dtype(args.dtype)
-    device = str(resolve_device(args.device))
+    return str(resolve_device(args.device))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.benchmark == "tofu":
+        return run_tofu(args, _device(args))
+    check_metrics(args.metrics, have_retrain_auc=args.retrain is not None)
+    device = _device(args)
     corpus = load_corpus(args.corpus)
     auc_retrain = None
     if "privleak" in args.metrics:

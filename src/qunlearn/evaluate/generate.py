@@ -149,10 +149,24 @@ def greedy_token_ids(
 
     Prompts are batched by length (longest first, so memory problems show at once) to keep padding small.
     """
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size}, {max_new_tokens})")
     context = context_length(model)
     encoded = encode_prompts(tokenizer, prompts, None if context is None else context - max_new_tokens)
+    return greedy_from_ids(model, tokenizer, encoded, max_new_tokens, stop_strings, batch_size, progress, desc)
+
+
+def greedy_from_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Sequence[list[int]],
+    max_new_tokens: int,
+    stop_strings: Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[list[int]]:
+    """`greedy_token_ids` for prompts already tokenized (e.g. by a chat template), used as given."""
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size}, {max_new_tokens})")
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     results: list[list[int]] = [[] for _ in encoded]
     starts = range(0, len(order), batch_size)

@@ -1,0 +1,106 @@
+"""TOFU layout loading: files as on the Hub, and bad input named by file and field."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from qunlearn.cli import main
+from qunlearn.data.tofu import load_tofu, load_training_split
+from qunlearn.errors import UserInputError
+
+PERTURBED = {"question": "Q?", "answer": "A.", "paraphrased_answer": "P.", "perturbed_answer": ["W1.", "W2."]}
+OPTIONS = {"question": "Q?", "answer": "A.", "perturbed_answer": ["W1.", "W2.", "W3."]}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def tofu_dir(root: Path, split: str = "forget01") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    write_jsonl(root / f"{split}_perturbed.json", [PERTURBED, PERTURBED | {"question": "Q2?"}])
+    write_jsonl(root / "retain_perturbed.json", [PERTURBED])
+    write_jsonl(root / "real_authors_perturbed.json", [OPTIONS])
+    (root / "world_facts_perturbed.json").write_text(json.dumps([OPTIONS, OPTIONS]), encoding="utf-8")  # JSON array
+    write_jsonl(root / f"{split}.json", [{"question": "Q?", "answer": "A."}])
+    return root
+
+
+def test_loads_every_evaluation_set(tmp_path):
+    data = load_tofu(tofu_dir(tmp_path), "forget01")
+    assert data.summary() == {"forget": 2, "retain": 1, "real_authors": 1, "world_facts": 2}
+    assert data.forget[1].question == "Q2?"
+    assert data.forget[0].paraphrased_answer == "P." and data.forget[0].perturbed_answers == ("W1.", "W2.")
+    assert data.real_authors[0].paraphrased_answer is None and len(data.real_authors[0].perturbed_answers) == 3
+    assert load_training_split(tmp_path, "forget01")[0].answer == "A."
+
+
+def test_missing_split_names_the_file(tmp_path):
+    tofu_dir(tmp_path, "forget01")
+    with pytest.raises(UserInputError, match=r"forget10_perturbed\.json"):
+        load_tofu(tmp_path, "forget10")
+
+
+def test_missing_field_names_file_row_and_field(tmp_path):
+    tofu_dir(tmp_path)
+    bad = dict(PERTURBED)
+    del bad["paraphrased_answer"]
+    write_jsonl(tmp_path / "retain_perturbed.json", [PERTURBED, bad])
+    with pytest.raises(UserInputError, match=r"retain_perturbed\.json: row 2: field 'paraphrased_answer' is missing"):
+        load_tofu(tmp_path, "forget01")
+
+
+def test_perturbed_answers_must_be_a_list_of_strings(tmp_path):
+    tofu_dir(tmp_path)
+    write_jsonl(tmp_path / "real_authors_perturbed.json", [OPTIONS | {"perturbed_answer": []}])
+    with pytest.raises(UserInputError, match=r"real_authors_perturbed\.json: row 1: field 'perturbed_answer'"):
+        load_tofu(tmp_path, "forget01")
+
+
+def test_bad_json_line_is_named(tmp_path):
+    tofu_dir(tmp_path)
+    (tmp_path / "forget01_perturbed.json").write_text('{"question": "Q?"\n', encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"forget01_perturbed\.json: line 1 is not valid JSON"):
+        load_tofu(tmp_path, "forget01")
+
+
+def test_unknown_forget_split_and_missing_directory(tmp_path):
+    with pytest.raises(UserInputError, match="forget01, forget05, forget10"):
+        load_tofu(tofu_dir(tmp_path), "forget20")
+    with pytest.raises(UserInputError, match="not found"):
+        load_tofu(tmp_path / "nope" / "deeper", "forget01")
+
+
+def test_hf_id_without_datasets_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import fails as when not installed
+    with pytest.raises(UserInputError, match=r"needs the `datasets` package"):
+        load_tofu("locuslab/TOFU", "forget01")
+
+
+def test_hf_id_loads_each_config_and_offline_is_one_line(monkeypatch):
+    calls = []
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split))
+        if name == "world_facts_perturbed":
+            raise ConnectionError("no network")
+        return [OPTIONS | {"paraphrased_answer": "P."}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(UserInputError, match="locuslab/TOFU: cannot load TOFU split 'world_facts_perturbed'"):
+        load_tofu("locuslab/TOFU", "forget05")
+    assert calls[0] == ("locuslab/TOFU", "forget05_perturbed", "train")
+
+
+def test_cli_exits_2_naming_the_file(tmp_path, capsys):
+    tofu_dir(tmp_path / "tofu")
+    (tmp_path / "tofu" / "retain_perturbed.json").unlink()
+    code = main(["evaluate", "--benchmark", "tofu", "--model", str(tmp_path / "model"), "--data",
+                 str(tmp_path / "tofu"), "--forget-split", "forget01", "--out", str(tmp_path / "out.json")])
+    assert code == 2
+    assert "retain_perturbed" in capsys.readouterr().err
