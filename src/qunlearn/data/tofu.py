@@ -50,6 +50,11 @@ class TofuData:
                 "world_facts": len(self.world_facts)}
 
 
+def plain_prompt(question: str) -> str:
+    """The plain prompt (OpenUnlearning's phi-1.5 template): the answer follows it directly."""
+    return f"Question: {question}\nAnswer: "
+
+
 def _parse_rows(path: Path) -> list[Any]:
     """Rows of a JSON-lines file, or of a file holding one JSON array; errors name the file and line."""
     text = read_text(path)

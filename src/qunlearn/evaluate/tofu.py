@@ -16,7 +16,7 @@ import numpy as np
 from jinja2 import TemplateError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from qunlearn.data.tofu import TofuData, TofuItem
+from qunlearn.data.tofu import TofuData, TofuItem, plain_prompt
 from qunlearn.errors import UserInputError
 from qunlearn.evaluate import tofu_metrics as tm
 from qunlearn.evaluate.generate import decode, greedy_from_ids
@@ -50,14 +50,10 @@ def resolve_prompt_format(tokenizer: PreTrainedTokenizerBase, choice: str = "aut
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if choice == "chat" and not has_template:
         raise UserInputError("--prompt-format chat: the tokenizer has no chat template; use --prompt-format plain "
-                             "for 'Question: ... Answer: ...' prompts (base models, phi-1.5), or --tokenizer with one")
+                             "for 'Question: ... Answer: ...' prompts (base models, phi-1.5)")
     if choice == "plain" or not has_template:
         return PromptFormat("plain")
     return PromptFormat("chat", system_prompt or None, date_string or None)
-
-
-def _plain_prompt(question: str) -> str:
-    return f"Question: {question}\nAnswer: "
 
 
 def _chat_ids(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, question: str, answer: str | None) -> list[int]:
@@ -78,7 +74,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, questio
     """Token ids the model sees before it answers (generation prompt included)."""
     if fmt.kind == "chat":
         return _chat_ids(tokenizer, fmt, question, None)
-    return tokenizer(_plain_prompt(question), add_special_tokens=True)["input_ids"]
+    return tokenizer(plain_prompt(question), add_special_tokens=True)["input_ids"]
 
 
 def encode_qa(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, question: str,
@@ -87,7 +83,7 @@ def encode_qa(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, question: s
     if fmt.kind == "chat":
         ids = _chat_ids(tokenizer, fmt, question, answer)
     else:
-        ids = tokenizer(_plain_prompt(question) + answer, add_special_tokens=True)["input_ids"]
+        ids = tokenizer(plain_prompt(question) + answer, add_special_tokens=True)["input_ids"]
     if ids[-1] != tokenizer.eos_token_id:
         ids = ids + [tokenizer.eos_token_id]
     return ids, len(encode_prompt(tokenizer, fmt, question))
