@@ -213,8 +213,12 @@ def retain_model_truth_ratios(model: PreTrainedModel, tokenizer: PreTrainedToken
     """The retain model's forget-set truth ratios: the reference sample of forget quality's KS test."""
     fmt = prompt_format or resolve_prompt_format(tokenizer)
     run = _Run(model, tokenizer, fmt, batch_size, progress, MAX_NEW_TOKENS)
+    was_training = model.training
     model.eval()
-    return [float(r) for r in forget_truth_ratios(run, data.forget)]
+    try:
+        return [float(r) for r in forget_truth_ratios(run, data.forget)]
+    finally:
+        model.train(was_training)
 
 
 def forget_score(result: dict, key: str = FORGET_SCORE) -> float:
