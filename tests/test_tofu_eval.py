@@ -20,6 +20,7 @@ from qunlearn.evaluate.tofu import (
     evaluate_tofu,
     forget_score,
     mean_logprobs,
+    read_retain_truth_ratios,
     resolve_prompt_format,
 )
 from qunlearn.models.tiny import build_model
@@ -89,6 +90,18 @@ def test_result_has_openunlearning_summary_and_forget_quality_against_reference(
     assert forget_score(alone) == alone["summary"]["forget_Q_A_Prob"] == alone["sets"]["forget"]["probability"]
     same = evaluate_tofu(model, tok, data, alone["forget_truth_ratios"], progress=False, max_new_tokens=4)
     assert same["summary"]["forget_quality"] == pytest.approx(1.0)
+
+
+def test_retain_truth_ratios_read_from_qunlearn_or_openunlearning_logs(tmp_path):
+    ours, theirs, bad = tmp_path / "ours.json", tmp_path / "TOFU_EVAL.json", tmp_path / "bad.json"
+    ours.write_text(json.dumps({"forget_truth_ratios": [0.5, 2]}))
+    theirs.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.7, "value_by_index": {
+        "0": {"score": 0.25}, "1": {"score": 1.5}}}}))
+    bad.write_text(json.dumps({"forget_quality": {"agg_value": 0.1}}))
+    assert read_retain_truth_ratios(str(ours)) == [0.5, 2.0]
+    assert read_retain_truth_ratios(str(theirs)) == [0.25, 1.5]
+    with pytest.raises(UserInputError, match="bad.json: holds neither"):
+        read_retain_truth_ratios(str(bad))
 
 
 @pytest.mark.slow

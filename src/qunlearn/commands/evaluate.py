@@ -21,6 +21,7 @@ from qunlearn.evaluate.tofu import (
     MAX_NEW_TOKENS,
     PROMPT_FORMATS,
     evaluate_tofu,
+    read_retain_truth_ratios,
     resolve_prompt_format,
     retain_model_truth_ratios,
 )
@@ -46,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tofu = parser.add_argument_group("TOFU (--benchmark tofu)")
     tofu.add_argument("--forget-split", choices=FORGET_SPLITS, default="forget10", help="(default: forget10)")
     tofu.add_argument("--retain-model", help="model trained without the forget split: forget quality's reference")
+    tofu.add_argument("--retain-logs", metavar="JSON",
+                      help="instead of --retain-model: its earlier result (this command's JSON, or OpenUnlearning's "
+                           "TOFU_EVAL.json)")
     tofu.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="auto",
                       help="chat (tokenizer's template), plain (Question: ... Answer:), or auto: chat when the "
                            "tokenizer has a template (default: auto)")
@@ -69,22 +73,25 @@ def _header(args: argparse.Namespace, device: str) -> dict:
 
 def run_tofu(args: argparse.Namespace, device: str) -> int:
     """TOFU: the retain model's forget truth ratios first (when given), then every metric of --model."""
+    if args.retain_model and args.retain_logs:
+        raise UserInputError("give --retain-model or --retain-logs, not both")
     data = load_tofu(args.corpus, args.forget_split)
     progress = not args.no_progress
-    reference = None
+    reference = read_retain_truth_ratios(args.retain_logs) if args.retain_logs else None
     if args.retain_model:
-        retain, retain_tok = load_model(args.retain_model, dtype=args.dtype, device=device)
+        retain_lm, retain_tok = load_model(args.retain_model, dtype=args.dtype, device=device)
         fmt = resolve_prompt_format(retain_tok, args.prompt_format, args.system_prompt, args.date_string)
-        reference = retain_model_truth_ratios(retain, retain_tok, data, fmt, args.batch_size, progress)
-        del retain
+        reference = retain_model_truth_ratios(retain_lm, retain_tok, data, fmt, args.batch_size, progress)
+        del retain_lm
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=device)
     fmt = resolve_prompt_format(tokenizer, args.prompt_format, args.system_prompt, args.date_string)
     result = evaluate_tofu(model, tokenizer, data, reference, fmt, args.batch_size, progress, args.max_new_tokens)
-    retain_path = str(Path(args.retain_model).resolve()) if args.retain_model else None
-    atomic_write_json(args.out, _header(args, device) | {"retain_model": retain_path} | result)
+    retain = args.retain_model or args.retain_logs
+    atomic_write_json(args.out, _header(args, device) | {"retain_reference": str(Path(retain).resolve()) if retain
+                                                         else None} | result)
     print(f"prompt format: {fmt.kind}" + (f" (system prompt {fmt.system_prompt!r})" if fmt.system_prompt else ""))
     for name, value in result["summary"].items():
-        print(f"{name:<24} " + ("n/a (no --retain-model)" if value is None else f"{value:10.4f}"))
+        print(f"{name:<24} " + ("n/a (no --retain-model / --retain-logs)" if value is None else f"{value:10.4f}"))
     print(f"wrote {args.out}")
     return 0
 

@@ -21,6 +21,7 @@ from qunlearn.errors import UserInputError
 from qunlearn.evaluate import tofu_metrics as tm
 from qunlearn.evaluate.generate import decode, greedy_from_ids
 from qunlearn.evaluate.logprobs import token_stats
+from qunlearn.fileio import read_json
 
 PROMPT_FORMATS = ("auto", "chat", "plain")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # OpenUnlearning's model configs
@@ -219,6 +220,22 @@ def retain_model_truth_ratios(model: PreTrainedModel, tokenizer: PreTrainedToken
         return [float(r) for r in forget_truth_ratios(run, data.forget)]
     finally:
         model.train(was_training)
+
+
+def read_retain_truth_ratios(path: str) -> list[float]:
+    """Forget-set truth ratios of a retain model from an earlier result: qunlearn's `evaluate --benchmark tofu`
+    JSON ("forget_truth_ratios") or OpenUnlearning's TOFU_EVAL.json ("forget_truth_ratio" -> "value_by_index")."""
+    logs = read_json(path)
+    if isinstance(logs, dict) and isinstance(logs.get("forget_truth_ratios"), list):
+        values = logs["forget_truth_ratios"]
+    elif isinstance(logs, dict) and isinstance(logs.get("forget_truth_ratio", {}).get("value_by_index"), dict):
+        values = [row.get("score") for row in logs["forget_truth_ratio"]["value_by_index"].values()]
+    else:
+        raise UserInputError(f"{path}: holds neither 'forget_truth_ratios' (qunlearn) nor "
+                             "'forget_truth_ratio.value_by_index' (OpenUnlearning's TOFU_EVAL.json)")
+    if not values or not all(isinstance(v, (int, float)) for v in values):
+        raise UserInputError(f"{path}: the retain model's forget truth ratios must be a non-empty list of numbers")
+    return [float(v) for v in values]
 
 
 def forget_score(result: dict, key: str = FORGET_SCORE) -> float:
