@@ -12,6 +12,7 @@ from qunlearn.cli import main
 from qunlearn.config import ModelShape
 from qunlearn.data.tofu import TofuData, TofuItem, load_tofu
 from qunlearn.errors import UserInputError
+from qunlearn.evaluate.generate import greedy_from_ids
 from qunlearn.evaluate.tofu import (
     UTILITY_KEYS,
     PromptFormat,
@@ -78,6 +79,34 @@ def test_mean_logprob_covers_answer_tokens_and_eos_only(tiny_lm):
     want = np.mean([logp[t - 1, ids[t]].item() for t in range(n_prompt, len(ids))])
     got = mean_logprobs(_Run(model, tok, fmt, 4, False, 4), [(ITEM.question, ITEM.answer)], "test")
     assert got == pytest.approx([want], abs=1e-5)
+
+
+def test_pad_tokens_inside_the_prompt_are_masked_as_openunlearning_does(tiny_lm):
+    """With pad = EOS and a template that ends every turn in EOS (Llama-3), the turn ends are hidden from attention
+    both when scoring answers and when generating (OpenUnlearning's mask: input_ids != pad_token_id)."""
+    model, tok = tiny_lm
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}" \
+                        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    pad = tok.pad_token
+    tok.pad_token = tok.eos_token
+    try:
+        fmt = resolve_prompt_format(tok)
+        ids, n_prompt = encode_qa(tok, fmt, ITEM.question, ITEM.answer)
+        assert ids[:n_prompt].count(tok.eos_token_id) == 2  # after the system and the user turn
+        mask = torch.tensor([[int(t != tok.eos_token_id) for t in ids]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids]), attention_mask=mask).logits[0].float(), -1)
+        want = np.mean([logp[t - 1, ids[t]].item() for t in range(n_prompt, len(ids))])
+        run = _Run(model, tok, fmt, 4, False, 6)
+        assert mean_logprobs(run, [(ITEM.question, ITEM.answer)], "test") == pytest.approx([want], abs=1e-5)
+        prompt = ids[:n_prompt]
+        with torch.no_grad():
+            hf = model.generate(torch.tensor([prompt]), attention_mask=torch.tensor([[int(t != tok.eos_token_id)
+                                for t in prompt]]), max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert greedy_from_ids(model, tok, [prompt], 6, progress=False,
+                               masked_id=tok.pad_token_id)[0] == hf[0, n_prompt:].tolist()
+    finally:
+        tok.chat_template, tok.pad_token = None, pad
 
 
 def test_result_has_openunlearning_summary_and_forget_quality_against_reference(tiny_lm):

@@ -3,7 +3,10 @@
 Prompts follow OpenUnlearning: with a chat template, a system message ("You are a helpful assistant." by
 default), the question as the user turn, the answer as the assistant turn; without one, the plain
 "Question: {q}\\nAnswer: {a}" format of its phi-1.5 config. The answer's tokens are everything the full
-conversation adds to the prompt, plus EOS when the conversation does not already end in it.
+conversation adds to the prompt, plus EOS when the conversation does not already end in it. Like OpenUnlearning's
+collator (attention mask = `input_ids != pad_token_id`), tokens equal to the pad token are hidden from attention:
+with Llama-3 tokenizers, whose pad token is EOS (<|eot_id|>), that masks the end of the system and user turns,
+as it was when OpenUnlearning fine-tuned and evaluated its TOFU checkpoints.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ class _Run:
 def mean_logprobs(run: _Run, pairs: Sequence[tuple[str, str]], desc: str) -> list[float]:
     """Mean log-probability of each answer's tokens (and the closing EOS) given its question's prompt."""
     encoded = [encode_qa(run.tokenizer, run.fmt, q, a) for q, a in pairs]
-    stats = token_stats(run.model, [ids for ids, _ in encoded], run.batch_size, run.progress, desc)
+    stats = token_stats(run.model, [ids for ids, _ in encoded], run.batch_size, run.progress, desc,
+                        masked_id=run.tokenizer.pad_token_id)
     means = []
     for (ids, n_prompt), st, (question, _) in zip(encoded, stats, pairs):
         answer_logprobs = st.logprobs[n_prompt - 1:]  # logprobs[i] scores token i + 1
@@ -123,7 +127,7 @@ def greedy_answers(run: _Run, questions: Sequence[str], desc: str) -> list[str]:
     """Greedy answers, decoded without special tokens and stripped (OpenUnlearning's ROUGE inputs)."""
     encoded = [encode_prompt(run.tokenizer, run.fmt, q) for q in questions]
     rows = greedy_from_ids(run.model, run.tokenizer, encoded, run.max_new_tokens, None, run.batch_size,
-                           run.progress, desc)
+                           run.progress, desc, masked_id=run.tokenizer.pad_token_id)
     return [decode(run.tokenizer, row).strip() for row in rows]
 
 
