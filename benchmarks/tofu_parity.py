@@ -3,7 +3,7 @@
 OpenUnlearning's code is imported from a checkout given on the command line (never copied into qunlearn); its
 metric functions run on its own datasets and collators (QADataset, DataCollatorForSupervisedDataset) with the
 template arguments of its phi-1.5 config (plain format) or `apply_chat_template: true` (chat format, with a
-small chat template set on the tokenizer). qunlearn's `evaluate_tofu` runs on the same files. Every summary
+small chat template that ends every turn in EOS set on the tokenizer, and EOS as the pad token, as Llama-3 has). qunlearn's `evaluate_tofu` runs on the same files. Every summary
 number is compared against TOLERANCE.
 
 Needs OpenUnlearning's imports (omegaconf, hydra-core, datasets) besides qunlearn's, e.g.:
@@ -30,14 +30,16 @@ from qunlearn.models.io import load_model
 
 TOLERANCE = 1e-4  # absolute, on every summary number (probabilities, ROUGE recalls, truth ratios, p-values)
 SYSTEM_PROMPT = "You are a helpful assistant."
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}"
-                 "{{ eos_token }}{% else %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\n"
-                 "{% endif %}")
+# Every turn ends in EOS and the pad token is EOS, as with Llama-3 tokenizers: OpenUnlearning's collator then
+# masks the ends of the system and user turns, which qunlearn must mirror.
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 PLAIN_TEMPLATE_ARGS = {"apply_chat_template": False, "user_start_tag": "Question: ", "user_end_tag": "\n",
                        "asst_start_tag": "Answer: ", "asst_end_tag": "\n\n"}  # OpenUnlearning's phi-1_5.yaml
 CHAT_TEMPLATE_ARGS = {"apply_chat_template": True, "system_prompt": SYSTEM_PROMPT}
 SETS = {"forget": ("forget10_perturbed", "paraphrased_answer"), "retain": ("retain_perturbed", "paraphrased_answer"),
         "ra": ("real_authors_perturbed", "answer"), "wf": ("world_facts_perturbed", "answer")}
+SET_NAMES = {"forget": "forget", "retain": "retain", "ra": "real_authors", "wf": "world_facts"}
 
 
 def _chat_ids_as_list(tokenizer) -> None:
@@ -66,6 +68,7 @@ class OpenUnlearning:
         self.generation = OmegaConf.create({"do_sample": False, "top_p": None, "temperature": None,
                                             "max_new_tokens": MAX_NEW_TOKENS, "use_cache": True})
         self.data_dir, self.template_args, self.batch_size = data_dir, template_args, batch_size
+        self.generations: dict[str, list[str]] = {}
 
     def _dataset(self, tokenizer, config: str, answer_key: str, generate: bool = False):
         hf_args = {"path": "json", "data_files": str(self.data_dir / f"{config}.json"), "split": "train"}
@@ -81,10 +84,13 @@ class OpenUnlearning:
                                                batch_size=self.batch_size)
 
     def rouge(self, model, tokenizer, config: str) -> dict:
-        return self.mem.rouge._metric_fn(model, tokenizer=tokenizer, generation_args=self.generation,
-                                         data=self._dataset(tokenizer, config, "answer", generate=True),
-                                         collators=self._collator(tokenizer, "left"), batch_size=self.batch_size,
-                                         rouge_type="rougeL_recall")
+        """ROUGE-L recall of greedy answers; the answers themselves are kept in `self.generations[config]`."""
+        result = self.mem.rouge._metric_fn(model, tokenizer=tokenizer, generation_args=self.generation,
+                                           data=self._dataset(tokenizer, config, "answer", generate=True),
+                                           collators=self._collator(tokenizer, "left"), batch_size=self.batch_size,
+                                           rouge_type="rougeL_recall")
+        self.generations[config] = [result["value_by_index"][i]["generation"] for i in sorted(result["value_by_index"])]
+        return result
 
     def truth_ratio(self, model, tokenizer, config: str, correct_key: str, aggregator: str) -> dict:
         correct = self.probability(model, tokenizer, config, correct_key)
@@ -150,21 +156,24 @@ def main() -> int:
         template_args = PLAIN_TEMPLATE_ARGS
         if kind == "chat":
             for t in (tok, retain_tok):
-                t.chat_template = CHAT_TEMPLATE
+                t.chat_template, t.pad_token = CHAT_TEMPLATE, t.eos_token
             fmt, template_args = PromptFormat("chat", SYSTEM_PROMPT), CHAT_TEMPLATE_ARGS
         reference = retain_model_truth_ratios(retain, retain_tok, data, fmt, args.batch_size, progress=False)
-        ours = evaluate_tofu(model, tok, data, reference, fmt, args.batch_size, progress=False)["summary"]
+        ours = evaluate_tofu(model, tok, data, reference, fmt, args.batch_size, progress=False)
         for t in (tok, retain_tok):
             _chat_ids_as_list(t)
-        theirs = OpenUnlearning(ou_src, bench / "corpus", template_args, args.batch_size).summary(
-            model, tok, retain, retain_tok)
-        rows = compare(ours, theirs)
+        ou = OpenUnlearning(ou_src, bench / "corpus", template_args, args.batch_size)
+        rows = compare(ours["summary"], ou.summary(model, tok, retain, retain_tok))
+        same = [a["output"] == b for name, (config, _) in SETS.items()
+                for a, b in zip(ours["sets"][SET_NAMES[name]]["items"], ou.generations[config], strict=True)]
         report["formats"][kind] = {"max_abs_diff": max(r["abs_diff"] for r in rows.values()),
-                                   "all_within_tolerance": all(r["ok"] for r in rows.values()), "metrics": rows}
+                                   "all_within_tolerance": all(r["ok"] for r in rows.values()),
+                                   "identical_greedy_answers": f"{sum(same)}/{len(same)}", "metrics": rows}
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for kind, res in report["formats"].items():
         print(f"{kind}: max |qunlearn - OpenUnlearning| = {res['max_abs_diff']:.2e} "
-              f"(tolerance {TOLERANCE:g}): {'OK' if res['all_within_tolerance'] else 'MISMATCH'}")
+              f"(tolerance {TOLERANCE:g}): {'OK' if res['all_within_tolerance'] else 'MISMATCH'}; "
+              f"identical greedy answers {res['identical_greedy_answers']}")
         for name, row in res["metrics"].items():
             print(f"  {name:<24} {row['openunlearning']:.6f} {row['qunlearn']:.6f} {row['abs_diff']:.1e}")
     return 0 if all(r["all_within_tolerance"] for r in report["formats"].values()) else 1
