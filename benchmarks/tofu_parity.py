@@ -3,7 +3,7 @@
 OpenUnlearning's code is imported from a checkout given on the command line (never copied into qunlearn); its
 metric functions run on its own datasets and collators (QADataset, DataCollatorForSupervisedDataset) with the
 template arguments of its phi-1.5 config (plain format) or `apply_chat_template: true` (chat format, with a
-small chat template that ends every turn in EOS set on the tokenizer, and EOS as the pad token, as Llama-3 has). qunlearn's `evaluate_tofu` runs on the same files. Every summary
+small chat template whose user turn ends in EOS set on the tokenizer, and EOS as the pad token, as Llama-3 has). qunlearn's `evaluate_tofu` runs on the same files. Every summary
 number is compared against TOLERANCE.
 
 Needs OpenUnlearning's imports (omegaconf, hydra-core, datasets) besides qunlearn's, e.g.:
@@ -30,10 +30,13 @@ from qunlearn.models.io import load_model
 
 TOLERANCE = 1e-4  # absolute, on every summary number (probabilities, ROUGE recalls, truth ratios, p-values)
 SYSTEM_PROMPT = "You are a helpful assistant."
-# Every turn ends in EOS and the pad token is EOS, as with Llama-3 tokenizers: OpenUnlearning's collator then
-# masks the ends of the system and user turns, which qunlearn must mirror.
-CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
-                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+# The user turn ends in EOS and the pad token is EOS, as with Llama-3 tokenizers: OpenUnlearning's collator then
+# masks it, which qunlearn must mirror. The turns read like the plain format the tiny model learnt, so its greedy
+# answers (and ROUGE) are real answers in the chat case too.
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+                 "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n{{ eos_token }}"
+                 "{% else %}Answer: {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}Answer: {% endif %}")
 PLAIN_TEMPLATE_ARGS = {"apply_chat_template": False, "user_start_tag": "Question: ", "user_end_tag": "\n",
                        "asst_start_tag": "Answer: ", "asst_end_tag": "\n\n"}  # OpenUnlearning's phi-1_5.yaml
 CHAT_TEMPLATE_ARGS = {"apply_chat_template": True, "system_prompt": SYSTEM_PROMPT}
