@@ -104,3 +104,27 @@ def test_cli_exits_2_naming_the_file(tmp_path, capsys):
                  str(tmp_path / "tofu"), "--forget-split", "forget01", "--out", str(tmp_path / "out.json")])
     assert code == 2
     assert "retain_perturbed" in capsys.readouterr().err
+
+
+def test_embedded_tofu_layout_nests_forget_splits_and_perturbs_every_answer(tmp_path):
+    from qunlearn.data.synthetic import SyntheticSizes
+    from qunlearn.data.tofu_synthetic import N_PERTURBED, generate_tofu
+
+    sizes = SyntheticSizes(n_forget=8, n_retain=24, n_holdout=8, n_icl=2)  # the tiny preset: 32 authors
+    generate_tofu(tmp_path / "a", seed=0, sizes=sizes)
+    generate_tofu(tmp_path / "b", seed=0, sizes=sizes)
+    assert (tmp_path / "a" / "full.json").read_bytes() == (tmp_path / "b" / "full.json").read_bytes()
+    full = load_training_split(tmp_path / "a", "full")
+    assert len(full) == 32 * 4
+    for split, retain, authors in (("forget01", "retain99", 1), ("forget05", "retain95", 2),
+                                   ("forget10", "retain90", 3)):
+        forget = load_training_split(tmp_path / "a", split)
+        assert len(forget) == 4 * authors
+        assert load_training_split(tmp_path / "a", retain) + forget == full  # the last authors are forgotten
+    data = load_tofu(tmp_path / "a", "forget10")
+    assert data.summary() == {"forget": 12, "retain": 12, "real_authors": 8, "world_facts": 8}
+    retain90 = {r.question for r in load_training_split(tmp_path / "a", "retain90")}
+    assert all(i.question in retain90 for i in data.retain) and not any(i.question in retain90 for i in data.forget)
+    for item in data.forget + data.retain + data.real_authors + data.world_facts:
+        assert len(item.perturbed_answers) == N_PERTURBED
+        assert item.answer not in item.perturbed_answers and item.paraphrased_answer not in item.perturbed_answers
