@@ -128,3 +128,12 @@ def test_embedded_tofu_layout_nests_forget_splits_and_perturbs_every_answer(tmp_
     for item in data.forget + data.retain + data.real_authors + data.world_facts:
         assert len(item.perturbed_answers) == N_PERTURBED
         assert item.answer not in item.perturbed_answers and item.paraphrased_answer not in item.perturbed_answers
+
+
+def test_run_pipeline_refuses_the_tofu_flavour_before_preparing(tmp_path):
+    from qunlearn.config import BenchmarkSettings, RunConfig
+    from qunlearn.pipeline import resolve_inputs
+
+    with pytest.raises(UserInputError, match="evaluate --benchmark tofu"):
+        resolve_inputs(RunConfig(out=str(tmp_path / "run"), benchmark=BenchmarkSettings(flavour="tofu")), False)
+    assert not (tmp_path / "run").exists()

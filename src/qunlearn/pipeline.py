@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from qunlearn.config import RunConfig
 from qunlearn.data.muse import load_corpus
-from qunlearn.errors import QuantizerUnavailableError
+from qunlearn.data.synthetic import FLAVOURS
+from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.evaluate import METRICS, evaluate_model
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_yaml, read_text
@@ -97,6 +98,10 @@ def finished_cells(results: Path, run_hash: str) -> set[tuple[str, str, str]]:
 def resolve_inputs(config: RunConfig, progress: bool) -> Inputs:
     """Prepare (or reuse) the embedded benchmark when no target is given; check the given paths otherwise."""
     if config.target is None:
+        if config.benchmark.flavour not in FLAVOURS:
+            raise UserInputError(f"benchmark.flavour: '{config.benchmark.flavour}' is not a MUSE-layout flavour "
+                                 f"({', '.join(FLAVOURS)}); TOFU-style benchmarks are scored with `qunlearn evaluate "
+                                 "--benchmark tofu`")
         bench = prepare_benchmark(Path(config.out) / "benchmark", progress=progress, **asdict(config.benchmark))
         return Inputs(bench.target_dir, bench.retrain_dir, bench.corpus_dir)
     for field_name in ("target", "retrain", "corpus"):
