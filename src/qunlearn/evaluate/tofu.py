@@ -131,19 +131,20 @@ def greedy_answers(run: _Run, questions: Sequence[str], desc: str) -> list[str]:
     return [decode(run.tokenizer, row).strip() for row in rows]
 
 
-def forget_truth_ratios(run: _Run, items: Sequence[TofuItem]) -> np.ndarray:
-    """Truth ratio of each forget question: perturbed answers against the paraphrased answer."""
-    para = mean_logprobs(run, [(i.question, i.paraphrased_answer) for i in items], "forget paraphrased")
-    return tm.truth_ratios(para, _perturbed_logprobs(run, items, "forget perturbed"))
+def _truth_ratios(run: _Run, items: Sequence[TofuItem], name: str,
+                  correct: list[float] | None = None) -> tuple[np.ndarray, list[list[float]]]:
+    """Per-question truth ratios, and the perturbed answers' mean log-probs they used; the true side is the
+    paraphrased answer (forget, retain) unless `correct` gives the answers' own (real authors, world facts)."""
+    wrong = _perturbed_logprobs(run, items, f"{name} perturbed")
+    if correct is None:
+        correct = mean_logprobs(run, [(i.question, i.paraphrased_answer) for i in items], f"{name} paraphrased")
+    return tm.truth_ratios(correct, wrong), wrong
 
 
 def _score_set(run: _Run, items: Sequence[TofuItem], name: str, versus_paraphrase: bool) -> dict:
     """Probability, ROUGE-L recall and truth ratios of one set, with per-question rows."""
     answer = mean_logprobs(run, [(i.question, i.answer) for i in items], f"{name} answer")
-    wrong = _perturbed_logprobs(run, items, f"{name} perturbed")
-    correct = (mean_logprobs(run, [(i.question, i.paraphrased_answer) for i in items], f"{name} paraphrased")
-               if versus_paraphrase else answer)
-    ratios = tm.truth_ratios(correct, wrong)
+    ratios, wrong = _truth_ratios(run, items, name, None if versus_paraphrase else answer)
     outputs = greedy_answers(run, [i.question for i in items], f"{name} generate")
     rouge = [tm.rouge_l_recall(i.answer, out) for i, out in zip(items, outputs)]
     probs = [tm.answer_probability(lp) for lp in answer]
@@ -221,7 +222,7 @@ def retain_model_truth_ratios(model: PreTrainedModel, tokenizer: PreTrainedToken
     was_training = model.training
     model.eval()
     try:
-        return [float(r) for r in forget_truth_ratios(run, data.forget)]
+        return [float(r) for r in _truth_ratios(run, data.forget, "forget")[0]]
     finally:
         model.train(was_training)
 
