@@ -136,7 +136,7 @@ def test_retain_truth_ratios_read_from_qunlearn_or_openunlearning_logs(tmp_path)
 @pytest.mark.slow
 def test_tiny_tofu_benchmark_target_knows_forget_set_retain_model_does_not(tmp_path):
     """`prepare --flavour tofu` then `evaluate --benchmark tofu`: the target answers forget questions, the
-    retain model never does, and forget quality separates them (about 5 min on the shared 2-core CPU)."""
+    retain model never does, and forget quality separates them (31 s on the shared 2-core CPU, idle)."""
     bench = tmp_path / "bench"
     assert main(["prepare", "--flavour", "tofu", "--preset", "tiny", "--out", str(bench)]) == 0
     data = load_tofu(bench / "corpus", "forget10")
