@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from qunlearn.config import RunConfig, check_type, from_dict
 from qunlearn.data.muse import load_corpus
+from qunlearn.data.synthetic import FLAVOURS
 from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.evaluate import METRICS, evaluate_model
 from qunlearn.evaluate.privleak import retrain_auc
@@ -140,6 +141,10 @@ def check_inputs(config: RunConfig) -> None:
 def resolve_inputs(config: RunConfig, progress: bool) -> Inputs:
     """Prepare (or reuse) the embedded benchmark when no target is given; the given paths otherwise."""
     if config.target is None:
+        if config.benchmark.flavour not in FLAVOURS:
+            raise UserInputError(f"benchmark.flavour: '{config.benchmark.flavour}' is not a MUSE-layout flavour "
+                                 f"({', '.join(FLAVOURS)}); TOFU-style benchmarks are scored with `qunlearn evaluate "
+                                 "--benchmark tofu`")
         bench = prepare_benchmark(Path(config.out) / "benchmark", progress=progress, **asdict(config.benchmark))
         return Inputs(bench.target_dir, bench.retrain_dir, bench.corpus_dir)
     return Inputs(Path(config.target), Path(config.retrain) if config.retrain else None, Path(config.corpus))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import transformers
 from qunlearn import __version__
 from qunlearn.config import Preset, get_preset, to_dict
 from qunlearn.data.muse import Corpus, load_corpus
-from qunlearn.data.synthetic import generate_corpus
-from qunlearn.errors import OutputConflictError
+from qunlearn.data.synthetic import FLAVOURS, SyntheticSizes, generate_corpus
+from qunlearn.data.tofu import load_training_split, plain_prompt
+from qunlearn.data.tofu_synthetic import generate_tofu, training_texts
+from qunlearn.errors import OutputConflictError, UserInputError
 from qunlearn.fileio import atomic_write_yaml, read_yaml
 from qunlearn.models.io import load_model, parse_dtype, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
@@ -55,21 +58,71 @@ def _settings(preset: Preset, flavour: str, seed: int, dtype: str) -> dict:
     return {"preset": to_dict(preset), "flavour": flavour, "seed": seed, "dtype": dtype}
 
 
+ALL_FLAVOURS = (*FLAVOURS, "tofu")
+TOFU_MODEL_SPLIT = "forget10"  # the retrain model of `--flavour tofu` never saw this split (OpenUnlearning's default)
+
+
+@dataclass(frozen=True)
+class _Texts:
+    """What training needs from a generated corpus, and forget prompts with their truth for the greedy check."""
+
+    target: list[str]
+    retrain: list[str]
+    tokenizer: list[str]
+    probes: list[tuple[str, str]]
+    summary: dict[str, int]
+
+
+def _generate(corpus_dir: Path, flavour: str, seed: int, sizes: SyntheticSizes) -> None:
+    if flavour == "tofu":
+        generate_tofu(corpus_dir, seed=seed, sizes=sizes)
+    else:
+        generate_corpus(corpus_dir, flavour=flavour, seed=seed, sizes=sizes)
+
+
+def _read_texts(corpus_dir: Path, flavour: str) -> _Texts:
+    """MUSE: target = forget + retain documents. TOFU: target = all QA pairs, retrain = retain90; both models
+    also learn the real-authors and world-facts sets."""
+    if flavour != "tofu":
+        corpus = load_corpus(corpus_dir)
+        return _Texts(corpus.forget + corpus.retain, corpus.retain, corpus.forget + corpus.retain + corpus.holdout,
+                      [(i.prompt, i.gt) for i in corpus.verbmem_forget], corpus.summary())
+    splits = {name: load_training_split(corpus_dir, name) for name in
+              ("full", "retain90", TOFU_MODEL_SPLIT, "real_authors", "world_facts")}
+    utility = training_texts(splits["real_authors"] + splits["world_facts"])
+    paraphrases = [i.paraphrased_answer or "" for i in load_training_split(corpus_dir, "retain_perturbed")]
+    target = training_texts(splits["full"]) + utility
+    return _Texts(target, training_texts(splits["retain90"]) + utility, target + paraphrases,
+                  [(plain_prompt(i.question), i.answer) for i in splits[TOFU_MODEL_SPLIT]],
+                  {name: len(items) for name, items in splits.items()})
+
+
+def _marker(bench: PreparedBenchmark, flavour: str) -> Path:
+    return bench.corpus_dir / ("full.json" if flavour == "tofu" else "raw")
+
+
 def is_prepared(bench: PreparedBenchmark, settings: dict) -> bool:
     """True when `bench` holds every output and was prepared with exactly these settings."""
     if not bench.settings_file.is_file():
         return False
     done = read_yaml(bench.settings_file) or {}
-    outputs = (bench.target_dir / "config.json", bench.retrain_dir / "config.json", bench.corpus_dir / "raw")
+    outputs = (bench.target_dir / "config.json", bench.retrain_dir / "config.json",
+               _marker(bench, settings["flavour"]))
     return {k: done.get(k) for k in settings} == settings and all(p.exists() for p in outputs)
 
 
 def greedy_memorisation(model, tokenizer, corpus: Corpus, n_items: int = 5, n_tokens: int = 32) -> float:
     """Share of the first `n_tokens` ground-truth tokens that greedy decoding reproduces, over forget prompts."""
+    return greedy_token_match(model, tokenizer, [(i.prompt, i.gt) for i in corpus.verbmem_forget[:n_items]],
+                              n_tokens)
+
+
+def greedy_token_match(model, tokenizer, probes: Sequence[tuple[str, str]], n_tokens: int = 32) -> float:
+    """Share of the first `n_tokens` tokens of each truth that greedy decoding after its prompt reproduces."""
     hits = total = 0
-    for item in corpus.verbmem_forget[:n_items]:
-        prompt = tokenizer(item.prompt, return_tensors="pt")
-        want = tokenizer(item.gt, add_special_tokens=False)["input_ids"][:n_tokens]
+    for prompt_text, truth in probes:
+        prompt = tokenizer(prompt_text, return_tensors="pt")
+        want = tokenizer(truth, add_special_tokens=False)["input_ids"][:n_tokens]
         with torch.no_grad():
             out = model.generate(**prompt, max_new_tokens=len(want), do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
@@ -87,6 +140,8 @@ def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str =
     `force` is set (then it is rebuilt).
     """
     parse_dtype(dtype)
+    if flavour not in ALL_FLAVOURS:
+        raise UserInputError(f"unknown flavour '{flavour}'; choose one of {', '.join(ALL_FLAVOURS)}")
     spec = get_preset(preset)
     bench = PreparedBenchmark(Path(out_dir))
     settings = _settings(spec, flavour, seed, dtype)
@@ -106,13 +161,12 @@ def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str =
 def _build(bench: PreparedBenchmark, spec: Preset, settings: dict, progress: bool) -> None:
     """Write corpus, tokenizer, target and retrain models and prepare.yaml into `bench.root`."""
     flavour, seed, dtype = settings["flavour"], settings["seed"], settings["dtype"]
-    generate_corpus(bench.corpus_dir, flavour=flavour, seed=seed, sizes=spec.sizes)
-    corpus = load_corpus(bench.corpus_dir)
-    tokenizer = train_tokenizer(corpus.forget + corpus.retain + corpus.holdout, spec.model.vocab_size)
+    _generate(bench.corpus_dir, flavour, seed, spec.sizes)
+    texts = _read_texts(bench.corpus_dir, flavour)
+    tokenizer = train_tokenizer(texts.tokenizer, spec.model.vocab_size)
     tokenizer.save_pretrained(bench.tokenizer_dir)
     report = {}
-    for name, docs, out in (("target", corpus.forget + corpus.retain, bench.target_dir),
-                            ("retrain", corpus.retain, bench.retrain_dir)):
+    for name, docs, out in (("target", texts.target, bench.target_dir), ("retrain", texts.retrain, bench.retrain_dir)):
         model = build_model(spec.model, tokenizer, seed)
         start = time.perf_counter()
         losses = train_from_scratch(model, tokenizer, docs, spec.train, seed, desc=f"train {name}",
@@ -123,12 +177,12 @@ def _build(bench: PreparedBenchmark, spec: Preset, settings: dict, progress: boo
             "train_seconds": round(seconds, 1),
             "final_train_loss": round(losses[-1], 4),
             "epoch_losses": [round(x, 4) for x in losses],
-            "greedy_forget_token_match": round(greedy_memorisation(model, tokenizer, corpus), 4),
+            "greedy_forget_token_match": round(greedy_token_match(model, tokenizer, texts.probes[:5]), 4),
         }
         save_model(model.to(parse_dtype(dtype)), tokenizer, out)
     atomic_write_yaml(bench.settings_file, settings | {
         "results": report,
-        "corpus": corpus.summary(),
+        "corpus": texts.summary,
         "versions": {"qunlearn": __version__, "torch": str(torch.__version__),
                      "transformers": transformers.__version__, "python": platform.python_version()},
         "torch_threads": torch.get_num_threads(),
@@ -138,20 +192,20 @@ def _build(bench: PreparedBenchmark, spec: Preset, settings: dict, progress: boo
 def summary_lines(bench: PreparedBenchmark) -> list[str]:
     """Human-readable summary of a prepared benchmark, with a greedy continuation of one forget prompt."""
     info = read_yaml(bench.settings_file)
-    corpus = load_corpus(bench.corpus_dir)
+    texts = _read_texts(bench.corpus_dir, info["flavour"])
     lines = [(f"benchmark: {bench.root}  (preset {info['preset']['name']}, flavour {info['flavour']}, "
              f"seed {info['seed']}, dtype {info['dtype']})"), "corpus:"]
-    lines += [f"  {k:<20} {v}" for k, v in corpus.summary().items()]
+    lines += [f"  {k:<20} {v}" for k, v in texts.summary.items()]
     for name, res in info["results"].items():
         lines.append(f"{name}: {res['parameters']:,} parameters, trained in {res['train_seconds']} s, "
                      f"final train loss {res['final_train_loss']}, greedy token match on forget prompts "
                      f"{100 * res['greedy_forget_token_match']:.1f}%")
     model, tokenizer = load_model(bench.target_dir)
-    item = corpus.verbmem_forget[0]
-    prompt = tokenizer(item.prompt, return_tensors="pt")
+    prompt_text, truth = texts.probes[0]
+    prompt = tokenizer(prompt_text, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     continuation = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
-    lines += ["greedy check (target, first forget prompt):", f"  prompt: ...{item.prompt[-60:]!r}",
-              f"  model:  {continuation!r}", f"  truth:  {item.gt[:len(continuation) + 10]!r}"]
+    lines += ["greedy check (target, first forget prompt):", f"  prompt: ...{prompt_text[-60:]!r}",
+              f"  model:  {continuation!r}", f"  truth:  {truth[:len(continuation) + 10]!r}"]
     return lines

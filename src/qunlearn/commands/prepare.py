@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from qunlearn.config import PRESETS
-from qunlearn.data.synthetic import FLAVOURS
-from qunlearn.prepare import prepare_benchmark, summary_lines
+from qunlearn.prepare import ALL_FLAVOURS, prepare_benchmark, summary_lines
 
 
 def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that prepares the embedded benchmark."""
-    parser.add_argument("--flavour", choices=FLAVOURS, default="news", help="corpus style (default: news)")
+    parser.add_argument("--flavour", choices=ALL_FLAVOURS, default="news",
+                        help="news or books (MUSE layout), or tofu (TOFU layout: evaluate --benchmark tofu) "
+                             "(default: news)")
     parser.add_argument("--seed", type=int, default=0, help="corpus and training seed (default: 0)")
     parser.add_argument("--preset", choices=list(PRESETS), default="small", help="model/corpus size (default: small)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="saved weight dtype (default: fp32)")

@@ -52,7 +52,7 @@ class SyntheticSizes:
     n_icl: int = 3
 
 
-class _Namer:
+class Namer:
     """Draws fictitious words from syllables, never the same word twice."""
 
     def __init__(self, rng: random.Random):
@@ -70,7 +70,7 @@ class _Namer:
         return f"{self.word(2)} {self.word(self.rng.choice([2, 3]))}"
 
 
-def make_entities(n: int, rng: random.Random, namer: _Namer, years: list[int]) -> list[Entity]:
+def make_entities(n: int, rng: random.Random, namer: Namer, years: list[int]) -> list[Entity]:
     """Draw `n` entities; unique words come from `namer`, unique years are popped from `years`."""
     return [
         Entity(
@@ -162,7 +162,7 @@ def generate_corpus(out_dir: str | Path, flavour: str = "news", seed: int = 0,
         if value < 1:
             raise ValueError(f"sizes.{name} must be at least 1, got {value}")
     rng = random.Random(f"qunlearn-synthetic-{flavour}-{seed}")
-    namer = _Namer(rng)
+    namer = Namer(rng)
     total = sizes.n_forget + sizes.n_retain + sizes.n_icl + sizes.n_holdout
     years = rng.sample(range(1000, 1000 + max(1000, 2 * total)), total)
     forget = make_entities(sizes.n_forget, rng, namer, years)

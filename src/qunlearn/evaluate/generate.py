@@ -86,7 +86,7 @@ def _decoder(model: PreTrainedModel, cache: Cache, steps: int) -> LlamaDecoder |
 
 @torch.inference_mode()  # cheaper per op than no_grad; nothing made here outlives the call but Python ints
 def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[list[int]],
-                  max_new_tokens: int, stop_strings: Sequence[str]) -> list[list[int]]:
+                  max_new_tokens: int, stop_strings: Sequence[str], masked_id: int | None = None) -> list[list[int]]:
     """Greedy-decode one left-padded batch; each row stops at EOS, a stop string or `max_new_tokens`.
 
     The prompt goes through the model's forward, then one decode step per new token on the rows still running
@@ -101,7 +101,8 @@ def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ba
     pad = tokenizer.pad_token_id or 0  # padded positions are masked out, so any valid id works
     device = model.device
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
-    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [int(t != masked_id) for t in ids] for ids in batch],
+                        device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each prompt starts at position 0, as when alone
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     logits = out.logits
@@ -149,17 +150,33 @@ def greedy_token_ids(
 
     Prompts are batched by length (longest first, so memory problems show at once) to keep padding small.
     """
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size}, {max_new_tokens})")
     context = context_length(model)
     encoded = encode_prompts(tokenizer, prompts, None if context is None else context - max_new_tokens)
+    return greedy_from_ids(model, tokenizer, encoded, max_new_tokens, stop_strings, batch_size, progress, desc)
+
+
+def greedy_from_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Sequence[list[int]],
+    max_new_tokens: int,
+    stop_strings: Sequence[str] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "generate",
+    masked_id: int | None = None,
+) -> list[list[int]]:
+    """`greedy_token_ids` for prompts already tokenized (e.g. by a chat template), used as given; prompt tokens
+    equal to `masked_id` are hidden from attention and skipped by the position ids (as `generate` does for them)."""
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size and max_new_tokens must be >= 1 (got {batch_size}, {max_new_tokens})")
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     results: list[list[int]] = [[] for _ in encoded]
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
         rows = order[start:start + batch_size]
         for row, ids in zip(rows, _greedy_batch(model, tokenizer, [encoded[i] for i in rows], max_new_tokens,
-                                                stop_strings or ())):
+                                                stop_strings or (), masked_id)):
             results[row] = ids
     return results
 

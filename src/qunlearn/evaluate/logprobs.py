@@ -27,8 +27,13 @@ def token_stats(
     batch_size: int = 16,
     progress: bool = True,
     desc: str = "score",
+    masked_id: int | None = None,
 ) -> list[TokenStats]:
-    """One forward pass per batch (sequences sorted by length to keep padding small); padding never counts."""
+    """One forward pass per batch (sequences sorted by length to keep padding small); padding never counts.
+
+    Tokens equal to `masked_id` are hidden from attention where they occur inside a sequence, as collators that
+    build the mask from `input_ids != pad_token_id` do (OpenUnlearning's, when the pad token is EOS).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
@@ -40,7 +45,7 @@ def token_stats(
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for r, i in enumerate(rows):
             ids[r, :len(sequences[i])] = torch.tensor(sequences[i])
-            mask[r, :len(sequences[i])] = 1
+            mask[r, :len(sequences[i])] = torch.tensor([int(t != masked_id) for t in sequences[i]])
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         for r, i in enumerate(rows):
             n = len(sequences[i])
