@@ -11,7 +11,7 @@ import transformers
 
 from qunlearn import __version__
 from qunlearn.data.muse import load_corpus
-from qunlearn.data.tofu import FORGET_SPLITS, load_tofu
+from qunlearn.data.tofu import FORGET_SPLITS, TofuData, load_tofu
 from qunlearn.errors import UserInputError
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.evaluate.registry import METRICS, check_metrics, evaluate_model
@@ -75,11 +75,10 @@ def _header(args: argparse.Namespace, device: str) -> dict:
     }
 
 
-def run_tofu(args: argparse.Namespace, device: str) -> int:
+def run_tofu(args: argparse.Namespace, device: str, data: TofuData) -> int:
     """TOFU: the retain model's forget truth ratios first (when given), then every metric of --model."""
     if args.retain_model and args.retain_logs:
         raise UserInputError("give --retain-model or --retain-logs, not both")
-    data = load_tofu(args.corpus, args.forget_split)
     progress = not args.no_progress
     reference = read_retain_truth_ratios(args.retain_logs) if args.retain_logs else None
     if args.retain_model:
@@ -112,6 +111,7 @@ def _device(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "muse":
         check_metrics(args.metrics, have_retrain_auc=args.retrain is not None)
+    data = load_tofu(args.corpus, args.forget_split) if args.benchmark == "tofu" else None
     device = _device(args)
     models = {"--model": args.model, "--retrain": args.retrain, "--retain-model": args.retain_model}
     for flag, path in models.items():
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                                                                                             "an evaluation result")
     check_output_file(args.out, marker, kind, models | {"--corpus": args.corpus, "--retain-logs": args.retain_logs})
     with output_lock(args.out):
-        return run_tofu(args, device) if args.benchmark == "tofu" else run_muse(args, device)
+        return run_tofu(args, device, data) if args.benchmark == "tofu" else run_muse(args, device)
 
 
 def run_muse(args: argparse.Namespace, device: str) -> int:
