@@ -11,8 +11,9 @@ from qunlearn.cli import main
 from qunlearn.commands.run import load_run_config
 from qunlearn.config import BenchmarkSettings, RunConfig
 from qunlearn.fileio import append_jsonl
-from qunlearn.pipeline import Grid, config_hash, finished_cells, run_grid, validate
-from qunlearn.report import build_report, headline, load_results, to_grid
+from qunlearn.pipeline import Grid, config_hash, run_grid, validate
+from qunlearn.report import build_report, headline, to_grid
+from qunlearn.results import finished_cells, load_results
 
 
 def small_config(out: Path, bench_root: Path, **overrides) -> RunConfig:

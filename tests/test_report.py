@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from qunlearn import cli
-from qunlearn.report import headline, latest_config_hash, load_results, to_grid, write_report
+from qunlearn.report import headline, to_grid, write_report
 from qunlearn.report.render import to_markdown
 from qunlearn.report.tables import build_report
+from qunlearn.results import latest_config_hash, load_results
 
 HASH = "abc123"
 # The fixture's file has a line cut by a crash; one test checks its warning, the others need not repeat it.

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from qunlearn.audit.verdict import VERDICT_METRICS
+from qunlearn.evaluate.registry import FORGET_METRICS as VERDICT_METRICS
+from qunlearn.evaluate.registry import RESULTS
 from qunlearn.fileio import atomic_write_json, atomic_write_text
-from qunlearn.report.plots import Plot, _png
-from qunlearn.report.render import CSS, _html_plot
+from qunlearn.report.plots import Plot, figure_png
+from qunlearn.report.render import html_figure, html_page, html_table
 
-LABELS = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f", "privleak": "PrivLeak"}
+LABELS = {name: spec.label for name, spec in RESULTS.items()}
 
 
 def _pct(value: float | None) -> str:
@@ -80,21 +81,13 @@ def recovery_plot(audit: dict) -> Plot:
     ax.set_ylabel("recovered (% of target − unlearned gap)")
     ax.set_title("Recovery per attack (hatched: nothing was forgotten)")
     ax.legend(fontsize="small")
-    return Plot("audit.png", "Recovery of the forgotten knowledge per attack", _png(fig))
+    return Plot("audit.png", "Recovery of the forgotten knowledge per attack", figure_png(fig))
 
 
 def to_html(audit: dict, plot: Plot) -> str:
-    esc = html.escape
-    header, body = rows(audit)
-    table = ("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
-             + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
-                                               for r in body) + "</tbody></table></div>")
     meta = f"target {audit['target']} · unlearned {audit['unlearned']} · corpus {audit['corpus']}"
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>qunlearn audit</title><style>{CSS}</style></head><body>", "<h1>qunlearn audit</h1>",
-             f"<p class='meta'>{esc(meta)}</p>", f"<p class='summary'>{esc(audit['summary'])}</p>", table,
-             _html_plot(plot)] + [f"<p class='note'>{esc(n)}</p>" for n in _notes(audit)] + ["</body></html>"]
-    return "\n".join(parts) + "\n"
+    notes = [f"<p class='note'>{html.escape(n)}</p>" for n in _notes(audit)]
+    return html_page("qunlearn audit", meta, audit["summary"], [html_table(*rows(audit)), html_figure(plot), *notes])
 
 
 def write_audit(audit: dict, out_dir: str | Path) -> dict[str, Path]:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from qunlearn.audit.attacks import expand_attacks, relearn
 from qunlearn.audit.split import SPLIT_RULE, split_forget
-from qunlearn.audit.verdict import DEFAULT_THRESHOLD, EPSILON, VERDICT_METRICS, metric_verdict, verdict
+from qunlearn.audit.verdict import DEFAULT_THRESHOLD, EPSILON, metric_verdict, verdict
 from qunlearn.data.muse import load_corpus
 from qunlearn.evaluate.privleak import retrain_auc
-from qunlearn.evaluate.registry import evaluate_model
+from qunlearn.evaluate.registry import FORGET_METRICS, evaluate_model
 from qunlearn.models.io import load_model, resolve_device
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips
@@ -105,7 +105,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
         scores = evaluate(model, tok)
         del model
         per_metric = {m: metric_verdict(scores[m], unlearned[m], target[m], settings.threshold)
-                      for m in VERDICT_METRICS}
+                      for m in FORGET_METRICS}
         entry = {"name": attack.name, "kind": attack.kind, "quantizer": attack.quantizer,
                  "calibration": attack.calibration, "scores": scores, "recovery": per_metric,
                  "verdict": verdict(per_metric), "code_flip_fraction": flips,
@@ -120,7 +120,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
         "corpus": str(Path(inputs.corpus).resolve()),
         "retrain": str(Path(inputs.retrain).resolve()) if inputs.retrain else None,
         "settings": asdict(settings) | {"device": device},
-        "threshold": settings.threshold, "epsilon": EPSILON, "verdict_metrics": list(VERDICT_METRICS),
+        "threshold": settings.threshold, "epsilon": EPSILON, "verdict_metrics": list(FORGET_METRICS),
         "split": {"rule": SPLIT_RULE, **split.counts, "relearn_docs_used": len(relearn_docs)},
         "baselines": {"target": target, "unlearned": unlearned},
         "attacks": entries, "skipped": skipped, "summary": summary,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from qunlearn.config import RunConfig, from_dict
 from qunlearn.fileio import read_yaml
-from qunlearn.pipeline import RESULTS_FILE, config_hash, finished_cells, run_grid
+from qunlearn.pipeline import config_hash, run_grid
 from qunlearn.report import write_report
+from qunlearn.results import RESULTS_FILE, finished_cells
 
 
 def load_run_config(path: str | Path, out: str | None = None) -> RunConfig:
