@@ -26,8 +26,9 @@ from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_yaml, read_text
 from qunlearn.models.io import load_model, save_model
 from qunlearn.prepare import prepare_benchmark
+from qunlearn.quant.base import GridQuantizer
 from qunlearn.quant.calibration import calibration_texts
-from qunlearn.quant.diagnostics import code_flips
+from qunlearn.quant.diagnostics import code_flips, update_size, update_size_fields
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.results import CODEFLIP, RESULTS_FILE, cell_marker, finished_cells, metric_records, record
 from qunlearn.unlearn.methods import METHODS
@@ -202,7 +203,8 @@ class Grid:
             bar.update(1)
 
     def code_flip_cells(self, model_name: str, path: Path, schemes: list[str], bar: tqdm) -> None:
-        """Share of quantized codes that differ between the target and this model, per scheme."""
+        """Share of quantized codes that differ between the target and this model, per scheme, and for grid schemes
+        the update size against the scheme's step (`quant.diagnostics.update_size`)."""
         target, tokenizer = load_model(self.inputs.target, dtype=self.config.dtype, device="cpu")
         model, _ = load_model(path, dtype=self.config.dtype, device="cpu")
         for scheme in schemes:
@@ -212,6 +214,8 @@ class Grid:
             flips = code_flips(target, model, quantizer, tokenizer, texts)
             overall = flips["overall"]
             extra = {"below_half_step": overall.get("below_half_step_fraction"), "weights": overall["weights"]}
+            if isinstance(quantizer, GridQuantizer):  # update sizes against the scheme's RTN step
+                extra |= update_size_fields(update_size(target, model, quantizer.bits, quantizer.group_size))
             append_jsonl(self.results, record(model_name, scheme, CODEFLIP, overall["flip_fraction"], self.run_hash,
                                               extra))
             atomic_write_json(self.out / "cells" / model_name / f"codeflips_{scheme}.json", flips)

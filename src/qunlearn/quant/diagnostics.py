@@ -198,6 +198,14 @@ def update_size(model_a: nn.Module, model_b: nn.Module, bits: int = 4, group_siz
     return {"bits": bits, "group_size": group_size, "overall": overall, "by_type": by_type}
 
 
+def update_size_fields(size: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of `update_size` that a results line carries: quantiles, shares and flip rate per module type."""
+    overall = size["overall"]
+    keep = ("median_change_in_steps", "p90_change_in_steps", "within_bin_fraction", "moved_fraction")
+    return {key: overall[key] for key in keep} | {
+        "flips_by_type": {kind: counts["flip_fraction"] for kind, counts in size["by_type"].items()}}
+
+
 def update_size_reading(size: dict[str, Any]) -> str:
     """One plain sentence on what `update_size` predicts for quantization."""
     overall, bits = size["overall"], size["bits"]

@@ -31,9 +31,15 @@ UTILITY_NOTE = "KnowMem_r (ROUGE-L F1 × 100) and raw perplexity on retain and h
 CODEFLIP_NOTE = (
     "Percentage of quantized integer codes that differ from the target's under the same quantizer: near 0 means "
     "quantizing the unlearned model gives back the quantized target. Moved < ½ step: percentage of weights that "
-    "moved less than half a quantization step."
+    "moved less than half a quantization step. For grid schemes, |Δw|/Δ is how far the moved weights went in units "
+    "of the scheme's step (median and 90th percentile) and 'kept in bin' the share of moved weights whose code did "
+    "not flip: a median well below 0.5 with most moved weights kept in their bin means the updates are smaller "
+    "than the step, and quantization is expected to undo them."
 )
-NOTES = {"headline": HEADLINE_NOTE, "muse": MUSE_NOTE, "utility": UTILITY_NOTE, "codeflip": CODEFLIP_NOTE}
+CODEFLIP_TYPES_NOTE = ("Percentage of codes that differ from the target's, per module type (the last part of the "
+                       "layer's name), under each grid scheme.")
+NOTES = {"headline": HEADLINE_NOTE, "muse": MUSE_NOTE, "utility": UTILITY_NOTE, "codeflip": CODEFLIP_NOTE,
+         "codeflip_types": CODEFLIP_TYPES_NOTE}
 
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; margin: 2rem auto;

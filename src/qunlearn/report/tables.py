@@ -186,7 +186,10 @@ def _cols(*names: str) -> tuple[Col, ...]:
 MUSE_COLS = _cols("verbmem_f", "knowmem_f", "privleak", "knowmem_r")
 UTILITY_COLS = _cols("knowmem_r", "ppl_retain", "ppl_holdout")
 CODEFLIP_COLS = (Col("codes flipped %", CODEFLIP, scale=100.0),
-                 Col("moved < ½ step %", CODEFLIP, extra="below_half_step", scale=100.0, optional=True))
+                 Col("moved < ½ step %", CODEFLIP, extra="below_half_step", scale=100.0, optional=True),
+                 Col("median |Δw|/Δ", CODEFLIP, extra="median_change_in_steps", optional=True),
+                 Col("p90 |Δw|/Δ", CODEFLIP, extra="p90_change_in_steps", optional=True),
+                 Col("moved, kept in bin %", CODEFLIP, extra="within_bin_fraction", scale=100.0, optional=True))
 
 
 def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: str = ".1f") -> Table:
@@ -199,6 +202,20 @@ def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: 
     rows = tuple((m, tuple(grid.get(m, q, c) for q in quantizers for c in cols)) for m in models)
     return Table(name, title, tuple(q for q in quantizers for _ in cols),
                  tuple(c.label for _ in quantizers for c in cols), rows, fmt)
+
+
+def flips_by_type_table(grid: Grid) -> Table:
+    """Code flips (%) per module type (q_proj, down_proj, ...) for each model, under each scheme that reports them."""
+    cells = {(m, q): (grid.cells[(m, q, CODEFLIP)].get("extra") or {}).get("flips_by_type")
+             for m in grid.models for q in grid.quantizers if (m, q, CODEFLIP) in grid.cells}
+    cells = {key: value for key, value in cells.items() if value}
+    schemes = [q for q in grid.quantizers if any(key[1] == q for key in cells)]
+    types = {q: list(dict.fromkeys(t for (m, s), by in cells.items() if s == q for t in by)) for q in schemes}
+    models = [m for m in grid.models if any(key[0] == m for key in cells)]
+    rows = tuple((m, tuple(_finite((cells.get((m, q)) or {}).get(t), 100.0) for q in schemes for t in types[q]))
+                 for m in models)
+    return Table("codeflip_types", "Code flips per module type", tuple(q for q in schemes for _ in types[q]),
+                 tuple(f"{t} %" for q in schemes for t in types[q]), rows, ".3g")
 
 
 def tradeoff_points(grid: Grid) -> tuple[tuple[str, str, float, float], ...]:
@@ -217,5 +234,6 @@ def build_report(records: list[dict], config_hash: str | None = None) -> Report:
         metric_table(grid, "muse", "MUSE metrics per quantizer", MUSE_COLS),
         metric_table(grid, "utility", "Utility: KnowMem on the retain set and perplexities", UTILITY_COLS),
         metric_table(grid, "codeflip", "Code flips against the target", CODEFLIP_COLS, fmt=".3g"),
+        flips_by_type_table(grid),
     )
     return Report(config_hash, len(records), grid.quantizers, head, tables, tradeoff_points(grid))
