@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 
 import pytest
 
@@ -26,8 +28,8 @@ def _audit(bench, unlearned, out, *extra) -> dict:
 @pytest.fixture(scope="module")
 def audits(tiny_benchmark, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit")
-    return {"target": _audit(tiny_benchmark, tiny_benchmark.target_dir, out / "target", "--retrain",
-                             str(tiny_benchmark.retrain_dir)),
+    retrain = shutil.copytree(tiny_benchmark.retrain_dir, out / "retrain-model")  # PrivLeak caches AUC_retrain there
+    return {"target": _audit(tiny_benchmark, tiny_benchmark.target_dir, out / "target", "--retrain", str(retrain)),
             "retrain": _audit(tiny_benchmark, tiny_benchmark.retrain_dir, out / "retrain"), "out": out}
 
 
@@ -189,3 +191,12 @@ def test_demo_layout_resolves_each_unlearned_model(tmp_path):
     assert all(i.target == tmp_path / "benchmark/models/target" and i.retrain is not None for i, _ in jobs)
     assert main(["audit", "--demo", "--out", str(tmp_path / "nothing")]) == 2
     assert main(["audit", "--unlearned", str(tmp_path)]) == 2
+
+
+def test_lmeval_not_installed_names_the_extra(monkeypatch):
+    from qunlearn.errors import UserInputError
+    from qunlearn.evaluate.lmeval import task_manager
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if lm-eval were not installed
+    with pytest.raises(UserInputError, match=re.escape('pip install -e ".[lmeval]"')):
+        task_manager(["wmdp_bio"])

@@ -14,7 +14,7 @@ from qunlearn.report.render import html_figure, html_page, html_table
 
 
 def _pct(value: float | None) -> str:
-    return "n/a (nothing forgotten)" if value is None else f"{100 * value:.1f}%"
+    return "n/a (nothing forgotten)" if value is None else f"{100 * value + 0.0:.1f}%"  # + 0.0: no "-0.0%"
 
 
 def _flips(value: float | None) -> str:
@@ -57,7 +57,7 @@ def _notes(audit: dict) -> list[str]:
               f"target − unlearned gap on any signal, partial when more than {100 * t['partial']:.0f}%, and holds "
               f"otherwise. Signals: {names}. A gap of at most ε (" + ", ".join(
                   f"{_label(audit, s['name'])} {s['epsilon']:g}" for s in signals)
-              + ") means nothing was forgotten on that signal, which counts as recovers.")
+              + " points) means nothing was forgotten on that signal, which counts as recovers.")
     notes = [levels]
     if any(s["kind"] == "membership" for s in signals):
         notes.append("Membership signals count like the others: recovery is the move back toward the target's "
@@ -80,7 +80,7 @@ def _note(text: str) -> str:
 def _size_line(audit: dict) -> str:
     o = audit["update_size"]["overall"]
     within = "–" if o["within_bin_fraction"] is None else f"{100 * o['within_bin_fraction']:.1f}%"
-    return (f"|w_unlearned − w_target| / Δ{audit['update_size']['bits']} over the {o['moved']} moved weights: "
+    return (f"Over the {o['moved']} moved weights, |w_unlearned − w_target| / Δ{audit['update_size']['bits']}: "
             f"median {_num(o['median_change_in_steps'])}, 90th percentile {_num(o['p90_change_in_steps'])}, "
             f"max {_num(o['max_change_in_steps'])}; {within} stay inside their bin.")
 

@@ -104,4 +104,4 @@ def summary(entries: list[dict], labels: dict[str, str]) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "all (nothing forgotten)" if value is None else f"{100 * value:.1f}%"
+    return "all (nothing forgotten)" if value is None else f"{100 * value + 0.0:.1f}%"

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--target", help="target checkpoint (before unlearning)")
     parser.add_argument("--unlearned", help="unlearned checkpoint to audit")
     parser.add_argument("--corpus", help="MUSE-layout corpus directory (muse; with lmeval: generic calibration text)")
-    parser.add_argument("--retrain", help="retrain checkpoint: adds PrivLeak to the numbers")
+    parser.add_argument("--retrain", help="retrain checkpoint: adds PrivLeak, a membership signal that counts in the verdict")
     parser.add_argument("--demo", action="store_true",
                         help="audit every unlearned model of `qunlearn demo --out DIR` (written to DIR/audit/<method>)")
     parser.add_argument("--out", help="output directory (default ./qunlearn-audit; with --demo the demo's "
