@@ -74,7 +74,6 @@ def test_target_knows_its_forget_answers_and_retrain_does_not(tiny_benchmark, ta
     assert accuracy["target"] > accuracy["retrain"], accuracy
 
 
-@pytest.mark.slow
 def test_audit_through_lmeval_end_to_end(tiny_benchmark, task_dir, tmp_path):
     texts = tmp_path / "forget.json"
     texts.write_text(json.dumps(load_corpus(tiny_benchmark.corpus_dir).forget[:8]), encoding="utf-8")
