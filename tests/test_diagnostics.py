@@ -76,7 +76,12 @@ def test_update_size_of_a_hand_worked_block():
     assert size["by_type"]["down_proj"]["flip_fraction"] == 0.0
     assert size["by_type"]["down_proj"]["moved"] == 1
     reading = update_size_reading(size)
-    assert "4× smaller than the 4-bit step" in reading and "expected to undo" in reading
+    assert "4× smaller than the 4-bit step, but 33% of the moved weights leave their bin" in reading
+    assert "expected to undo only part of them" in reading
+    # only the down_proj move (0.25 step, code kept): every moved weight stays in its bin
+    kept = update_size(Block(Q_START, DOWN_START), Block(Q_START, DOWN_END), bits=4, group_size=4)
+    assert kept["overall"]["within_bin_fraction"] == 1.0
+    assert update_size_reading(kept).endswith("4× smaller than the 4-bit step: quantization is expected to undo them.")
 
 
 def test_update_size_reading_for_identical_and_for_large_updates():

@@ -206,8 +206,13 @@ def update_size_fields(size: dict[str, Any]) -> dict[str, Any]:
         "flips_by_type": {kind: counts["flip_fraction"] for kind, counts in size["by_type"].items()}}
 
 
+# Share of moved weights that must keep their code for the reading "quantization is expected to undo them".
+UNDO_WITHIN_BIN = 0.9
+
+
 def update_size_reading(size: dict[str, Any]) -> str:
-    """One plain sentence on what `update_size` predicts for quantization."""
+    """A plain reading of `update_size` for quantization: undone (median move < half a step and ≥ 90% of moved
+    weights inside their bin), partly undone (≥ 50% inside), or not undone."""
     overall, bits = size["overall"], size["bits"]
     if not overall["moved"]:
         return "The two models have identical quantized weights: unlearning changed none of them."
@@ -216,10 +221,13 @@ def update_size_reading(size: dict[str, Any]) -> str:
     where = (f"Unlearning moved {100 * overall['moved_fraction']:.1f}% of the weights by a median {median:.3g} of "
              f"the {bits}-bit step (90th percentile {p90:.3g}); {100 * within:.1f}% of them stay inside their "
              f"{bits}-bit bin and {100 * overall['flip_fraction']:.3f}% of all codes flip")
-    if median < 0.5 and within >= 0.5:
-        return (f"{where}. Updates are {1 / median:.0f}× smaller than the {bits}-bit step: quantization is expected "
-                "to undo most of them.")
-    return f"{where}. Updates are comparable to the {bits}-bit step: quantization is not expected to undo them."
+    if median >= 0.5 or within < 0.5:
+        return f"{where}. Updates are comparable to the {bits}-bit step: quantization is not expected to undo them."
+    smaller = f"Updates are {1 / median:.0f}× smaller than the {bits}-bit step"
+    if within >= UNDO_WITHIN_BIN:
+        return f"{where}. {smaller}: quantization is expected to undo them."
+    return (f"{where}. {smaller}, but {100 * (1 - within):.0f}% of the moved weights leave their bin: quantization "
+            "is expected to undo only part of them.")
 
 
 # An Adam step of about lr is lost in bf16 storage (8-bit significand) once |w| exceeds lr·2^8 to lr·2^9.
