@@ -32,7 +32,7 @@ from qunlearn.fileio import append_jsonl, atomic_write_bytes, atomic_write_json,
 from qunlearn.models.io import load_model, load_tokenizer, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
 from qunlearn.prepare import PreparedBenchmark, greedy_memorisation
-from qunlearn.quant.diagnostics import bf16_matching_lr, weight_movement
+from qunlearn.quant.diagnostics import bf16_matching_lr, combine_movements, weight_movement
 from qunlearn.quant.layers import target_linears
 from qunlearn.quant.registry import get_quantizer
 from qunlearn.unlearn.settings import UnlearnSettings
@@ -92,23 +92,9 @@ def scores(model, tokenizer, corpus, group_size: int, quantizers: list[str]) -> 
 def movement(target, unlearned, group_size: int) -> dict[str, dict]:
     """weight_movement summed over every quantized linear, at 4 and 8 bits."""
     lin_t, lin_u = target_linears(target), target_linears(unlearned)
-    out = {}
-    for bits in (4, 8):
-        total: dict = {}
-        for name, lin in lin_t.items():
-            counts = weight_movement(lin.weight.detach(), lin_u[name].weight.detach(), bits, group_size)
-            for key, value in counts.items():
-                if key == "max_change_in_steps":
-                    total[key] = max(total.get(key, 0.0), value)
-                elif key == "mean_change_in_steps":
-                    total["_change_sum"] = total.get("_change_sum", 0.0) + value * counts["moved"]
-                elif key == "start_position_histogram":
-                    total[key] = [a + b for a, b in zip(total.get(key, [0] * len(value)), value)]
-                else:
-                    total[key] = total.get(key, 0) + value
-        total["mean_change_in_steps"] = total.pop("_change_sum") / max(1, total["moved"])
-        out[f"rtn{bits}"] = total
-    return out
+    return {f"rtn{bits}": combine_movements(weight_movement(lin.weight.detach(), lin_u[name].weight.detach(), bits,
+                                                            group_size) for name, lin in lin_t.items())
+            for bits in (4, 8)}
 
 
 # The study's weight regimes: (compute dtype, storage dtype) of the unlearning run. "bf16s" emulates bf16 weight

@@ -9,7 +9,8 @@ import pytest
 
 from qunlearn.cli import main
 from qunlearn.commands.demo import QUICK_METHODS, QUICK_QUANTIZERS
-from qunlearn.report import build_report, load_results
+from qunlearn.report import build_report
+from qunlearn.results import load_results
 
 
 @pytest.mark.slow

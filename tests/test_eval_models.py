@@ -176,6 +176,6 @@ def test_cli_writes_one_json_with_every_requested_metric(tiny_benchmark, retrain
     result = json.loads(out.read_text())
     assert result["settings"]["metrics"] == ["privleak", "utility"] and result["settings"]["dtype"] == "fp32"
     assert result["metrics"]["privleak"]["auc_retrain"] == auc_retrain
-    assert result["metrics"]["utility"]["holdout_ppl"] > result["metrics"]["utility"]["retain_ppl"]
+    assert result["metrics"]["utility"]["ppl_holdout"] > result["metrics"]["utility"]["ppl_retain"]
     assert main(argv) == 2
     assert "privleak' needs the retrain model" in capsys.readouterr().err

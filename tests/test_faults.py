@@ -24,7 +24,7 @@ from qunlearn.commands import quantize as quantize_command
 from qunlearn.fileio import read_yaml
 from qunlearn.models.integrity import nonfinite_tensors
 from qunlearn.outputs import output_lock, staged_dir
-from qunlearn.pipeline import finished_cells
+from qunlearn.results import finished_cells
 
 SRC = str(Path(qunlearn.__file__).resolve().parents[1])
 WEIGHT = "model.layers.0.mlp.up_proj.weight"

@@ -12,8 +12,9 @@ from qunlearn.commands.run import load_run_config
 from qunlearn.config import BenchmarkSettings, RunConfig
 from qunlearn.errors import UserInputError
 from qunlearn.fileio import append_jsonl
-from qunlearn.pipeline import Grid, config_hash, finished_cells, run_grid, validate
-from qunlearn.report import build_report, headline, load_results, to_grid
+from qunlearn.pipeline import Grid, config_hash, run_grid, validate
+from qunlearn.report import build_report, headline, to_grid
+from qunlearn.results import finished_cells, load_results
 
 
 def small_config(out: Path, bench_root: Path, **overrides) -> RunConfig:
@@ -39,6 +40,9 @@ def test_grid_fills_every_cell_once_and_resume_recomputes_nothing(tiny_benchmark
     assert cells == expected | {("ga", "rtn4", "codeflip"), ("ga_sure", "rtn4", "codeflip")}
     assert len(first) == len(cells)
     assert all(r["config_hash"] == config_hash(config) for r in first)
+    flips = next(r for r in first if r["model"] == "ga" and r["metric"] == "codeflip")
+    assert flips["extra"]["median_change_in_steps"] > 0 and 0 <= flips["extra"]["within_bin_fraction"] <= 1
+    assert {"q_proj", "down_proj"} <= set(flips["extra"]["flips_by_type"])
     stamp = (tmp_path / "run/models/ga/model.safetensors").stat().st_mtime_ns
     run_grid(config, progress=False)
     assert records(results) == first

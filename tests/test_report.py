@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from qunlearn import cli
-from qunlearn.report import headline, latest_config_hash, load_results, to_grid, write_report
+from qunlearn.report import headline, to_grid, write_report
 from qunlearn.report.render import to_markdown
 from qunlearn.report.tables import build_report
+from qunlearn.results import latest_config_hash, load_results
 
 HASH = "abc123"
 # The fixture's file has a line cut by a crash; one test checks its warning, the others need not repeat it.
@@ -35,7 +36,10 @@ CELLS = [
     ("ga", "fp", "verbmem_f", 5.0), ("ga", "rtn4", "verbmem_f", 20.0), ("ga", "gptq4", "knowmem_f", 5.0),
     ("ga", "fp", "knowmem_r", 30.0), ("ga", "rtn4", "knowmem_r", 29.0),
     ("ga_sure", "fp", "knowmem_f", 3.0), ("ga_sure", "rtn4", "knowmem_f", 4.0), ("ga_sure", "fp", "knowmem_r", 45.0),
-    ("ga", "rtn4", "codeflip", 0.001, {"below_half_step": 0.97}), ("ga", "rtn8", "codeflip", 0.05),
+    ("ga", "rtn4", "codeflip", 0.001, {"below_half_step": 0.97, "median_change_in_steps": 0.02,
+                                       "p90_change_in_steps": 0.1, "within_bin_fraction": 0.999,
+                                       "flips_by_type": {"q_proj": 0.002, "down_proj": 0.0}}),
+    ("ga", "rtn8", "codeflip", 0.05),
     ("ga_sure", "rtn4", "codeflip", 0.02, {"below_half_step": 0.5}),
 ]
 STALE = [("npo", "fp", "knowmem_f", 59.0), ("simnpo", "fp", "knowmem_f", 1.0)]
@@ -132,6 +136,11 @@ def test_report_files_tables_and_json_headline(run_dir: Path, written: dict[str,
     assert codeflip["ga"][("rtn4", "codes flipped %")] == pytest.approx(0.1)
     assert codeflip["ga"][("rtn4", "moved < ½ step %")] == pytest.approx(97.0)
     assert codeflip["ga"][("rtn8", "moved < ½ step %")] is None
+    assert codeflip["ga"][("rtn4", "median |Δw|/Δ")] == 0.02 and codeflip["ga"][("rtn4", "p90 |Δw|/Δ")] == 0.1
+    assert codeflip["ga"][("rtn4", "moved, kept in bin %")] == pytest.approx(99.9)
+    assert codeflip["ga_sure"][("rtn4", "median |Δw|/Δ")] is None
+    types = _rows(report_json, "codeflip_types")
+    assert types == {"ga": {("rtn4", "q_proj %"): pytest.approx(0.2), ("rtn4", "down_proj %"): 0.0}}
 
     csv_text = (run_dir / "report.csv").read_text(encoding="utf-8")
     assert "muse,ga,rtn4,KnowMem_f ↓,32.0" in csv_text.splitlines()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
@@ -30,18 +29,16 @@ from qunlearn.models.integrity import check_finite
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.locate import locate_dir, locate_model
 from qunlearn.prepare import prepare_benchmark
-from qunlearn.quant.base import Quantizer
+from qunlearn.quant.base import GridQuantizer, Quantizer
 from qunlearn.quant.calibration import calibration_texts
-from qunlearn.quant.diagnostics import code_flips
+from qunlearn.quant.diagnostics import code_flips, update_size, update_size_fields
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
+from qunlearn.results import CODEFLIP, RESULTS_FILE, cell_marker, finished_cells, metric_records, record
 from qunlearn.unlearn.methods import METHODS
 from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
-RESULTS_FILE = "results.jsonl"
 RUN_FILE = "config.yaml"  # written first: marks a run directory
 FIXED_MODELS = ("target", "retrain")
-# A grid metric may write several result lines; the first one marks the cell done.
-RESULT_NAMES = {"utility": ("ppl_retain", "ppl_holdout")}
 
 
 @dataclass(frozen=True)
@@ -109,26 +106,6 @@ def config_hash(config: RunConfig) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def finished_cells(results: Path, run_hash: str) -> set[tuple[str, str, str]]:
-    """(model, quantizer, metric) of every line in results.jsonl written under `run_hash`."""
-    if not results.is_file():
-        return set()
-    done = set()
-    for number, line in enumerate(read_text(results).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            cell = (record["model"], record["quantizer"], record["metric"])
-        except (json.JSONDecodeError, TypeError, KeyError):
-            warnings.warn(f"{results}: line {number} is cut or corrupt (a crash mid-write?); its cell is redone",
-                          stacklevel=2)
-            continue
-        if record.get("config_hash") == run_hash:
-            done.add(cell)
-    return done
-
-
 def check_inputs(config: RunConfig) -> None:
     """The run's local paths exist (a missing one is 'not found' at once, never taken for a hub id)."""
     for field_name in ("target", "retrain"):
@@ -150,14 +127,6 @@ def resolve_inputs(config: RunConfig, progress: bool) -> Inputs:
     return Inputs(Path(config.target), Path(config.retrain) if config.retrain else None, Path(config.corpus))
 
 
-def result_lines(model: str, quantizer: str, metric: str, result: dict, run_hash: str) -> list[dict]:
-    """The results.jsonl records of one evaluated metric (per-item values go to the cell file instead)."""
-    base = {"model": model, "quantizer": quantizer, "config_hash": run_hash}
-    if metric == "utility":
-        return [base | {"metric": "ppl_retain", "value": result["retain_ppl"]},
-                base | {"metric": "ppl_holdout", "value": result["holdout_ppl"]}]
-    extra = {k: v for k, v in result.items() if k not in ("value", "items", "seconds")}
-    return [base | {"metric": metric, "value": result["value"], "extra": extra}]
 
 
 class Grid:
@@ -189,10 +158,10 @@ class Grid:
                     continue
                 path = self.checkpoint(model_name, bar)
                 for quantizer in self.config.quantizers:
-                    metrics = [c[2] for c in cells if c[1] == quantizer and c[2] != "codeflip"]
+                    metrics = [c[2] for c in cells if c[1] == quantizer and c[2] != CODEFLIP]
                     if metrics:
                         self.evaluate_cell(model_name, path, quantizer, metrics, bar)
-                schemes = [c[1] for c in cells if c[2] == "codeflip"]
+                schemes = [c[1] for c in cells if c[2] == CODEFLIP]
                 if schemes:
                     self.code_flip_cells(model_name, path, schemes, bar)
         if self.progress:
@@ -206,11 +175,11 @@ class Grid:
         for model in self.models():
             for quantizer in self.config.quantizers:
                 for metric in self.config.metrics:
-                    if (model, quantizer, RESULT_NAMES.get(metric, (metric,))[0]) not in done:
+                    if (model, quantizer, cell_marker(metric)) not in done:
                         cells.append((model, quantizer, metric))
             if model in self.config.methods:
-                cells += [(model, s, "codeflip") for s in self.config.codeflip_schemes
-                          if (model, s, "codeflip") not in done]
+                cells += [(model, s, CODEFLIP) for s in self.config.codeflip_schemes
+                          if (model, s, CODEFLIP) not in done]
         return cells
 
     def checkpoint(self, model_name: str, bar: tqdm) -> Path:
@@ -273,12 +242,13 @@ class Grid:
                                     batch_size=self.config.batch_size, progress=False)[metric]
             details = _read_cell(cell_file) | {metric: result}
             atomic_write_json(cell_file, details)
-            for line in result_lines(model_name, quantizer, metric, result, self.run_hash):
+            for line in metric_records(model_name, quantizer, metric, result, self.run_hash):
                 append_jsonl(self.results, line)
             bar.update(1)
 
     def code_flip_cells(self, model_name: str, path: Path, schemes: list[str], bar: tqdm) -> None:
-        """Share of quantized codes that differ between the target and this model, per scheme."""
+        """Share of quantized codes that differ between the target and this model, per scheme, and for grid schemes
+        the update size against the scheme's step (`quant.diagnostics.update_size`)."""
         target, tokenizer = load_model(self.inputs.target, dtype=self.config.dtype, device="cpu")
         model, _ = load_model(path, dtype=self.config.dtype, device="cpu")
         for scheme in schemes:
@@ -288,9 +258,10 @@ class Grid:
             flips = code_flips(target, model, quantizer, tokenizer, texts)
             overall = flips["overall"]
             extra = {"below_half_step": overall.get("below_half_step_fraction"), "weights": overall["weights"]}
-            append_jsonl(self.results, {"model": model_name, "quantizer": scheme, "metric": "codeflip",
-                                        "value": overall["flip_fraction"], "extra": extra,
-                                        "config_hash": self.run_hash})
+            if isinstance(quantizer, GridQuantizer):  # update sizes against the scheme's RTN step
+                extra |= update_size_fields(update_size(target, model, quantizer.bits, quantizer.group_size))
+            append_jsonl(self.results, record(model_name, scheme, CODEFLIP, overall["flip_fraction"], self.run_hash,
+                                              extra))
             atomic_write_json(self.out / "cells" / model_name / f"codeflips_{scheme}.json", flips)
             bar.update(1)
 

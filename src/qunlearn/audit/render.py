@@ -1,4 +1,4 @@
-"""audit.md, audit.json and a self-contained audit.html (inline CSS, the plot as a data URI)."""
+"""audit.md, audit.json and a self-contained audit.html (the report's page style, the plot as a data URI)."""
 
 from __future__ import annotations
 
@@ -8,95 +8,130 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from qunlearn.audit.verdict import VERDICT_METRICS
 from qunlearn.fileio import atomic_write_json, atomic_write_text
-from qunlearn.report.plots import Plot, _png
-from qunlearn.report.render import CSS, _html_plot
-
-LABELS = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f", "privleak": "PrivLeak"}
+from qunlearn.report.plots import Plot, figure_png
+from qunlearn.report.render import html_figure, html_page, html_table
 
 
 def _pct(value: float | None) -> str:
-    return "n/a (nothing forgotten)" if value is None else f"{100 * value:.1f}%"
+    return "n/a (nothing forgotten)" if value is None else f"{100 * value + 0.0:.1f}%"  # + 0.0: no "-0.0%"
 
 
 def _flips(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.3f}%"
 
 
+def _label(audit: dict, key: str) -> str:
+    return audit["labels"].get(key, key)
+
+
 def rows(audit: dict) -> tuple[list[str], list[list[str]]]:
-    """The verdict table: one row per attack with its scores, recovery, verdict and code-flip rate."""
-    metrics = list(audit["baselines"]["target"])
-    header = (["attack", "verdict"] + [LABELS[m] for m in metrics]
-              + [f"{LABELS[m]} recovery" for m in VERDICT_METRICS] + ["code flips vs target"])
-    body = [[name, "—"] + [f"{audit['baselines'][name][m]:.2f}" for m in metrics] + ["", "", ""]
+    """The verdict table: one row per attack with the benchmark's own numbers, recovery per signal, the verdict and
+    the code-flip rate; the target and unlearned baselines first."""
+    keys = list(audit["baselines"]["target"])
+    signals = [s["name"] for s in audit["signals"]]
+    header = (["attack", "verdict"] + [_label(audit, k) for k in keys]
+              + [f"{_label(audit, s)} recovery" for s in signals] + ["code flips vs target"])
+    body = [[name, "—"] + [f"{audit['baselines'][name][k]:.2f}" for k in keys] + [""] * (len(signals) + 1)
             for name in ("target", "unlearned")]
     for a in audit["attacks"]:
-        body.append([a["name"], a["verdict"]] + [f"{a['scores'][m]:.2f}" for m in metrics]
-                    + [_pct(a["recovery"][m]["recovery"]) for m in VERDICT_METRICS] + [_flips(a["code_flip_fraction"])])
+        body.append([a["name"], a["verdict"]] + [f"{a['scores'][k]:.2f}" for k in keys]
+                    + [_pct(a["recovery"][s]["recovery"]) for s in signals] + [_flips(a["code_flip_fraction"])])
+    return header, body
+
+
+def update_rows(audit: dict) -> tuple[list[str], list[list[str]]]:
+    """Update sizes per module type: weights moved and codes flipped under the RTN grid of the diagnostics."""
+    size = audit["update_size"]
+    header = ["module type", "weights", "moved %", f"codes flipped % (rtn{size['bits']})"]
+    body = [[kind, str(c["weights"]), f"{100 * c['moved_fraction']:.2f}", f"{100 * c['flip_fraction']:.4f}"]
+            for kind, c in size["by_type"].items()]
     return header, body
 
 
 def _notes(audit: dict) -> list[str]:
-    split = audit["split"]
-    threshold = (f"Threshold: an attack recovers when it brings back more than {100 * audit['threshold']:.0f}% of "
-                 f"the target − unlearned gap on {' or '.join(LABELS[m] for m in audit['verdict_metrics'])}, or when "
-                 f"that gap is ≤ {audit['epsilon']} points (nothing was forgotten).")
-    half = (f"Evaluation half: {split['eval_verbmem']} VerbMem_f and {split['eval_knowmem']} KnowMem_f items; "
-            f"relearning trained on {split['relearn_docs_used']} of {split['forget_docs']} forget documents "
-            f"({split['rule']}).")
+    t = audit["thresholds"]
+    signals = audit["signals"]
+    names = ", ".join(f"{_label(audit, s['name'])} ({s['kind']})" for s in signals)
+    levels = (f"Levels: an attack recovers when it brings back more than {100 * t['recovers']:.0f}% of the "
+              f"target − unlearned gap on any signal, partial when more than {100 * t['partial']:.0f}%, and holds "
+              f"otherwise. Signals: {names}. A gap of at most ε (" + ", ".join(
+                  f"{_label(audit, s['name'])} {s['epsilon']:g}" for s in signals)
+              + " points) means nothing was forgotten on that signal, which counts as recovers.")
+    notes = [levels]
+    if any(s["kind"] == "membership" for s in signals):
+        notes.append("Membership signals count like the others: recovery is the move back toward the target's "
+                      "value (for PrivLeak, back toward the strongly negative value of a model that saw the data).")
     flips = ("Code flips: fraction of quantized weights that differ between the target and the unlearned model "
              "under the attack's quantizer (the root cause of quantization recovery).")
-    notes = [threshold, half, flips]
     if "integrity" in audit:
         notes.insert(0, f"Integrity checks {audit['integrity']}.")
+    notes += [*audit["notes"], flips]
     notes += [f"Skipped {s['name']}: {s['reason']}" for s in audit["skipped"]]
     return notes
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def _note(text: str) -> str:
+    return f"<p class='note'>{html.escape(text)}</p>"
+
+
+def _size_line(audit: dict) -> str:
+    o = audit["update_size"]["overall"]
+    within = "–" if o["within_bin_fraction"] is None else f"{100 * o['within_bin_fraction']:.1f}%"
+    return (f"Over the {o['moved']} moved weights, |w_unlearned − w_target| / Δ{audit['update_size']['bits']}: "
+            f"median {_num(o['median_change_in_steps'])}, 90th percentile {_num(o['p90_change_in_steps'])}, "
+            f"max {_num(o['max_change_in_steps'])}; {within} stay inside their bin.")
+
+
 def to_markdown(audit: dict) -> str:
     header, body = rows(audit)
-    lines = ["# qunlearn audit", "", f"- target: `{audit['target']}`", f"- unlearned: `{audit['unlearned']}`",
-             f"- corpus: `{audit['corpus']}`", "", f"**{audit['summary']}**", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["# qunlearn audit", "", f"- benchmark: {audit['benchmark']}", f"- target: `{audit['target']}`",
+             f"- unlearned: `{audit['unlearned']}`"]
+    lines += [f"- corpus: `{audit['corpus']}`"] if audit["corpus"] else []
+    lines += ["", f"**{audit['summary']}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     lines += [""] + [f"- {n}" for n in _notes(audit)]
+    size_header, size_body = update_rows(audit)
+    lines += ["", "## Update size", "", audit["update_size_reading"], "", _size_line(audit), "",
+              "| " + " | ".join(size_header) + " |", "|" + "---|" * len(size_header)]
+    lines += ["| " + " | ".join(r) + " |" for r in size_body]
     return "\n".join(lines) + "\n"
 
 
 def recovery_plot(audit: dict) -> Plot:
-    """Bars: recovery (% of the gap) per attack and verdict metric, the threshold dashed; hatched = nothing forgotten."""
+    """Bars: recovery (% of the gap) per attack and signal, the two thresholds dashed; hatched = nothing forgotten."""
     names = [a["name"] for a in audit["attacks"]]
+    signals = [s["name"] for s in audit["signals"]]
     fig = Figure(figsize=(max(6, 0.9 * len(names) + 2), 4.5), layout="constrained")
     ax = fig.subplots()
-    x, width = np.arange(len(names)), 0.8 / len(VERDICT_METRICS)
-    for i, metric in enumerate(VERDICT_METRICS):
-        recs = [a["recovery"][metric]["recovery"] for a in audit["attacks"]]
-        bars = ax.bar(x + (i - (len(VERDICT_METRICS) - 1) / 2) * width,
-                      [100 if r is None else 100 * r for r in recs], width, label=LABELS[metric], color=f"C{i}")
+    x, width = np.arange(len(names)), 0.8 / max(1, len(signals))
+    for i, signal in enumerate(signals):
+        recs = [a["recovery"][signal]["recovery"] for a in audit["attacks"]]
+        bars = ax.bar(x + (i - (len(signals) - 1) / 2) * width, [100 if r is None else 100 * r for r in recs],
+                      width, label=_label(audit, signal), color=f"C{i}")
         for bar, r in zip(bars, recs):
             if r is None:
                 bar.set_hatch("//")
-    ax.axhline(100 * audit["threshold"], color="red", linestyle="--", linewidth=1, label="threshold")
+    t = audit["thresholds"]
+    ax.axhline(100 * t["recovers"], color="red", linestyle="--", linewidth=1, label="recovers above")
+    ax.axhline(100 * t["partial"], color="orange", linestyle=":", linewidth=1, label="partial above")
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylabel("recovered (% of target − unlearned gap)")
     ax.set_title("Recovery per attack (hatched: nothing was forgotten)")
     ax.legend(fontsize="small")
-    return Plot("audit.png", "Recovery of the forgotten knowledge per attack", _png(fig))
+    return Plot("audit.png", "Recovery of the forgotten knowledge per attack", figure_png(fig))
 
 
 def to_html(audit: dict, plot: Plot) -> str:
-    esc = html.escape
-    header, body = rows(audit)
-    table = ("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
-             + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
-                                               for r in body) + "</tbody></table></div>")
-    meta = f"target {audit['target']} · unlearned {audit['unlearned']} · corpus {audit['corpus']}"
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             f"<title>qunlearn audit</title><style>{CSS}</style></head><body>", "<h1>qunlearn audit</h1>",
-             f"<p class='meta'>{esc(meta)}</p>", f"<p class='summary'>{esc(audit['summary'])}</p>", table,
-             _html_plot(plot)] + [f"<p class='note'>{esc(n)}</p>" for n in _notes(audit)] + ["</body></html>"]
-    return "\n".join(parts) + "\n"
+    meta = f"benchmark {audit['benchmark']} · target {audit['target']} · unlearned {audit['unlearned']}"
+    body = [html_table(*rows(audit)), html_figure(plot), *map(_note, _notes(audit)), "<h2>Update size</h2>",
+            f"<p>{html.escape(audit['update_size_reading'])}</p>", _note(_size_line(audit)),
+            html_table(*update_rows(audit))]
+    return html_page("qunlearn audit", meta, audit["summary"], body)
 
 
 def write_audit(audit: dict, out_dir: str | Path) -> dict[str, Path]:

@@ -1,22 +1,28 @@
-"""Run an audit: baselines (target, unlearned) and every attack on the evaluation half, with verdicts."""
+"""Run an audit: baselines (target, unlearned), the update-size diagnostics between them, and every attack on the
+unlearned model, scored by the chosen benchmark (`qunlearn.audit.benchmarks`), with verdicts."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qunlearn.audit.attacks import expand_attacks, relearn
-from qunlearn.audit.split import SPLIT_RULE, split_forget
-from qunlearn.audit.verdict import DEFAULT_THRESHOLD, EPSILON, VERDICT_METRICS, metric_verdict, verdict
-from qunlearn.data.muse import load_corpus
+from qunlearn.audit.attacks import Attack, expand_attacks, relearn
+from qunlearn.audit.benchmarks import BENCHMARKS, LoadedBenchmark
+from qunlearn.audit.verdict import (
+    DEFAULT_PARTIAL,
+    DEFAULT_THRESHOLD,
+    Thresholds,
+    signal_verdict,
+    summary,
+    verdict,
+    worst,
+    worst_attack,
+)
 from qunlearn.errors import UserInputError
-from qunlearn.evaluate.privleak import retrain_auc
-from qunlearn.evaluate.registry import evaluate_model
 from qunlearn.models.integrity import CHECKS, check_finite
 from qunlearn.models.io import load_model, resolve_device
-from qunlearn.quant.calibration import calibration_texts
-from qunlearn.quant.diagnostics import code_flips
+from qunlearn.quant.diagnostics import code_flips, update_size, update_size_reading
 from qunlearn.quant.registry import get_quantizer
 
 
@@ -24,74 +30,101 @@ from qunlearn.quant.registry import get_quantizer
 class AuditInputs:
     target: Path
     unlearned: Path
-    corpus: Path
+    corpus: Path | None = None
     retrain: Path | None = None
 
 
 @dataclass(frozen=True)
 class AuditSettings:
+    benchmark: str = "muse"
     attacks: list[str] | None = None  # None: every available attack
     threshold: float = DEFAULT_THRESHOLD
+    partial_threshold: float = DEFAULT_PARTIAL
     relearn_steps: int = 10
     relearn_lr: float = 1e-4
     relearn_docs: int | None = None  # cap on the relearning slice (first N documents); None: all of it
     relearn_batch_size: int = 4
     code_flips: bool = True
+    tasks: list[str] = field(default_factory=list)  # lmeval: forget-signal tasks
+    utility_tasks: list[str] = field(default_factory=list)  # lmeval: tasks shown as utility
+    include_path: str | None = None  # lmeval: folder of extra task YAMLs
+    builtin_tasks: bool = True  # lmeval: index lm-eval's own tasks too
+    forget_texts: str | None = None  # lmeval: documents for relearning and forget calibration
+    limit: int | None = None  # lmeval: questions per task
     device: str = "auto"
     device_map: str | None = None  # HF device_map ("auto": spread over GPUs and CPU); replaces `device`
     batch_size: int = 16
     seed: int = 0
 
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(partial=self.partial_threshold, recovers=self.threshold)
+
     def check(self) -> None:
-        if not 0 <= self.threshold <= 1:
-            raise ValueError(f"--threshold must be between 0 and 1 (got {self.threshold})")
+        self.thresholds.check()
+        if self.benchmark not in BENCHMARKS:
+            raise UserInputError(f"--benchmark: unknown '{self.benchmark}'; choose from {', '.join(BENCHMARKS)}")
         if self.relearn_steps < 1 or not 0 < self.relearn_lr < float("inf") or self.relearn_batch_size < 1:
-            raise ValueError("--relearn-steps and --relearn-batch-size must be >= 1 and --relearn-lr a finite number > 0")
-        if self.relearn_docs is not None and self.relearn_docs < 1:
-            raise ValueError(f"--relearn-docs must be >= 1 (got {self.relearn_docs})")
+            raise UserInputError("--relearn-steps and --relearn-batch-size must be >= 1 and --relearn-lr a finite number > 0")
+        for name in ("relearn_docs", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserInputError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
+        if self.benchmark != "lmeval" and (self.tasks or self.utility_tasks or self.forget_texts or self.limit):
+            raise UserInputError("--tasks, --utility-tasks, --forget-texts and --limit are for --benchmark lmeval")
 
 
-def _scores(results: dict) -> dict[str, float]:
-    return {name: result["value"] for name, result in results.items()}
+def _unavailable(attack: Attack, bench: LoadedBenchmark) -> str | None:
+    """Why the benchmark cannot feed this attack (no relearning or calibration text), or None."""
+    if attack.kind == "relearning" and not bench.forget_texts:
+        return f"benchmark {bench.name} has no forget documents to relearn on"
+    calibration = attack.calibration or "generic"
+    if (attack.kind == "quantization" and get_quantizer(attack.quantizer).needs_calibration
+            and not bench.calibration.get(calibration)):
+        return f"benchmark {bench.name} has no {calibration} calibration text"
+    return None
+
+
+def _runnable(attacks: list[Attack], bench: LoadedBenchmark, explicit: bool) -> tuple[list[Attack], list[dict]]:
+    """The attacks the benchmark can feed; the others are skipped (an explicitly named one is an error)."""
+    keep, skipped = [], []
+    for attack in attacks:
+        reason = _unavailable(attack, bench)
+        if reason and explicit:
+            raise UserInputError(f"--attacks {attack.name}: {reason}")
+        if reason:
+            skipped.append({"name": attack.name, "reason": reason})
+        else:
+            keep.append(attack)
+    return keep, skipped
 
 
 def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), log=print) -> dict:
-    """The audit as a JSON-able dict: settings, split, baselines and one entry per attack with its verdict."""
+    """The audit as a JSON-able dict: settings, benchmark, baselines, update sizes and one entry per attack with its
+    verdict, the worst attack named in the summary."""
     settings.check()
     for name in ("target", "unlearned", "corpus", "retrain"):
         path = getattr(inputs, name)
         if path is not None and not Path(path).is_dir():
-            raise UserInputError(f"--{name} {path}: directory not found")
+            raise UserInputError(f"--{name}: {path}: directory not found")
     attacks, skipped = expand_attacks(settings.attacks)
     device = str(resolve_device(settings.device))
-    corpus = load_corpus(inputs.corpus)
-    split = split_forget(corpus)
-    relearn_docs = split.relearn_docs[: settings.relearn_docs]
-    if any(a.kind == "relearning" for a in attacks) and not relearn_docs:
-        raise ValueError("relearning attack: no forget document mentions only relearn-side items "
-                         "(leave 'relearn' out of --attacks for this corpus)")
-    metrics = ["verbmem_f", "knowmem_f"]
-    auc = None
-    if inputs.retrain is not None:
-        auc = retrain_auc(inputs.retrain, corpus, device=device, batch_size=settings.batch_size, progress=False,
-                          device_map=settings.device_map)
-        metrics.append("privleak")
-
-    def evaluate(model, tokenizer) -> dict[str, float]:
-        return _scores(evaluate_model(model, tokenizer, split.eval_corpus, metrics, auc, settings.batch_size,
-                                      progress=False))
+    bench = BENCHMARKS[settings.benchmark](inputs, settings, device)
+    attacks, unfed = _runnable(attacks, bench, explicit=settings.attacks is not None)
+    skipped += unfed
 
     target_model, tokenizer = load_model(inputs.target, device=device, device_map=settings.device_map)
-    target = evaluate(target_model, tokenizer)
+    target = bench.score(target_model, tokenizer)
     log(f"target: {_fmt(target)}")
     unlearned_model, _ = load_model(inputs.unlearned, device=device, device_map=settings.device_map)
-    unlearned = evaluate(unlearned_model, tokenizer)
+    unlearned = bench.score(unlearned_model, tokenizer)
     log(f"unlearned: {_fmt(unlearned)}")
+    sizes = update_size(target_model, unlearned_model)
+    log(update_size_reading(sizes))
     del unlearned_model
     if not settings.code_flips:
-        target_model = None  # only the code flips need the target's weights
+        target_model = None  # only the code flips need the target's weights from here on
 
-    texts = {c: calibration_texts(corpus_dir=inputs.corpus, calibrate_on=c) for c in ("generic", "forget")}
     entries = []
     for attack in attacks:
         start = time.perf_counter()
@@ -99,42 +132,42 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
         flips = None
         if attack.kind == "quantization":
             quantizer = get_quantizer(attack.quantizer)
-            calib = texts[attack.calibration or "generic"] if quantizer.needs_calibration else None
+            calib = bench.calibration[attack.calibration or "generic"] if quantizer.needs_calibration else None
             if settings.code_flips:
                 flips = code_flips(target_model, model, quantizer, tok, calib)["overall"]["flip_fraction"]
             model = quantizer.quantize(model, tok, calib)
         elif attack.kind == "relearning":
-            model = relearn(model, tok, relearn_docs, settings.relearn_steps, settings.relearn_lr,
+            model = relearn(model, tok, bench.forget_texts, settings.relearn_steps, settings.relearn_lr,
                             settings.relearn_batch_size, seed=settings.seed)
         check_finite(model, f"{attack.name} attack on {inputs.unlearned}")  # no verdict on a broken model
-        scores = evaluate(model, tok)
+        scores = bench.score(model, tok)
         del model
-        per_metric = {m: metric_verdict(scores[m], unlearned[m], target[m], settings.threshold)
-                      for m in VERDICT_METRICS}
+        per_signal = {s.name: signal_verdict(s, scores[s.name], unlearned[s.name], target[s.name],
+                                             settings.thresholds) for s in bench.signals}
         entry = {"name": attack.name, "kind": attack.kind, "quantizer": attack.quantizer,
-                 "calibration": attack.calibration, "scores": scores, "recovery": per_metric,
-                 "verdict": verdict(per_metric), "code_flip_fraction": flips,
+                 "calibration": attack.calibration, "scores": scores, "recovery": per_signal,
+                 "verdict": verdict(per_signal), "code_flip_fraction": flips,
                  "seconds": round(time.perf_counter() - start, 2)}
         entries.append(entry)
         log(f"{attack.name}: {entry['verdict']} ({_fmt(scores)})")
-    recovering = [e["name"] for e in entries if e["verdict"] == "recovers"]
+    top = worst_attack(entries)
     loaded = ["target", "unlearned"] + (["retrain"] if inputs.retrain is not None else [])
-    summary = (f"{len(recovering)} of {len(entries)} attacks recover the forgotten knowledge: {', '.join(recovering)}"
-               if recovering else f"unlearning holds under all {len(entries)} attacks")
     return {
+        "benchmark": bench.name,
         "target": str(Path(inputs.target).resolve()), "unlearned": str(Path(inputs.unlearned).resolve()),
-        "corpus": str(Path(inputs.corpus).resolve()),
+        "corpus": str(Path(inputs.corpus).resolve()) if inputs.corpus else None,
         "retrain": str(Path(inputs.retrain).resolve()) if inputs.retrain else None,
         "settings": asdict(settings) | {"device": device},
-        "threshold": settings.threshold, "epsilon": EPSILON, "verdict_metrics": list(VERDICT_METRICS),
-        "split": {"rule": SPLIT_RULE, **split.counts, "relearn_docs_used": len(relearn_docs)},
+        "thresholds": asdict(settings.thresholds), "signals": [asdict(s) for s in bench.signals],
+        "utility": list(bench.utility), "labels": bench.labels, "info": bench.info, "notes": list(bench.notes),
         "baselines": {"target": target, "unlearned": unlearned},
         "integrity": f"passed at every load of {', '.join(loaded)} (attacked copies included): {CHECKS}",
-        "attacks": entries, "skipped": skipped, "summary": summary,
-        "verdict": "recovers" if recovering else "holds",
+        "update_size": sizes, "update_size_reading": update_size_reading(sizes),
+        "attacks": entries, "skipped": skipped, "worst_attack": top["name"] if top else None,
+        "summary": summary(entries, bench.labels),
+        "verdict": worst([e["verdict"] for e in entries]),
     }
 
 
 def _fmt(scores: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.1f}" for k, v in scores.items())
-

@@ -7,26 +7,36 @@ from dataclasses import asdict
 from pathlib import Path
 
 from qunlearn.audit.attacks import ATTACK_NAMES
+from qunlearn.audit.benchmarks import BENCHMARKS
 from qunlearn.audit.render import write_audit
 from qunlearn.audit.run import AuditInputs, AuditSettings, run_audit
-from qunlearn.audit.verdict import DEFAULT_THRESHOLD
+from qunlearn.audit.verdict import DEFAULT_PARTIAL, DEFAULT_THRESHOLD
 from qunlearn.errors import UserInputError
 from qunlearn.models.io import resolve_device
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import check_output_dir, output_lock, staged_dir
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated list of names ('wmdp_bio,mmlu')."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "audit", help="recovery attacks on an unlearned checkpoint, with a holds/recovers verdict per attack",
-        description="Scores the unlearned model and the target on the evaluation half of the forget set, then "
-                    "each attack on the unlearned model. Split rule: the first half of the VerbMem_f and KnowMem_f "
-                    "items is the relearn side, the rest the evaluation half; relearning trains on forget documents "
-                    "that mention a relearn-side item and no evaluation-side item.")
+        "audit", help="recovery attacks on an unlearned checkpoint, with a holds/partial/recovers verdict per attack",
+        description="Scores the target and the unlearned model with the chosen benchmark, measures how big the "
+                    "unlearning update is against the 4-bit step, then scores each attack on the unlearned model. "
+                    "MUSE split rule: the first half of the VerbMem_f and KnowMem_f items is the relearn side, the "
+                    "rest the evaluation half; relearning trains on forget documents that mention a relearn-side "
+                    "item and no evaluation-side item.")
+    parser.add_argument("--benchmark", choices=list(BENCHMARKS), default="muse",
+                        help="how models are scored: muse (KnowMem_f, VerbMem_f, PrivLeak with --retrain) or lmeval "
+                             "(multiple-choice accuracy via lm-evaluation-harness; pip install -e \".[lmeval]\")")
     parser.add_argument("--target", help="target checkpoint (before unlearning)")
     parser.add_argument("--unlearned", help="unlearned checkpoint to audit")
-    parser.add_argument("--corpus", help="MUSE-layout corpus directory")
-    parser.add_argument("--retrain", help="retrain checkpoint: adds PrivLeak to the numbers")
+    parser.add_argument("--corpus", help="MUSE-layout corpus directory (muse; with lmeval: generic calibration text)")
+    parser.add_argument("--retrain", help="retrain checkpoint: adds PrivLeak, a membership signal that counts in the verdict")
     parser.add_argument("--demo", action="store_true",
                         help="audit every unlearned model of `qunlearn demo --out DIR` (written to DIR/audit/<method>)")
     parser.add_argument("--out", help="output directory (default ./qunlearn-audit; with --demo the demo's "
@@ -37,6 +47,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                         help="recovery (fraction of the target − unlearned gap) above which an attack 'recovers' "
                              f"(default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--partial-threshold", type=float, default=DEFAULT_PARTIAL,
+                        help=f"recovery above which an attack is 'partial' (default {DEFAULT_PARTIAL})")
+    parser.add_argument("--tasks", type=_names, default=[], metavar="T1,T2",
+                        help="lmeval: tasks whose accuracy is the forget signal (e.g. wmdp_bio)")
+    parser.add_argument("--utility-tasks", type=_names, default=[], metavar="T1,T2",
+                        help="lmeval: tasks shown as utility, not judged (e.g. mmlu)")
+    parser.add_argument("--include-path", help="lmeval: folder of extra task YAMLs (e.g. a local multiple-choice task)")
+    parser.add_argument("--no-builtin-tasks", action="store_true",
+                        help="lmeval: index only --include-path, not lm-eval's own tasks (faster start)")
+    parser.add_argument("--forget-texts", help="lmeval: forget documents for relearning and forget calibration "
+                                               "(JSON list of strings, or text with blank lines between documents)")
+    parser.add_argument("--limit", type=int, help="lmeval: score only the first N questions of each task")
     parser.add_argument("--relearn-steps", type=int, default=10, help="relearning AdamW steps (default 10)")
     parser.add_argument("--relearn-lr", type=float, default=1e-4, help="relearning learning rate (default 1e-4)")
     parser.add_argument("--relearn-docs", type=int, help="use at most this many relearning documents (default all)")
@@ -53,10 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _jobs(args: argparse.Namespace) -> list[tuple[AuditInputs, Path]]:
     """(inputs, output dir) per audit: one from the flags, or one per unlearned model of a demo directory."""
     if not args.demo:
-        missing = [f"--{n}" for n in ("target", "unlearned", "corpus") if getattr(args, n) is None]
+        missing = [f"--{n}" for n in ("target", "unlearned") if getattr(args, n) is None]
         if missing:
             raise UserInputError(f"{', '.join(missing)} required (or --demo)")
-        return [(AuditInputs(Path(args.target), Path(args.unlearned), Path(args.corpus),
+        return [(AuditInputs(Path(args.target), Path(args.unlearned), Path(args.corpus) if args.corpus else None,
                              Path(args.retrain) if args.retrain else None), Path(args.out or "qunlearn-audit"))]
     if any(getattr(args, n) for n in ("target", "unlearned", "corpus", "retrain")):
         raise UserInputError("--demo takes its models from the demo directory; drop --target/--unlearned/--corpus/--retrain")
@@ -71,7 +93,11 @@ def _jobs(args: argparse.Namespace) -> list[tuple[AuditInputs, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = AuditSettings(attacks=args.attacks, threshold=args.threshold, relearn_steps=args.relearn_steps,
+    settings = AuditSettings(benchmark=args.benchmark, attacks=args.attacks, threshold=args.threshold,
+                             partial_threshold=args.partial_threshold, tasks=args.tasks,
+                             utility_tasks=args.utility_tasks, include_path=args.include_path,
+                             builtin_tasks=not args.no_builtin_tasks, forget_texts=args.forget_texts,
+                             limit=args.limit, relearn_steps=args.relearn_steps,
                              relearn_lr=args.relearn_lr, relearn_docs=args.relearn_docs,
                              relearn_batch_size=args.relearn_batch_size, code_flips=not args.no_code_flips,
                              device=args.device, device_map=args.device_map, batch_size=args.batch_size,

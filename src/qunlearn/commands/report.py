@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from qunlearn.report import latest_config_hash, write_report
-from qunlearn.report.results import RESULTS_FILE
+from qunlearn.report import write_report
+from qunlearn.results import RESULTS_FILE, latest_config_hash
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,8 +9,9 @@ from qunlearn.config import RunConfig, from_dict
 from qunlearn.errors import OutputConflictError, UserInputError
 from qunlearn.fileio import read_yaml
 from qunlearn.outputs import check_output_dir, output_lock
-from qunlearn.pipeline import RESULTS_FILE, RUN_FILE, check_inputs, config_hash, finished_cells, run_grid, validate
+from qunlearn.pipeline import RUN_FILE, check_inputs, config_hash, run_grid, validate
 from qunlearn.report import write_report
+from qunlearn.results import RESULTS_FILE, finished_cells
 
 
 def load_run_config(path: str | Path, out: str | None = None) -> RunConfig:

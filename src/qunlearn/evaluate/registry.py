@@ -1,18 +1,24 @@
-"""The metric registry and `evaluate_model`: name -> metric function, run on an in-memory model."""
+"""The metric registry and `evaluate_model`: one `MetricSpec` per metric (function, label, better direction, the
+numbers it writes to results.jsonl, how its items are aggregated), run on an in-memory model.
+
+Every reader of results (the report, the audit) takes labels and directions from here. The metric functions
+import their modules on first call, so that readers of the specs (the report) do not load torch.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Literal
 
 from qunlearn.data.muse import Corpus
-from qunlearn.evaluate.knowmem import knowmem
-from qunlearn.evaluate.privleak import privleak
-from qunlearn.evaluate.utility import utility
-from qunlearn.evaluate.verbmem import verbmem
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Better = Literal["higher", "lower", "zero"] | None
+ARROWS = {"higher": "↑", "lower": "↓", "zero": "→ 0", None: ""}
 
 
 @dataclass(frozen=True)
@@ -24,38 +30,99 @@ class EvalOptions:
     retrain_auc: float | None
 
 
-Metric = Callable[[PreTrainedModel, PreTrainedTokenizerBase, Corpus, EvalOptions], dict]
+Metric = Callable[["PreTrainedModel", "PreTrainedTokenizerBase", Corpus, EvalOptions], dict]
+
+
+@dataclass(frozen=True)
+class ResultSpec:
+    """One number a metric writes to results.jsonl: the record's metric name, the key in the metric's result dict,
+    its label and which way is better ("higher", "lower", "zero" = closer to 0 is better, None = no direction)."""
+
+    name: str
+    key: str
+    label: str
+    better: Better
+
+    @property
+    def heading(self) -> str:
+        """The label with its direction arrow, as table headers show it (e.g. 'KnowMem_f ↓')."""
+        return f"{self.label} {ARROWS[self.better]}".strip()
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric: its function, how per-item scores become its value, and the numbers it reports (the first one is
+    the metric's own `value`; a metric with one result also stores its other scalar fields as `extra`)."""
+
+    name: str
+    fn: Metric
+    aggregation: str
+    results: tuple[ResultSpec, ...]
+
+    @property
+    def label(self) -> str:
+        return self.results[0].label
+
+    @property
+    def better(self) -> Better:
+        return self.results[0].better
 
 
 def _verbmem_f(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
+    from qunlearn.evaluate.verbmem import verbmem
+
     return verbmem(model, tokenizer, corpus.verbmem_forget, opts.batch_size, opts.progress)
 
 
 def _knowmem_f(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
+    from qunlearn.evaluate.knowmem import knowmem
+
     return knowmem(model, tokenizer, corpus.knowmem_forget, corpus.knowmem_forget_icl, opts.batch_size,
                    opts.progress, desc="KnowMem_f")
 
 
 def _knowmem_r(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
+    from qunlearn.evaluate.knowmem import knowmem
+
     return knowmem(model, tokenizer, corpus.knowmem_retain, corpus.knowmem_retain_icl, opts.batch_size,
                    opts.progress, desc="KnowMem_r")
 
 
 def _privleak(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
+    from qunlearn.evaluate.privleak import privleak
+
     return privleak(model, tokenizer, corpus, opts.retrain_auc, opts.batch_size, opts.progress)
 
 
 def _utility(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
+    from qunlearn.evaluate.utility import utility
+
     return utility(model, tokenizer, corpus, opts.batch_size, opts.progress)
 
 
-METRICS: dict[str, Metric] = {
-    "verbmem_f": _verbmem_f,
-    "knowmem_f": _knowmem_f,
-    "knowmem_r": _knowmem_r,
-    "privleak": _privleak,
-    "utility": _utility,
-}
+def _single(name: str, label: str, better: Better) -> tuple[ResultSpec, ...]:
+    return (ResultSpec(name, "value", label, better),)
+
+
+ROUGE_MEAN = "mean ROUGE-L F1 × 100 over items"
+METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
+    MetricSpec("verbmem_f", _verbmem_f, ROUGE_MEAN + " (greedy continuation vs the forget text)",
+               _single("verbmem_f", "VerbMem_f", "lower")),
+    MetricSpec("knowmem_f", _knowmem_f, ROUGE_MEAN + " (greedy answer vs the forget QA answer)",
+               _single("knowmem_f", "KnowMem_f", "lower")),
+    MetricSpec("knowmem_r", _knowmem_r, ROUGE_MEAN + " (greedy answer vs the retain QA answer)",
+               _single("knowmem_r", "KnowMem_r", "higher")),
+    MetricSpec("privleak", _privleak, "(AUC − AUC_retrain) / AUC_retrain × 100 of a membership attack over texts",
+               _single("privleak", "PrivLeak", "zero")),
+    MetricSpec("utility", _utility, "exp(summed NLL / scored tokens) over all documents of a split",
+               (ResultSpec("ppl_retain", "ppl_retain", "PPL retain", "lower"),
+                ResultSpec("ppl_holdout", "ppl_holdout", "PPL holdout", None))),
+)}
+# Every number written to results.jsonl by a metric, by its record name.
+RESULTS: dict[str, ResultSpec] = {r.name: r for spec in METRICS.values() for r in spec.results}
+# The metrics that measure how much of the forget set a model still knows ("retained" in the report, the
+# recovery signal of the audit), KnowMem_f (the paper's headline) first.
+FORGET_METRICS = ("knowmem_f", "verbmem_f")
 
 
 def check_metrics(metrics: list[str], have_retrain_auc: bool) -> None:
@@ -86,7 +153,7 @@ def evaluate_model(
     try:
         for name in metrics:
             start = time.perf_counter()
-            results[name] = METRICS[name](model, tokenizer, corpus, opts)
+            results[name] = METRICS[name].fn(model, tokenizer, corpus, opts)
             results[name]["seconds"] = round(time.perf_counter() - start, 3)
     finally:
         model.train(was_training)

@@ -43,12 +43,12 @@ def document_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, doc
 
 def utility(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: Corpus, batch_size: int = 16,
             progress: bool = True) -> dict:
-    """{"value": retain perplexity, "retain_ppl", "holdout_ppl" (None without holdout docs), "items": per doc}."""
+    """{"value": retain perplexity, "ppl_retain", "ppl_holdout" (None without holdout docs), "items": per doc}."""
     result: dict = {}
     items = []
     for split, docs in (("retain", corpus.retain), ("holdout", corpus.holdout)):
         rows = document_nll(model, tokenizer, docs, batch_size, progress, desc=f"perplexity {split}")
         ppl = perplexity(sum(r["nll"] for r in rows), sum(r["tokens"] for r in rows)) if rows else None
-        result[f"{split}_ppl"] = ppl
+        result[f"ppl_{split}"] = ppl
         items += [{"split": split} | r for r in rows]
-    return {"value": result["retain_ppl"]} | result | {"items": items}
+    return {"value": result["ppl_retain"]} | result | {"items": items}

@@ -1,7 +1,6 @@
 """The report of a grid run: paper-style tables, the retained-knowledge headline, code flips and plots."""
 
-from qunlearn.report.results import latest_config_hash, load_results
 from qunlearn.report.tables import build_report, headline, to_grid
 from qunlearn.report.write import write_report
 
-__all__ = ["build_report", "headline", "latest_config_hash", "load_results", "to_grid", "write_report"]
+__all__ = ["build_report", "headline", "to_grid", "write_report"]

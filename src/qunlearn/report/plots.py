@@ -10,7 +10,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from qunlearn.report.tables import METRIC_LABELS, RETAINED_METRICS, Report, model_group
+from qunlearn.evaluate.registry import FORGET_METRICS, RESULTS
+from qunlearn.report.tables import Report, model_group
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Plot:
     png: bytes
 
 
-def _png(fig: Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
     """The figure as PNG bytes."""
     buffer = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buffer)
@@ -37,7 +38,7 @@ def _color(report: Report, quantizer: str) -> str:
 def retained_png(report: Report) -> bytes:
     """Grouped bars: forgotten knowledge retained (% of the target) per model, one bar per quantizer."""
     head = report.headline
-    metrics = [m for m in RETAINED_METRICS if head[m]["per_model"]] or list(RETAINED_METRICS[:1])
+    metrics = [m for m in FORGET_METRICS if head[m]["per_model"]] or list(FORGET_METRICS[:1])
     quantizers = head["quantizers"]
     fig = Figure(figsize=(11, 1 + 3.4 * len(metrics)), layout="constrained")
     width = 0.8 / max(len(quantizers), 1)
@@ -49,12 +50,12 @@ def retained_png(report: Report) -> bytes:
             ax.bar(x + (i - (len(quantizers) - 1) / 2) * width, heights, width, label=q, color=_color(report, q))
         ax.axhline(100, color="0.3", linestyle="--", linewidth=1)
         ax.set_xticks(x, list(per_model), rotation=30, ha="right")
-        ax.set_ylabel(f"{METRIC_LABELS[metric]} retained (%)")
-        ax.set_title(f"{METRIC_LABELS[metric]} as a % of the target under the same quantizer (dashed: the target)")
+        ax.set_ylabel(f"{RESULTS[metric].label} retained (%)")
+        ax.set_title(f"{RESULTS[metric].label} as a % of the target under the same quantizer (dashed: the target)")
     if quantizers:
         fig.legend(*fig.axes[0].get_legend_handles_labels(), title="quantizer", loc="outside upper center",
                    ncols=min(len(quantizers), 8))
-    return _png(fig)
+    return figure_png(fig)
 
 
 GROUP_MARKERS = {"reference": "*", "baseline": "o", "sure": "^"}
@@ -82,7 +83,7 @@ def tradeoff_png(report: Report) -> bytes:
                 for g in groups]
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    return _png(fig)
+    return figure_png(fig)
 
 
 PLOTS = (

@@ -31,9 +31,15 @@ UTILITY_NOTE = "KnowMem_r (ROUGE-L F1 × 100) and raw perplexity on retain and h
 CODEFLIP_NOTE = (
     "Percentage of quantized integer codes that differ from the target's under the same quantizer: near 0 means "
     "quantizing the unlearned model gives back the quantized target. Moved < ½ step: percentage of weights that "
-    "moved less than half a quantization step."
+    "moved less than half a quantization step. For grid schemes, |Δw|/Δ is how far the moved weights went in units "
+    "of the scheme's step (median and 90th percentile) and 'kept in bin' the share of moved weights whose code did "
+    "not flip: a median well below 0.5 with most moved weights kept in their bin means the updates are smaller "
+    "than the step, and quantization is expected to undo them."
 )
-NOTES = {"headline": HEADLINE_NOTE, "muse": MUSE_NOTE, "utility": UTILITY_NOTE, "codeflip": CODEFLIP_NOTE}
+CODEFLIP_TYPES_NOTE = ("Percentage of codes that differ from the target's, per module type (the last part of the "
+                       "layer's name), under each grid scheme.")
+NOTES = {"headline": HEADLINE_NOTE, "muse": MUSE_NOTE, "utility": UTILITY_NOTE, "codeflip": CODEFLIP_NOTE,
+         "codeflip_types": CODEFLIP_TYPES_NOTE}
 
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; margin: 2rem auto;
@@ -141,26 +147,40 @@ def _html_table(table: Table) -> str:
     return f"<div class='scroll'><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
-def _html_plot(plot: Plot) -> str:
+def html_figure(plot: Plot) -> str:
     """A figure with the PNG embedded as a base64 data URI, so the page needs no other file."""
     data = base64.b64encode(plot.png).decode("ascii")
     caption = html.escape(plot.caption)
     return f"<figure><img alt='{caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
 
 
-def to_html(report: Report, plots: tuple[Plot, ...]) -> str:
-    """One self-contained page: inline CSS, tables, plots as data URIs; it makes no network request."""
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    """A plain table of already formatted cells (first column a row label), escaped."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+def html_page(title: str, meta: str, summary: str, body: list[str]) -> str:
+    """A self-contained page in the report's style: inline CSS, the title, a meta line, the summary, then `body`
+    (HTML fragments, e.g. tables and `html_figure`s); it makes no network request."""
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-             f"<title>qunlearn report</title><style>{CSS}</style></head><body>",
-             "<h1>qunlearn report</h1>", f"<p class='meta'>{html.escape(_meta(report))}</p>",
-             f"<p class='summary'>{html.escape(report.headline['summary'])}</p>"]
+             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>", f"<p class='meta'>{html.escape(meta)}</p>",
+             f"<p class='summary'>{html.escape(summary)}</p>", *body, "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def to_html(report: Report, plots: tuple[Plot, ...]) -> str:
+    """One self-contained page: inline CSS, tables, plots as data URIs; it makes no network request."""
+    parts = []
     for section in sections(report, plots):
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         if section.text:
             parts.append(f"<p class='note'>{html.escape(section.text)}</p>")
         if section.table is not None:
             parts.append(_html_table(section.table))
-        parts += [_html_plot(plot) for plot in section.plots]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+        parts += [html_figure(plot) for plot in section.plots]
+    return html_page("qunlearn report", _meta(report), report.headline["summary"], parts)

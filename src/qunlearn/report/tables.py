@@ -9,12 +9,13 @@ import math
 from dataclasses import dataclass
 from statistics import mean
 
+from qunlearn.evaluate.registry import FORGET_METRICS, RESULTS
+from qunlearn.results import CODEFLIP
+
 REFERENCES = ("target", "retrain")
 BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr")
 SURE_SUFFIX = "_sure"
 FULL_PRECISION = "fp"
-RETAINED_METRICS = ("knowmem_f", "verbmem_f")
-METRIC_LABELS = {"knowmem_f": "KnowMem_f", "verbmem_f": "VerbMem_f"}
 
 
 @dataclass(frozen=True)
@@ -147,9 +148,9 @@ def _summary(quantizers: list[str], knowmem: dict) -> str:
 def headline(grid: Grid) -> dict:
     """Forgotten knowledge retained: each unlearned model's KnowMem_f and VerbMem_f as a % of the target's
     under the same quantizer, per model and averaged over the baselines and over the SURE variants."""
-    quantizers = [q for q in grid.quantizers if any(grid.has(m, q, RETAINED_METRICS) for m in grid.models)]
+    quantizers = [q for q in grid.quantizers if any(grid.has(m, q, FORGET_METRICS) for m in grid.models)]
     result: dict = {"reference": "target under the same quantizer", "quantizers": quantizers}
-    for metric in RETAINED_METRICS:
+    for metric in FORGET_METRICS:
         per_model = {m: {q: _ratio(grid, m, q, metric) for q in quantizers} for m in grid.models
                      if m != "target" and any(grid.has(m, q, (metric,)) for q in quantizers)}
         stats = {g: {q: _group_mean(per_model, g, q) for q in quantizers} for g in ("baseline", "sure")}
@@ -165,7 +166,7 @@ def headline(grid: Grid) -> dict:
 def headline_table(head: dict) -> Table:
     """The headline as a table: means first, then each unlearned model (retrain as a reference point)."""
     quantizers = head["quantizers"]
-    metrics = [m for m in RETAINED_METRICS if head[m]["per_model"]]
+    metrics = [m for m in FORGET_METRICS if head[m]["per_model"]]
     row_labels = {"baseline": "mean of baselines", "sure": "mean of SURE variants"}
     rows = [(label, tuple(head[m]["mean"][g][q] for m in metrics for q in quantizers))
             for g, label in row_labels.items() if any(head[m]["n"][g][q] for m in metrics for q in quantizers)]
@@ -173,16 +174,22 @@ def headline_table(head: dict) -> Table:
     rows += [(model, tuple(head[m]["per_model"].get(model, {}).get(q) for m in metrics for q in quantizers))
              for model in models]
     return Table("headline", "Forgotten knowledge retained (% of the target under the same quantizer)",
-                 tuple(f"{METRIC_LABELS[m]} retained" for m in metrics for _ in quantizers),
+                 tuple(f"{RESULTS[m].label} retained" for m in metrics for _ in quantizers),
                  tuple(q for _ in metrics for q in quantizers), tuple(rows))
 
 
-MUSE_COLS = (Col("VerbMem_f ↓", "verbmem_f"), Col("KnowMem_f ↓", "knowmem_f"),
-             Col("PrivLeak → 0", "privleak"), Col("KnowMem_r ↑", "knowmem_r"))
-UTILITY_COLS = (Col("KnowMem_r ↑", "knowmem_r"), Col("PPL retain ↓", "ppl_retain"),
-                Col("PPL holdout", "ppl_holdout"))
-CODEFLIP_COLS = (Col("codes flipped %", "codeflip", scale=100.0),
-                 Col("moved < ½ step %", "codeflip", extra="below_half_step", scale=100.0, optional=True))
+def _cols(*names: str) -> tuple[Col, ...]:
+    """Columns for results.jsonl record names, headed by the registry's label and direction."""
+    return tuple(Col(RESULTS[name].heading, name) for name in names)
+
+
+MUSE_COLS = _cols("verbmem_f", "knowmem_f", "privleak", "knowmem_r")
+UTILITY_COLS = _cols("knowmem_r", "ppl_retain", "ppl_holdout")
+CODEFLIP_COLS = (Col("codes flipped %", CODEFLIP, scale=100.0),
+                 Col("moved < ½ step %", CODEFLIP, extra="below_half_step", scale=100.0, optional=True),
+                 Col("median |Δw|/Δ", CODEFLIP, extra="median_change_in_steps", optional=True),
+                 Col("p90 |Δw|/Δ", CODEFLIP, extra="p90_change_in_steps", optional=True),
+                 Col("moved, kept in bin %", CODEFLIP, extra="within_bin_fraction", scale=100.0, optional=True))
 
 
 def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: str = ".1f") -> Table:
@@ -195,6 +202,20 @@ def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: 
     rows = tuple((m, tuple(grid.get(m, q, c) for q in quantizers for c in cols)) for m in models)
     return Table(name, title, tuple(q for q in quantizers for _ in cols),
                  tuple(c.label for _ in quantizers for c in cols), rows, fmt)
+
+
+def flips_by_type_table(grid: Grid) -> Table:
+    """Code flips (%) per module type (q_proj, down_proj, ...) for each model, under each scheme that reports them."""
+    cells = {(m, q): (grid.cells[(m, q, CODEFLIP)].get("extra") or {}).get("flips_by_type")
+             for m in grid.models for q in grid.quantizers if (m, q, CODEFLIP) in grid.cells}
+    cells = {key: value for key, value in cells.items() if value}
+    schemes = [q for q in grid.quantizers if any(key[1] == q for key in cells)]
+    types = {q: list(dict.fromkeys(t for (m, s), by in cells.items() if s == q for t in by)) for q in schemes}
+    models = [m for m in grid.models if any(key[0] == m for key in cells)]
+    rows = tuple((m, tuple(_finite((cells.get((m, q)) or {}).get(t), 100.0) for q in schemes for t in types[q]))
+                 for m in models)
+    return Table("codeflip_types", "Code flips per module type", tuple(q for q in schemes for _ in types[q]),
+                 tuple(f"{t} %" for q in schemes for t in types[q]), rows, ".3g")
 
 
 def tradeoff_points(grid: Grid) -> tuple[tuple[str, str, float, float], ...]:
@@ -213,5 +234,6 @@ def build_report(records: list[dict], config_hash: str | None = None) -> Report:
         metric_table(grid, "muse", "MUSE metrics per quantizer", MUSE_COLS),
         metric_table(grid, "utility", "Utility: KnowMem on the retain set and perplexities", UTILITY_COLS),
         metric_table(grid, "codeflip", "Code flips against the target", CODEFLIP_COLS, fmt=".3g"),
+        flips_by_type_table(grid),
     )
     return Report(config_hash, len(records), grid.quantizers, head, tables, tradeoff_points(grid))

@@ -7,8 +7,8 @@ from pathlib import Path
 from qunlearn.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from qunlearn.report.plots import render_plots
 from qunlearn.report.render import to_csv, to_html, to_json, to_markdown
-from qunlearn.report.results import RESULTS_FILE, load_results
 from qunlearn.report.tables import build_report
+from qunlearn.results import RESULTS_FILE, load_results
 
 
 def write_report(out_dir: Path, config_hash: str | None = None) -> dict[str, Path]:
