@@ -154,3 +154,17 @@ def test_tiny_tofu_benchmark_target_knows_forget_set_retain_model_does_not(tmp_p
     target, retain = results["target"]["summary"], results["retrain"]["summary"]
     assert target["forget_Q_A_Prob"] > 10 * retain["forget_Q_A_Prob"]
     assert retain["forget_quality"] == pytest.approx(1.0) and target["forget_quality"] < 0.01
+    audit_dir = tmp_path / "audit"
+    assert main(["audit", "--benchmark", "tofu", "--target", str(bench / "models" / "target"),
+                 "--unlearned", str(bench / "models" / "retrain"), "--retrain", str(bench / "models" / "retrain"),
+                 "--data", str(bench / "corpus"), "--attacks", "rtn4", "relearn", "--out", str(audit_dir)]) == 0
+    audit = json.loads((audit_dir / "audit.json").read_text())
+    assert audit["benchmark"] == "tofu" and audit["info"]["split"] == {
+        "rule": "first half of the forget questions: relearning; second half: scored", "relearn": 6, "scored": 6}
+    assert [s["name"] for s in audit["signals"]] == ["forget_Q_A_Prob", "forget_Q_A_ROUGE", "log10_forget_quality"]
+    base = audit["baselines"]
+    assert base["target"]["forget_Q_A_Prob"] > 10 * base["unlearned"]["forget_Q_A_Prob"]
+    assert base["unlearned"]["forget_quality"] == pytest.approx(1.0) and base["target"]["log10_forget_quality"] < -1
+    rtn4 = next(a for a in audit["attacks"] if a["name"] == "rtn4")
+    assert rtn4["verdict"] == "holds"  # a model that never saw the forget set has nothing for quantization to restore
+    assert "Integrity checks passed" in (audit_dir / "audit.md").read_text()

@@ -11,26 +11,35 @@ per audit before any model is scored. The `LoadedBenchmark` it returns supplies
   and `calibration` ({"generic": texts, "forget": texts or None} for GPTQ/AWQ).
 Every benchmark gets the same attacks, recovery fractions and verdicts (`qunlearn.audit.verdict`).
 
-Adding one (e.g. TOFU: forget quality as a membership signal with knows="lower" — a higher p-value means more
-forgotten — and a small epsilon on its scale, the forget-set answer probability / ROUGE as forget signals, model
-utility as utility) is one loader function and one line in `BENCHMARKS`.
+Adding one is one loader function and one line in `BENCHMARKS` (`load_tofu_benchmark` is a complete example:
+forget-set answer probability and ROUGE as forget signals, log10 of forget quality as a membership signal, model
+utility shown but not judged).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qunlearn.audit.split import SPLIT_RULE, split_forget
 from qunlearn.audit.verdict import Signal
 from qunlearn.data.muse import load_corpus, split_documents
+from qunlearn.data.tofu import TofuItem, load_tofu, plain_prompt
 from qunlearn.errors import UserInputError
 from qunlearn.evaluate.lmeval import mcq_accuracy, task_manager
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.evaluate.registry import FORGET_METRICS, RESULTS, evaluate_model
+from qunlearn.evaluate.tofu import (
+    evaluate_tofu,
+    read_retain_truth_ratios,
+    resolve_prompt_format,
+    retain_model_truth_ratios,
+)
 from qunlearn.fileio import read_json, read_text
+from qunlearn.models.io import load_model
 from qunlearn.quant.calibration import calibration_texts
 
 if TYPE_CHECKING:
@@ -122,6 +131,82 @@ def load_lmeval(inputs: AuditInputs, settings: AuditSettings, device: str) -> Lo
         notes=tuple(notes))
 
 
+TOFU_SPLIT_RULE = "first half of the forget questions: relearning; second half: scored"
+
+
+def _qa_texts(items: list[TofuItem]) -> list[str]:
+    """QA pairs as plain training text (`Question: … Answer: …`) for relearning and calibration."""
+    return [plain_prompt(item.question) + item.answer for item in items]
+
+
+def load_tofu_benchmark(inputs: AuditInputs, settings: AuditSettings, device: str) -> LoadedBenchmark:
+    """TOFU, scored as OpenUnlearning does (`qunlearn.evaluate.tofu`): forget-set answer probability and ROUGE-L
+    recall (×100) are forget signals; log10 of forget quality (the KS-test p-value of forget truth ratios against
+    the retain model's: lower = more distinguishable from a model that never saw the data) is a membership signal
+    when `--retrain` (the retain model) or `--retain-logs` is given; model utility (×100) is shown, not judged.
+
+    Relearning trains on the QA pairs of the first half of the forget questions; every model is scored on the
+    second half (the retain model's reference truth ratios too), so relearning never sees a scored answer."""
+    if inputs.corpus is None:
+        raise UserInputError("--benchmark tofu needs --corpus (a TOFU directory, or a HF dataset id with the hf extra)")
+    data = load_tofu(str(inputs.corpus), settings.forget_split)
+    half = len(data.forget) // 2
+    if half == 0:
+        raise UserInputError(f"{inputs.corpus}: {settings.forget_split} has {len(data.forget)} question(s); "
+                             "the audit needs at least 2 (half to relearn, half to score)")
+    relearn_items, scored = data.forget[:half], replace(data, forget=data.forget[half:])
+    reference = None
+    if inputs.retrain is not None:
+        retain_model, retain_tokenizer = load_model(inputs.retrain, device=device, device_map=settings.device_map)
+        fmt = resolve_prompt_format(retain_tokenizer, settings.prompt_format)
+        reference = retain_model_truth_ratios(retain_model, retain_tokenizer, scored, fmt, settings.batch_size,
+                                              progress=False)
+        del retain_model
+    elif settings.retain_logs is not None:
+        ratios = read_retain_truth_ratios(settings.retain_logs)
+        if len(ratios) != len(data.forget):
+            raise UserInputError(f"--retain-logs {settings.retain_logs}: {len(ratios)} forget truth ratios, but "
+                                 f"{settings.forget_split} has {len(data.forget)} questions")
+        reference = ratios[half:]
+    formats: dict[str, str] = {}
+
+    def score(model, tokenizer) -> dict[str, float]:
+        fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
+        formats["prompt_format"] = fmt.kind
+        summary = evaluate_tofu(model, tokenizer, scored, reference, fmt, settings.batch_size, progress=False)["summary"]
+        scores = {"forget_Q_A_Prob": 100 * summary["forget_Q_A_Prob"],
+                  "forget_Q_A_ROUGE": 100 * summary["forget_Q_A_ROUGE"],
+                  "model_utility": 100 * summary["model_utility"]}
+        if summary["forget_quality"] is not None:
+            scores["forget_quality"] = summary["forget_quality"]
+            scores["log10_forget_quality"] = math.log10(max(summary["forget_quality"], 1e-300))
+        return scores
+
+    labels = {"forget_Q_A_Prob": "forget answer prob ×100", "forget_Q_A_ROUGE": "forget ROUGE-L recall ×100",
+              "model_utility": "model utility ×100", "forget_quality": "forget quality (p)",
+              "log10_forget_quality": "log10 forget quality"}
+    signals = [Signal("forget_Q_A_Prob", labels["forget_Q_A_Prob"]),
+               Signal("forget_Q_A_ROUGE", labels["forget_Q_A_ROUGE"])]
+    notes = [(f"TOFU {settings.forget_split} of {data.source}: {len(scored.forget)} forget questions scored; "
+              f"relearning trained on the other {half} ({TOFU_SPLIT_RULE}). Prompt format: {settings.prompt_format} "
+              "(chat when the tokenizer has a template, else `Question: … Answer: `).")]
+    if reference is None:
+        notes.append("No --retrain (retain model) or --retain-logs: forget quality (the membership signal) is not "
+                     "measured.")
+    else:
+        signals.append(Signal("log10_forget_quality", labels["log10_forget_quality"], knows="lower", epsilon=0.5,
+                              kind="membership"))
+        notes.append("Forget quality: KS-test p-value of the scored forget questions' truth ratios against the retain "
+                     "model's on the same questions; judged on log10(p), a gap of at most 0.5 meaning nothing "
+                     "was forgotten.")
+    return LoadedBenchmark(
+        name="tofu", score=score, signals=tuple(signals),
+        utility=("model_utility", *(("forget_quality",) if reference is not None else ())), labels=labels,
+        forget_texts=_qa_texts(relearn_items), info={"split": {"rule": TOFU_SPLIT_RULE, "relearn": half,
+                                                             "scored": len(scored.forget)}, "formats": formats},
+        calibration={"generic": _qa_texts(data.retain), "forget": _qa_texts(data.forget)}, notes=tuple(notes))
+
+
 def _read_texts(path: Path) -> list[str]:
     """Documents from a JSON list of strings, or a text file with documents separated by blank lines."""
     path = Path(path)
@@ -137,4 +222,5 @@ def _read_texts(path: Path) -> list[str]:
     return texts
 
 
-BENCHMARKS: dict[str, Callable[..., LoadedBenchmark]] = {"muse": load_muse, "lmeval": load_lmeval}
+BENCHMARKS: dict[str, Callable[..., LoadedBenchmark]] = {"muse": load_muse, "tofu": load_tofu_benchmark,
+                                                         "lmeval": load_lmeval}

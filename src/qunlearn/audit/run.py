@@ -19,7 +19,9 @@ from qunlearn.audit.verdict import (
     worst,
     worst_attack,
 )
+from qunlearn.data.tofu import FORGET_SPLITS
 from qunlearn.errors import UserInputError
+from qunlearn.evaluate.tofu import PROMPT_FORMATS
 from qunlearn.models.integrity import CHECKS, check_finite
 from qunlearn.models.io import load_model, resolve_device
 from qunlearn.quant.diagnostics import code_flips, update_size, update_size_reading
@@ -51,6 +53,9 @@ class AuditSettings:
     builtin_tasks: bool = True  # lmeval: index lm-eval's own tasks too
     forget_texts: str | None = None  # lmeval: documents for relearning and forget calibration
     limit: int | None = None  # lmeval: questions per task
+    forget_split: str = "forget10"  # tofu: forget01, forget05 or forget10
+    prompt_format: str = "auto"  # tofu: chat, plain or auto (chat when the tokenizer has a template)
+    retain_logs: str | None = None  # tofu: the retain model's earlier result, instead of --retrain
     device: str = "auto"
     device_map: str | None = None  # HF device_map ("auto": spread over GPUs and CPU); replaces `device`
     batch_size: int = 16
@@ -72,6 +77,11 @@ class AuditSettings:
                 raise UserInputError(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
         if self.benchmark != "lmeval" and (self.tasks or self.utility_tasks or self.forget_texts or self.limit):
             raise UserInputError("--tasks, --utility-tasks, --forget-texts and --limit are for --benchmark lmeval")
+        if self.benchmark != "tofu" and self.retain_logs:
+            raise UserInputError("--retain-logs is for --benchmark tofu")
+        if self.forget_split not in FORGET_SPLITS or self.prompt_format not in PROMPT_FORMATS:
+            raise UserInputError(f"--forget-split must be one of {', '.join(FORGET_SPLITS)} and --prompt-format one "
+                                 f"of {', '.join(PROMPT_FORMATS)}")
 
 
 def _unavailable(attack: Attack, bench: LoadedBenchmark) -> str | None:

@@ -11,7 +11,9 @@ from qunlearn.audit.benchmarks import BENCHMARKS
 from qunlearn.audit.render import write_audit
 from qunlearn.audit.run import AuditInputs, AuditSettings, run_audit
 from qunlearn.audit.verdict import DEFAULT_PARTIAL, DEFAULT_THRESHOLD
+from qunlearn.data.tofu import FORGET_SPLITS
 from qunlearn.errors import UserInputError
+from qunlearn.evaluate.tofu import PROMPT_FORMATS
 from qunlearn.models.io import resolve_device
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import check_output_dir, output_lock, staged_dir
@@ -31,12 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "rest the evaluation half; relearning trains on forget documents that mention a relearn-side "
                     "item and no evaluation-side item.")
     parser.add_argument("--benchmark", choices=list(BENCHMARKS), default="muse",
-                        help="how models are scored: muse (KnowMem_f, VerbMem_f, PrivLeak with --retrain) or lmeval "
-                             "(multiple-choice accuracy via lm-evaluation-harness; pip install -e \".[lmeval]\")")
+                        help="how models are scored: muse (KnowMem_f, VerbMem_f, PrivLeak with --retrain), tofu "
+                             "(forget answer probability and ROUGE, forget quality with --retrain or --retain-logs) or "
+                             "lmeval (multiple-choice accuracy via lm-evaluation-harness; pip install -e \".[lmeval]\")")
     parser.add_argument("--target", help="target checkpoint (before unlearning)")
     parser.add_argument("--unlearned", help="unlearned checkpoint to audit")
-    parser.add_argument("--corpus", help="MUSE-layout corpus directory (muse; with lmeval: generic calibration text)")
-    parser.add_argument("--retrain", help="retrain checkpoint: adds PrivLeak, a membership signal that counts in the verdict")
+    parser.add_argument("--corpus", "--data", dest="corpus",
+                        help="muse: MUSE-layout corpus directory; tofu: TOFU directory (or HF dataset id); "
+                             "lmeval: optional, generic calibration text")
+    parser.add_argument("--retrain", help="muse: retrain checkpoint (adds PrivLeak); tofu: the retain model (adds "
+                                          "forget quality); both membership signals that count in the verdict")
     parser.add_argument("--demo", action="store_true",
                         help="audit every unlearned model of `qunlearn demo --out DIR` (written to DIR/audit/<method>)")
     parser.add_argument("--out", help="output directory (default ./qunlearn-audit; with --demo the demo's "
@@ -59,6 +65,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--forget-texts", help="lmeval: forget documents for relearning and forget calibration "
                                                "(JSON list of strings, or text with blank lines between documents)")
     parser.add_argument("--limit", type=int, help="lmeval: score only the first N questions of each task")
+    parser.add_argument("--forget-split", choices=FORGET_SPLITS, default="forget10", help="tofu: (default forget10)")
+    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="auto",
+                        help="tofu: chat (tokenizer's template), plain (Question: ... Answer:), or auto (default)")
+    parser.add_argument("--retain-logs", metavar="JSON",
+                        help="tofu: instead of --retrain, the retain model's earlier result (`qunlearn evaluate "
+                             "--benchmark tofu` JSON, or OpenUnlearning's TOFU_EVAL.json)")
     parser.add_argument("--relearn-steps", type=int, default=10, help="relearning AdamW steps (default 10)")
     parser.add_argument("--relearn-lr", type=float, default=1e-4, help="relearning learning rate (default 1e-4)")
     parser.add_argument("--relearn-docs", type=int, help="use at most this many relearning documents (default all)")
@@ -97,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                              partial_threshold=args.partial_threshold, tasks=args.tasks,
                              utility_tasks=args.utility_tasks, include_path=args.include_path,
                              builtin_tasks=not args.no_builtin_tasks, forget_texts=args.forget_texts,
-                             limit=args.limit, relearn_steps=args.relearn_steps,
+                             limit=args.limit, forget_split=args.forget_split, prompt_format=args.prompt_format,
+                             retain_logs=args.retain_logs, relearn_steps=args.relearn_steps,
                              relearn_lr=args.relearn_lr, relearn_docs=args.relearn_docs,
                              relearn_batch_size=args.relearn_batch_size, code_flips=not args.no_code_flips,
                              device=args.device, device_map=args.device_map, batch_size=args.batch_size,
