@@ -6,6 +6,9 @@ import argparse
 import importlib
 import sys
 
+from transformers.utils import logging as hf_logging
+
+from qunlearn import __version__
 from qunlearn.errors import QunlearnError
 
 # One line per subcommand; a module's register(subparsers) adds its parser and sets `func`.
@@ -15,6 +18,7 @@ COMMANDS = ["demo", "prepare", "run", "unlearn", "quantize", "codeflips", "evalu
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="qunlearn", description="Machine unlearning that survives quantization.")
+    parser.add_argument("--version", action="version", version=f"qunlearn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"qunlearn.commands.{name}").register(sub)
@@ -33,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     errors such as a permission denied), 1 for a run that failed numerically, 130 for Ctrl-C.
     """
     args = build_parser().parse_args(argv)
+    # qunlearn shows its own progress; transformers' per-load "Loading weights" bars would drown it. Set here, for
+    # the command line only: importing the library leaves transformers' settings alone.
+    hf_logging.disable_progress_bar()
     try:
         return args.func(args) or 0
     except QunlearnError as err:

@@ -9,16 +9,12 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 
 from qunlearn.errors import UserInputError
 from qunlearn.fileio import current_umask
 from qunlearn.models.integrity import check_files, check_model
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import swap_in
-
-# qunlearn shows its own progress; transformers' per-load "Loading weights" bars would drown it.
-hf_logging.disable_progress_bar()
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
