@@ -1,4 +1,4 @@
-"""Unlearning losses on hand-computed tiny tensors: the formulas of DESIGN.md, padding never counts."""
+"""Unlearning losses on hand-computed tiny tensors: the formulas of docs/architecture.md, padding never counts."""
 
 from __future__ import annotations
 

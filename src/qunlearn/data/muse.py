@@ -1,6 +1,6 @@
 """Load and validate a corpus in the MUSE layout (real MUSE-News/Books or the built-in synthetic one).
 
-Layout (DESIGN.md): raw/{forget,retain1,retain2,holdout}.{txt,json}, verbmem/forget.json,
+Layout (docs/architecture.md): raw/{forget,retain1,retain2,holdout}.{txt,json}, verbmem/forget.json,
 knowmem/{forget_qa,retain_qa,forget_qa_icl,retain_qa_icl}.json, privleak/{forget,retain,holdout}.json.
 Every problem raises `CorpusError` naming the file and what is wrong.
 """
