@@ -175,10 +175,21 @@ def test_bnb_fake_4bit_gives_the_logits_of_the_real_bitsandbytes_model(fmt):
     ids = torch.randint(0, 97, (1, 10))
     fake = BnbQuantizer(f"bnb-{fmt}", fmt=fmt).quantize(copy.deepcopy(model))
     real = BnbQuantizer(f"bnb-{fmt}", fmt=fmt, real=True).quantize(copy.deepcopy(model))
-    assert type(real.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
+    import bitsandbytes.functional as F
+
+    fake_linears = dict(fake.named_modules())
+    packed = {name: m for name, m in real.named_modules() if type(m).__name__ == "Linear4bit"}
+    assert len(packed) == 7  # q, k, v, o, gate, up, down; lm_head is skipped
+    for name, layer in packed.items():  # dequantized before the first forward repacks them for the CPU kernel
+        assert torch.equal(F.dequantize_4bit(layer.weight.data, layer.weight.quant_state), fake_linears[name].weight)
     with torch.no_grad():
-        assert torch.equal(fake(ids).logits, real(ids).logits)
-        assert not torch.equal(fake(ids).logits, model(ids).logits)
+        fake_logits, real_logits, fp_logits = fake(ids).logits, real(ids).logits, model(ids).logits
+    # Same weights, different arithmetic: on CPUs with AVX512-BF16, bitsandbytes >= 0.49 runs Linear4bit through
+    # a fused kernel that rounds activations and absmax to bf16 (2^-9 relative), so logits of size ~0.3 move
+    # by ~1e-3 (measured 1.2e-3 fp4, 2.2e-3 nf4); quantization itself moves them 20-50x more (0.06, 0.05).
+    gap = (fake_logits - real_logits).abs().max()
+    assert gap < 5e-3
+    assert gap < (fake_logits - fp_logits).abs().max() / 3
 
 
 @pytest.mark.skipif(bnb_unavailable_reason() is not None, reason=str(bnb_unavailable_reason()))
