@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from qunlearn.commands.options import add_loading_options
 from qunlearn.commands.quantize import add_scheme_options, build_quantizer
 from qunlearn.fileio import atomic_write_json
 from qunlearn.models.io import load_model
@@ -16,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--b", required=True, help="second checkpoint (e.g. the unlearned model)")
     parser.add_argument("--out", help="write the full per-module result to this JSON file")
     add_scheme_options(parser)
+    add_loading_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -33,8 +35,10 @@ def format_result(result: dict, top: int = 10) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     quantizer, texts = build_quantizer(args)
-    model_a, tokenizer = load_model(args.a)
-    model_b, _ = load_model(args.b)
+    loading = {"dtype": args.dtype, "tokenizer": args.tokenizer, "trust_remote_code": args.trust_remote_code,
+               "need_tokenizer": quantizer.needs_calibration}
+    model_a, tokenizer = load_model(args.a, **loading)
+    model_b, _ = load_model(args.b, **loading)
     result = code_flips(model_a, model_b, quantizer, tokenizer, texts)
     print("\n".join(format_result(result)))
     if args.out:

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from qunlearn.commands.options import add_loading_options
 from qunlearn.fileio import atomic_write_yaml
 from qunlearn.models.io import load_model, save_model
 from qunlearn.quant.calibration import CALIBRATE_ON, calibration_texts
@@ -45,14 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("quantize", help="fake-quantize a model (RTN, GPTQ, AWQ, bitsandbytes) and save it")
     parser.add_argument("--model", required=True, help="input HF checkpoint directory")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="load dtype (default fp32)")
+    add_loading_options(parser)
     add_scheme_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     quantizer, texts = build_quantizer(args)
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, tokenizer=args.tokenizer,
+                                  trust_remote_code=args.trust_remote_code, need_tokenizer=quantizer.needs_calibration)
     start = time.perf_counter()
     model = quantizer.quantize(model, tokenizer, texts if quantizer.needs_calibration else None)
     seconds = time.perf_counter() - start
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                    if quantizer.needs_calibration else None)
     atomic_write_yaml(Path(out) / "quantize.yaml", {
         "source": str(args.model), "scheme": args.scheme, "dtype": args.dtype,
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items()},
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items() if k != "fallbacks"},
+        "fallbacks": quantizer.fallbacks,
         "calibration": calibration, "calibration_docs": len(texts) if calibration else 0,
         "seconds": round(seconds, 3),
     })

@@ -7,9 +7,11 @@ import tempfile
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from qunlearn.errors import UserInputError
 from qunlearn.fileio import current_umask
 
 # qunlearn shows its own progress; transformers' per-load "Loading weights" bars would drown it.
@@ -36,12 +38,33 @@ def resolve_device(name: str | None = None) -> torch.device:
     return torch.device(name)
 
 
+# A directory holds a tokenizer when it has one of these (fast tokenizer, SentencePiece model, BPE vocabulary).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "tokenizer_config.json")
+
+
+def has_tokenizer(path: str | Path) -> bool:
+    """True unless `path` is a local directory without any tokenizer file (hub ids are assumed to have one)."""
+    local = Path(path)
+    return not local.is_dir() or any((local / name).is_file() for name in TOKENIZER_FILES)
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer; one without a pad token pads with EOS (as MUSE does)."""
+    if not has_tokenizer(path):
+        raise UserInputError(f"{path}: no tokenizer (looked for {', '.join(TOKENIZER_FILES)}); "
+                             f"give --tokenizer DIR (e.g. the base model's directory)")
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+_TRANSFORMERS = tuple(int(part) for part in transformers.__version__.split(".")[:2])
+
+
+def dtype_keyword(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """from_pretrained's dtype keyword: `dtype` since transformers 4.56, `torch_dtype` before."""
+    return {"dtype": dtype} if _TRANSFORMERS >= (4, 56) else {"torch_dtype": dtype}
 
 
 def load_model(
@@ -49,11 +72,14 @@ def load_model(
     dtype: str | torch.dtype = "fp32",
     device: str | None = "cpu",
     trust_remote_code: bool = False,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local directory or HF id, in eval mode.
+    tokenizer: str | Path | None = None,
+    need_tokenizer: bool = True,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
+    """Load a causal LM and its tokenizer (from `tokenizer` if given, else from `path`), in eval mode.
 
-    Weights must be safetensors (pickled `.bin` weights are never loaded); `trust_remote_code` stays
-    off unless the caller asks for it.
+    Weights must be safetensors, single or sharded (pickled `.bin` weights are never loaded); `trust_remote_code`
+    stays off unless the caller asks for it. With `need_tokenizer=False`, a checkpoint without tokenizer files
+    loads with tokenizer None (RTN, bitsandbytes and code flips need none).
     """
     local = Path(path)
     if local.exists() and not local.is_dir():
@@ -65,22 +91,31 @@ def load_model(
             raise ValueError(f"{local}: no .safetensors weights (pickled weights are never loaded)")
     elif str(path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"{path}: model directory not found")
+    source = path if tokenizer is None else tokenizer
+    if tokenizer is None and not need_tokenizer and not has_tokenizer(source):
+        loaded_tokenizer = None
+    else:
+        loaded_tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+        str(path), **dtype_keyword(parse_dtype(dtype)), use_safetensors=True, trust_remote_code=trust_remote_code
     )
     model.to(resolve_device(device)).eval()
-    return model, load_tokenizer(path, trust_remote_code=trust_remote_code)
+    return model, loaded_tokenizer
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path) -> Path:
-    """Save model (safetensors) and tokenizer into one directory, replacing it atomically."""
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path,
+               max_shard_size: str | int | None = None) -> Path:
+    """Save model (safetensors; sharded above `max_shard_size`, transformers' default if None) and tokenizer
+    (if any) into one directory, replacing it atomically."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp"))
     try:
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        shards = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        model.save_pretrained(tmp, safe_serialization=True, **shards)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
