@@ -342,3 +342,33 @@ def test_cli_rejects_calibrated_scheme_without_text(tiny_benchmark, tmp_path, ca
     assert main(["quantize", "--model", str(tiny_benchmark.target_dir), "--scheme", "awq4",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--calibration FILE or --corpus DIR" in capsys.readouterr().err
+
+
+# --- fallbacks: recorded, never silent ------------------------------------------------------------------
+
+def test_gptq_retries_a_rejected_hessian_with_more_dampening_then_falls_back_to_rtn():
+    torch.manual_seed(0)
+    w = torch.randn(4, 8)
+    # mean(diag) = 0.869: dampening 0.01 adds 0.0087 (last entry stays negative), 0.1 adds 0.087 (positive).
+    indefinite = torch.diag(torch.tensor([1.0, 1, 1, 1, 1, 1, 1, -0.05]))
+    quantizer = get_quantizer("gptq4", group_size=8)
+    with pytest.warns(UserWarning, match="using dampening 0.1 for 1 layer"):
+        out = quantizer._quantize_layer("layer", w, indefinite)
+    assert torch.equal(out, gptq_quantize(w, indefinite, 4, 8, damp=0.1))
+    assert quantizer.fallbacks == [{"layers": ["layer"], "used": "dampening 0.1",
+                                    "reason": "Hessian not positive definite at dampening 0.01"}]
+    with pytest.warns(UserWarning, match="using RTN"):
+        assert torch.equal(quantizer._quantize_layer("bad", w, torch.full((8, 8), float("nan"))), rtn_quantize(w, 4, 8))
+    assert quantizer.fallbacks[-1] == {"layers": ["bad"], "used": "RTN",
+                                       "reason": "Hessian not positive definite up to dampening 1"}
+
+
+def test_group_size_fallback_is_said_once_per_run_and_recorded():
+    model = random_llama(layers=2)  # down_proj rows hold 128 weights; the rest 64
+    quantizer = get_quantizer("rtn4", group_size=48)
+    with pytest.warns(UserWarning) as said:
+        quantizer.quantize(model)
+        quantizer.quantize(model)
+    assert len(said) == 2  # one per distinct row width, not per layer, and not again on the second model
+    assert sorted(len(f["layers"]) for f in quantizer.fallbacks) == [2, 12]
+    assert {f["used"] for f in quantizer.fallbacks} == {"per-row scales"}
