@@ -164,11 +164,17 @@ def test_quantizers_put_every_block_projection_on_their_grid(checkpoints, tiny_b
     assert torch.equal(head.weight, quantized_head.weight)
 
 
-def test_a_checkpoint_without_tokenizer_quantizes_with_rtn_and_asks_for_one_for_gptq(checkpoints, tmp_path, capsys):
-    bare = shutil.copytree(checkpoints["gpt2"], tmp_path / "bare")
+def without_tokenizer(checkpoint: Path, out: Path) -> Path:
+    """A copy of `checkpoint` without its tokenizer files, as checkpoints are often shared."""
+    bare = shutil.copytree(checkpoint, out)
     for name in bare.iterdir():
         if name.name in TOKENIZER_FILES or name.name.startswith(("tokenizer", "special_tokens")):
             name.unlink()
+    return bare
+
+
+def test_a_checkpoint_without_tokenizer_quantizes_with_rtn_and_asks_for_one_for_gptq(checkpoints, tmp_path, capsys):
+    bare = without_tokenizer(checkpoints["gpt2"], tmp_path / "bare")
     assert main(["quantize", "--model", str(bare), "--scheme", "rtn4", "--group-size", "32",
                  "--out", str(tmp_path / "rtn")]) == 0
     quantized, tokenizer = load_model(tmp_path / "rtn", need_tokenizer=False)
@@ -180,6 +186,28 @@ def test_a_checkpoint_without_tokenizer_quantizes_with_rtn_and_asks_for_one_for_
     assert len(err.splitlines()) == 1 and f"{bare}: no tokenizer" in err and "--tokenizer DIR" in err
     assert main(["quantize", "--model", str(bare), "--tokenizer", str(checkpoints["gpt2"]), "--scheme", "gptq4",
                  "--calibration", str(bare / "config.json"), "--n-samples", "2", "--out", str(tmp_path / "gptq")]) == 0
+
+
+def test_every_model_loading_command_takes_tokenizer(checkpoints, tiny_benchmark, tmp_path, capsys):
+    bare = without_tokenizer(checkpoints["llama"], tmp_path / "bare")
+    tokenizer, corpus = str(checkpoints["llama"]), str(tiny_benchmark.corpus_dir)
+    assert main(["codeflips", "--a", str(bare), "--b", str(bare), "--scheme", "rtn4"]) == 0  # needs no tokenizer
+    commands = {
+        "unlearn": ["unlearn", "--method", "ga", "--target", str(bare), "--corpus", corpus, "--out",
+                    str(tmp_path / "u"), "--max-steps", "1", "--batch-size", "2", "--max-length", "32", "--quiet"],
+        "evaluate": ["evaluate", "--model", str(bare), "--corpus", corpus, "--metrics", "utility",
+                     "--out", str(tmp_path / "e.json"), "--no-progress"],
+        "audit": ["audit", "--target", str(bare), "--unlearned", str(bare), "--corpus", corpus, "--out",
+                  str(tmp_path / "a"), "--attacks", "rtn4", "--no-code-flips"],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no tokenizer" in err and "--tokenizer DIR" in err, name
+        assert not (tmp_path / argv[argv.index("--out") + 1]).exists(), f"{name} wrote output before failing"
+        assert main([*argv, "--tokenizer", tokenizer]) == 0, name
+    assert load_tokenizer(tmp_path / "u").vocab_size == load_tokenizer(tokenizer).vocab_size
 
 
 def test_sharded_checkpoints_load_and_save(checkpoints, tmp_path):

@@ -71,7 +71,7 @@ def config_hash(config: RunConfig) -> str:
     """Hash of what decides a cell's value (not the lists of cells, the output folder or the batch size)."""
     keep = {k: v for k, v in asdict(config).items()
             if k not in ("out", "methods", "quantizers", "metrics", "codeflip_schemes", "batch_size",
-                         "keep_quantized", "device")}
+                         "keep_quantized", "device", "tokenizer")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -183,7 +183,7 @@ class Grid:
         out_dir = self.out / "models" / model_name
         return unlearn(self.inputs.target, self.corpus, model_name, out_dir, UnlearnSettings(**self.config.unlearn),
                        progress=False,
-                       resume=out_dir.exists())
+                       resume=out_dir.exists(), tokenizer=self.config.tokenizer)
 
     @cached_property
     def calibration(self) -> list[str]:
@@ -195,7 +195,8 @@ class Grid:
         saved = self.out / "models" / "quantized" / f"{model_name}@{quantizer_name}"
         if quantizer_name != "fp" and (saved / "config.json").is_file():
             return load_model(saved, dtype=self.config.dtype, device=self.config.device)
-        model, tokenizer = load_model(path, dtype=self.config.dtype, device=self.config.device)
+        model, tokenizer = load_model(path, dtype=self.config.dtype, device=self.config.device,
+                                      tokenizer=self.config.tokenizer)
         quantizer = get_quantizer(quantizer_name, **self.config.quantize)
         if not quantizer.available():
             raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
@@ -211,6 +212,7 @@ class Grid:
         if "privleak" not in self.config.metrics or self.inputs.retrain is None:
             return None
         return retrain_auc(self.inputs.retrain, self.corpus, dtype=self.config.dtype, device=self.config.device,
+                           tokenizer=self.config.tokenizer,
                            batch_size=self.config.batch_size, progress=False)
 
     def evaluate_cell(self, model_name: str, path: Path, quantizer: str, metrics: list[str], bar: tqdm) -> None:
@@ -235,8 +237,9 @@ class Grid:
 
     def code_flip_cells(self, model_name: str, path: Path, schemes: list[str], bar: tqdm) -> None:
         """Share of quantized codes that differ between the target and this model, per scheme."""
-        target, tokenizer = load_model(self.inputs.target, dtype=self.config.dtype, device="cpu")
-        model, _ = load_model(path, dtype=self.config.dtype, device="cpu")
+        target, tokenizer = load_model(self.inputs.target, dtype=self.config.dtype, device="cpu",
+                                       tokenizer=self.config.tokenizer)
+        model, _ = load_model(path, dtype=self.config.dtype, device="cpu", tokenizer=self.config.tokenizer)
         for scheme in schemes:
             bar.set_postfix_str(f"{model_name}: code flips {scheme}")
             quantizer = get_quantizer(scheme, **self.config.quantize)

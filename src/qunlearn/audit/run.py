@@ -24,6 +24,8 @@ class AuditInputs:
     unlearned: Path
     corpus: Path
     retrain: Path | None = None
+    tokenizer: Path | None = None  # for checkpoints saved without tokenizer files
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,17 +72,19 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     metrics = ["verbmem_f", "knowmem_f"]
     auc = None
     if inputs.retrain is not None:
-        auc = retrain_auc(inputs.retrain, corpus, device=device, batch_size=settings.batch_size, progress=False)
+        auc = retrain_auc(inputs.retrain, corpus, device=device, batch_size=settings.batch_size,
+                          tokenizer=inputs.tokenizer, progress=False)
         metrics.append("privleak")
 
     def evaluate(model, tokenizer) -> dict[str, float]:
         return _scores(evaluate_model(model, tokenizer, split.eval_corpus, metrics, auc, settings.batch_size,
                                       progress=False))
 
-    target_model, tokenizer = load_model(inputs.target, device=device)
+    loading = {"tokenizer": inputs.tokenizer, "trust_remote_code": inputs.trust_remote_code}
+    target_model, tokenizer = load_model(inputs.target, device=device, **loading)
     target = evaluate(target_model, tokenizer)
     log(f"target: {_fmt(target)}")
-    unlearned_model, _ = load_model(inputs.unlearned, device=device)
+    unlearned_model, _ = load_model(inputs.unlearned, device=device, **loading)
     unlearned = evaluate(unlearned_model, tokenizer)
     log(f"unlearned: {_fmt(unlearned)}")
     del unlearned_model
@@ -91,7 +95,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     entries = []
     for attack in attacks:
         start = time.perf_counter()
-        model, tok = load_model(inputs.unlearned, dtype=attack.dtype, device=device)
+        model, tok = load_model(inputs.unlearned, dtype=attack.dtype, device=device, **loading)
         flips = None
         if attack.kind == "quantization":
             quantizer = get_quantizer(attack.quantizer)

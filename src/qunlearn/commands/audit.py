@@ -9,6 +9,7 @@ from qunlearn.audit.attacks import ATTACK_NAMES
 from qunlearn.audit.render import write_audit
 from qunlearn.audit.run import AuditInputs, AuditSettings, run_audit
 from qunlearn.audit.verdict import DEFAULT_THRESHOLD
+from qunlearn.commands.options import add_loading_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per evaluation pass (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="relearning shuffle seed (default 0)")
+    add_loading_options(parser, dtype=False)  # each attack sets its own dtype
     parser.set_defaults(func=run)
 
 
@@ -50,7 +52,9 @@ def _jobs(args: argparse.Namespace) -> list[tuple[AuditInputs, Path]]:
         if missing:
             raise ValueError(f"{', '.join(missing)} required (or --demo)")
         return [(AuditInputs(Path(args.target), Path(args.unlearned), Path(args.corpus),
-                             Path(args.retrain) if args.retrain else None), Path(args.out or "qunlearn-audit"))]
+                             Path(args.retrain) if args.retrain else None,
+                             Path(args.tokenizer) if args.tokenizer else None, args.trust_remote_code),
+                 Path(args.out or "qunlearn-audit"))]
     if any(getattr(args, n) for n in ("target", "unlearned", "corpus", "retrain")):
         raise ValueError("--demo takes its models from the demo directory; drop --target/--unlearned/--corpus/--retrain")
     root = Path(args.out or "qunlearn-demo")

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     auc_retrain = None
     if "privleak" in args.metrics:
         auc_retrain = retrain_auc(args.retrain, corpus, dtype=args.dtype, device=device,
-                                  batch_size=args.batch_size, progress=not args.no_progress)
+                                  batch_size=args.batch_size, progress=not args.no_progress, tokenizer=args.tokenizer)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, tokenizer=args.tokenizer,
                                   trust_remote_code=args.trust_remote_code)
     start = time.perf_counter()

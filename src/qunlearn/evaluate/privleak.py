@@ -73,8 +73,9 @@ def _cache_key(retrain_dir: Path, corpus: Corpus, dtype: str) -> str:
 
 
 def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str = "fp32", device: str = "cpu",
-                batch_size: int = 16, progress: bool = True) -> float:
-    """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets, read from / written to its cache file."""
+                batch_size: int = 16, progress: bool = True, tokenizer: str | Path | None = None) -> float:
+    """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets, read from / written to its cache file.
+    `tokenizer`: a tokenizer directory for a retrain checkpoint saved without one."""
     retrain_dir = Path(retrain_dir)
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     cache_path = retrain_dir / CACHE_FILE
@@ -82,7 +83,7 @@ def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str
     cache = read_json(cache_path) if cache_path.is_file() else {}
     if key in cache:
         return cache[key]["auc"]
-    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device)
+    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device, tokenizer=tokenizer)
     auc = attack_aucs(model, tokenizer, corpus, batch_size, progress)[0][ATTACK]
     cache[key] = {"auc": auc, "attack": ATTACK, "dtype": dtype, "corpus": str(corpus.root)}
     try:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from qunlearn.quant.calibration import calibration_sequences
 from qunlearn.quant.layers import DEFAULT_SKIP, decoder_layers, target_linears, weight_matrix
@@ -103,7 +104,7 @@ class CalibratedQuantizer(GridQuantizer):
     """Runs calibration text through the model one decoder block at a time, quantizing each block in turn.
 
     Only the current block's inputs are held; on an accelerator `device`, only the current block is moved
-    there. Each block's outputs are recomputed after quantization, so later blocks see quantized inputs.
+    there. A progress bar counts the blocks (`progress`). Each block's outputs are recomputed after quantization, so later blocks see quantized inputs.
     Selected Linear layers outside the decoder blocks get plain RTN.
     """
 
@@ -111,6 +112,7 @@ class CalibratedQuantizer(GridQuantizer):
     seq_len: int = 512
     seed: int = 0
     device: str | None = None
+    progress: bool = True
     needs_calibration: ClassVar[bool] = True
 
     @abstractmethod
@@ -131,7 +133,7 @@ class CalibratedQuantizer(GridQuantizer):
         in_blocks = set()
         with _outside_blocks_on(model, layers, device):
             inputs = capture_block_inputs(model, layers[0], sequences, device)
-        for index, block in enumerate(layers):
+        for index, block in enumerate(tqdm(layers, desc=f"{self.name} blocks", leave=False, disable=not self.progress)):
             prefix = f"{layers_name}.{index}."
             linears = {n: m for n, m in selected.items() if n.startswith(prefix)}
             in_blocks.update(linears)

@@ -28,7 +28,7 @@ from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.errors import TrainingDivergedError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
-from qunlearn.models.io import load_model, parse_dtype
+from qunlearn.models.io import load_model, parse_dtype, require_tokenizer
 from qunlearn.unlearn.losses import LossTerm
 from qunlearn.unlearn.methods import Method, get_method
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
@@ -241,18 +241,22 @@ def unlearn(
     settings: UnlearnSettings | None = None,
     progress: bool = True,
     resume: bool = False,
+    tokenizer: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Unlearn `corpus.forget` from the target with `method`; writes an HF checkpoint and run records to `out_dir`.
 
     Outputs: model + tokenizer (safetensors), unlearn.yaml (every setting, status, timings), losses.json
     (per-step loss curve), saliency.json for SURE. With `resume`, continues from the last epoch
-    checkpoint (same result as an uninterrupted run); a finished run is returned as is.
+    checkpoint (same result as an uninterrupted run); a finished run is returned as is. `tokenizer`: a
+    tokenizer directory for targets saved without one.
     """
     method = get_method(method) if isinstance(method, str) else method
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     target_dir, out_dir = Path(target_dir), Path(out_dir)
     accelerator = Accelerator()
     settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
+    require_tokenizer(tokenizer or target_dir)  # before anything is written
     if accelerator.is_main_process:
         _prepare_out_dir(out_dir, resume)
     accelerator.wait_for_everyone()
@@ -267,7 +271,8 @@ def unlearn(
             return out_dir
     set_seed(settings.seed)
 
-    model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu")
+    loading = {"dtype": settings.dtype, "tokenizer": tokenizer, "trust_remote_code": trust_remote_code}
+    model, tokenizer = load_model(target_dir, device="cpu", **loading)
     pad_id = tokenizer.pad_token_id
     forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
     retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
@@ -278,7 +283,7 @@ def unlearn(
     model.to(accelerator.device)
     ref = None
     if method.needs_reference:
-        ref, _ = load_model(target_dir, dtype=settings.dtype, device=str(accelerator.device))
+        ref, _ = load_model(target_dir, device=str(accelerator.device), **loading)
         ref.requires_grad_(False)
     if settings.storage:
         for net in (model, ref) if ref is not None else (model,):
