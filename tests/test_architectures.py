@@ -8,6 +8,7 @@ audit. The projection layers are counted per family by hand (`PROJECTIONS`), not
 from __future__ import annotations
 
 import copy
+import io
 import json
 import shutil
 from pathlib import Path
@@ -164,6 +165,17 @@ def test_quantizers_put_every_block_projection_on_their_grid(checkpoints, tiny_b
     assert torch.equal(head.weight, quantized_head.weight)
 
 
+def test_an_unhandled_layer_stops_quantize_in_one_line_naming_module_and_architecture(tiny_benchmark, tmp_path, capsys):
+    tokenizer = load_tokenizer(tiny_benchmark.tokenizer_dir)
+    config = tf.MixtralConfig(**SIZES | {"num_hidden_layers": 1}, vocab_size=len(tokenizer), num_key_value_heads=2,
+                              num_local_experts=2)
+    save_model(tf.MixtralForCausalLM(config), tokenizer, tmp_path / "moe")  # experts are fused 3-D tensors
+    assert main(["quantize", "--model", str(tmp_path / "moe"), "--scheme", "rtn4", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not (tmp_path / "q").exists()
+    assert "MixtralForCausalLM: no quantizer handles model.layers.0.mlp." in err
+
+
 def without_tokenizer(checkpoint: Path, out: Path) -> Path:
     """A copy of `checkpoint` without its tokenizer files, as checkpoints are often shared."""
     bare = shutil.copytree(checkpoint, out)
@@ -208,6 +220,22 @@ def test_every_model_loading_command_takes_tokenizer(checkpoints, tiny_benchmark
         assert not (tmp_path / argv[argv.index("--out") + 1]).exists(), f"{name} wrote output before failing"
         assert main([*argv, "--tokenizer", tokenizer]) == 0, name
     assert load_tokenizer(tmp_path / "u").vocab_size == load_tokenizer(tokenizer).vocab_size
+
+
+def test_a_sentencepiece_tokenizer_loads(tmp_path):
+    """Llama-2 and ICLM ship only tokenizer.model: converting it needs sentencepiece and protobuf (dependencies)."""
+    import sentencepiece
+
+    texts = [f"The committee met on day {i} and discussed item {i * 7 % 97} at length." for i in range(300)]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=120,
+                                             model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    tokenizer = load_tokenizer(tmp_path)
+    ids = tokenizer("The committee met on day 5")["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "The committee met on day 5"
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
 
 
 def test_sharded_checkpoints_load_and_save(checkpoints, tmp_path):

@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -64,14 +63,6 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrai
     return tokenizer
 
 
-_TRANSFORMERS = tuple(int(part) for part in transformers.__version__.split(".")[:2])
-
-
-def dtype_keyword(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """from_pretrained's dtype keyword: `dtype` since transformers 4.56, `torch_dtype` before."""
-    return {"dtype": dtype} if _TRANSFORMERS >= (4, 56) else {"torch_dtype": dtype}
-
-
 def load_model(
     path: str | Path,
     dtype: str | torch.dtype = "fp32",
@@ -102,7 +93,7 @@ def load_model(
     else:
         loaded_tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), **dtype_keyword(parse_dtype(dtype)), use_safetensors=True, trust_remote_code=trust_remote_code
+        str(path), dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
     )
     model.to(resolve_device(device)).eval()
     return model, loaded_tokenizer

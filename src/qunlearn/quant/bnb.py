@@ -88,11 +88,9 @@ class BnbQuantizer(Quantizer):
         """Save `model` and reload it through transformers with this format's BitsAndBytesConfig."""
         from transformers import AutoModelForCausalLM
 
-        from qunlearn.models.io import dtype_keyword
-
         dtype = next(model.parameters()).dtype
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             return AutoModelForCausalLM.from_pretrained(
-                tmp, **dtype_keyword(dtype), device_map=self.device, quantization_config=bnb_config(self.fmt, self.skip, dtype)
+                tmp, dtype=dtype, device_map=self.device, quantization_config=bnb_config(self.fmt, self.skip, dtype)
             ).eval()

@@ -24,6 +24,12 @@ def is_skipped(name: str, skip: tuple[str, ...]) -> bool:
     return any(fnmatch(name, pattern) or name.rsplit(".", 1)[-1] == pattern for pattern in skip)
 
 
+def output_head(model: nn.Module) -> nn.Module | None:
+    """The model's output projection (`lm_head`, GPT-NeoX's `embed_out`, ...), or None."""
+    getter = getattr(model, "get_output_embeddings", None)
+    return getter() if callable(getter) else None
+
+
 def architecture(model: nn.Module) -> str:
     """The model's architecture name for messages (config.architectures[0], else its class name)."""
     names = getattr(getattr(model, "config", None), "architectures", None)
@@ -69,7 +75,7 @@ def unsupported_weights(model: nn.Module) -> list[str]:
 def target_linears(model: nn.Module, skip: tuple[str, ...] = DEFAULT_SKIP) -> dict[str, nn.Module]:
     """Every projection layer (nn.Linear, Conv1D) of `model` by qualified name, minus the skipped ones.
 
-    Raises UserInputError when a decoder block holds a matrix weight of another kind, or when nothing is left
+    The skip pattern "lm_head" also matches the output head under any other name (GPT-NeoX's `embed_out`). Raises UserInputError when a decoder block holds a matrix weight of another kind, or when nothing is left
     to quantize: a quantizer must never return a model it did not change without saying so.
     """
     unsupported = unsupported_weights(model)
@@ -77,8 +83,9 @@ def target_linears(model: nn.Module, skip: tuple[str, ...] = DEFAULT_SKIP) -> di
         raise UserInputError(f"{architecture(model)}: no quantizer handles {unsupported[0]}"
                              f"{f' and {len(unsupported) - 1} more' if len(unsupported) > 1 else ''}; "
                              f"supported projection layers are nn.Linear and transformers Conv1D")
+    head = output_head(model) if is_skipped("lm_head", skip) else None
     found = {name: mod for name, mod in model.named_modules()
-             if isinstance(mod, PROJECTION_TYPES) and not is_skipped(name, skip)}
+             if isinstance(mod, PROJECTION_TYPES) and not is_skipped(name, skip) and mod is not head}
     if not found:
         raise UserInputError(f"{architecture(model)}: no projection layer (nn.Linear, Conv1D) to quantize "
                              f"outside the skipped ones ({', '.join(skip) or 'none'})")
