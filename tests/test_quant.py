@@ -372,3 +372,13 @@ def test_group_size_fallback_is_said_once_per_run_and_recorded():
     assert len(said) == 2  # one per distinct row width, not per layer, and not again on the second model
     assert sorted(len(f["layers"]) for f in quantizer.fallbacks) == [2, 12]
     assert {f["used"] for f in quantizer.fallbacks} == {"per-row scales"}
+
+
+def test_quantize_yaml_records_the_fallbacks(tmp_path):
+    save_model(random_llama(layers=1), None, tmp_path / "model")  # RTN needs no tokenizer
+    with pytest.warns(UserWarning, match="group size 48 does not divide"):
+        assert main(["quantize", "--model", str(tmp_path / "model"), "--scheme", "rtn4", "--group-size", "48",
+                     "--out", str(tmp_path / "q")]) == 0
+    record = read_yaml(tmp_path / "q" / "quantize.yaml")
+    assert "fallbacks" not in record["options"]
+    assert [(len(f["layers"]), f["used"]) for f in record["fallbacks"]] == [(6, "per-row scales"), (1, "per-row scales")]
