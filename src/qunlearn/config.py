@@ -153,6 +153,7 @@ class RunConfig:
     With `target` unset, the embedded benchmark (`benchmark`) supplies target, retrain and corpus.
     `unlearn` holds UnlearnSettings overrides (lr, epochs, profile, ...); `quantize` holds quantizer
     options (group_size, n_samples, ...); `calibration` is 'generic' (retain+holdout) or 'forget'.
+    `tokenizer` is a tokenizer directory for target/retrain checkpoints saved without tokenizer files.
     """
 
     out: str
@@ -172,3 +173,4 @@ class RunConfig:
     dtype: str = "fp32"
     batch_size: int = 16
     keep_quantized: bool = True
+    tokenizer: str | None = None

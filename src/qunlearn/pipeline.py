@@ -102,7 +102,7 @@ def config_hash(config: RunConfig) -> str:
     """Hash of what decides a cell's value (not the lists of cells, the output folder or the batch size)."""
     keep = {k: v for k, v in asdict(config).items()
             if k not in ("out", "methods", "quantizers", "metrics", "codeflip_schemes", "batch_size",
-                         "keep_quantized", "device", "device_map")}
+                         "keep_quantized", "device", "device_map", "tokenizer")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -192,7 +192,7 @@ class Grid:
         out_dir = self.out / "models" / model_name
         return unlearn(self.inputs.target, self.corpus, model_name, out_dir, UnlearnSettings(**self.config.unlearn),
                        progress=False,
-                       resume=out_dir.exists())
+                       resume=out_dir.exists(), tokenizer=self.config.tokenizer)
 
     @cached_property
     def calibration(self) -> list[str]:
@@ -206,7 +206,7 @@ class Grid:
             return load_model(saved, dtype=self.config.dtype, device=self.config.device,
                               device_map=self.config.device_map)
         model, tokenizer = load_model(path, dtype=self.config.dtype, device=self.config.device,
-                                      device_map=self.config.device_map)
+                                      device_map=self.config.device_map, tokenizer=self.config.tokenizer)
         quantizer = make_quantizer(quantizer_name, self.config.quantize)
         if not quantizer.available():
             raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
@@ -224,7 +224,7 @@ class Grid:
             return None
         return retrain_auc(self.inputs.retrain, self.corpus, dtype=self.config.dtype, device=self.config.device,
                            batch_size=self.config.batch_size, progress=False, cache_dir=self.out,
-                           device_map=self.config.device_map)
+                           device_map=self.config.device_map, tokenizer=self.config.tokenizer)
 
     def evaluate_cell(self, model_name: str, path: Path, quantizer: str, metrics: list[str], bar: tqdm) -> None:
         """Quantize once, evaluate each missing metric, append each result as soon as it exists."""
@@ -249,8 +249,9 @@ class Grid:
     def code_flip_cells(self, model_name: str, path: Path, schemes: list[str], bar: tqdm) -> None:
         """Share of quantized codes that differ between the target and this model, per scheme, and for grid schemes
         the update size against the scheme's step (`quant.diagnostics.update_size`)."""
-        target, tokenizer = load_model(self.inputs.target, dtype=self.config.dtype, device="cpu")
-        model, _ = load_model(path, dtype=self.config.dtype, device="cpu")
+        target, tokenizer = load_model(self.inputs.target, dtype=self.config.dtype, device="cpu",
+                                       tokenizer=self.config.tokenizer)
+        model, _ = load_model(path, dtype=self.config.dtype, device="cpu", tokenizer=self.config.tokenizer)
         for scheme in schemes:
             bar.set_postfix_str(f"{model_name}: code flips {scheme}")
             quantizer = make_quantizer(scheme, self.config.quantize)

@@ -77,7 +77,7 @@ def load_muse(inputs: AuditInputs, settings: AuditSettings, device: str) -> Load
     auc = None
     if inputs.retrain is not None and split.eval_corpus.privleak_forget:
         auc = retrain_auc(inputs.retrain, split.eval_corpus, device=device, batch_size=settings.batch_size,
-                          progress=False, device_map=settings.device_map)
+                          progress=False, device_map=settings.device_map, tokenizer=inputs.tokenizer)
         metrics.append("privleak")
         signals.append(Signal("privleak", RESULTS["privleak"].label, knows="lower", kind="membership"))
 
@@ -157,7 +157,9 @@ def load_tofu_benchmark(inputs: AuditInputs, settings: AuditSettings, device: st
     relearn_items, scored = data.forget[:half], replace(data, forget=data.forget[half:])
     reference = None
     if inputs.retrain is not None:
-        retain_model, retain_tokenizer = load_model(inputs.retrain, device=device, device_map=settings.device_map)
+        retain_model, retain_tokenizer = load_model(inputs.retrain, device=device, device_map=settings.device_map,
+                                                    tokenizer=inputs.tokenizer,
+                                                    trust_remote_code=inputs.trust_remote_code)
         fmt = resolve_prompt_format(retain_tokenizer, settings.prompt_format)
         reference = retain_model_truth_ratios(retain_model, retain_tokenizer, scored, fmt, settings.batch_size,
                                               progress=False)

@@ -34,6 +34,8 @@ class AuditInputs:
     unlearned: Path
     corpus: Path | None = None
     retrain: Path | None = None
+    tokenizer: Path | None = None  # for checkpoints saved without tokenizer files
+    trust_remote_code: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,14 +121,16 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
             raise UserInputError(f"--{name}: {path}: directory not found")
     attacks, skipped = expand_attacks(settings.attacks)
     device = str(resolve_device(settings.device))
+    loading = {"tokenizer": inputs.tokenizer, "trust_remote_code": inputs.trust_remote_code,
+               "device_map": settings.device_map}
     bench = BENCHMARKS[settings.benchmark](inputs, settings, device)
     attacks, unfed = _runnable(attacks, bench, explicit=settings.attacks is not None)
     skipped += unfed
 
-    target_model, tokenizer = load_model(inputs.target, device=device, device_map=settings.device_map)
+    target_model, tokenizer = load_model(inputs.target, device=device, **loading)
     target = bench.score(target_model, tokenizer)
     log(f"target: {_fmt(target)}")
-    unlearned_model, _ = load_model(inputs.unlearned, device=device, device_map=settings.device_map)
+    unlearned_model, _ = load_model(inputs.unlearned, device=device, **loading)
     unlearned = bench.score(unlearned_model, tokenizer)
     log(f"unlearned: {_fmt(unlearned)}")
     sizes = update_size(target_model, unlearned_model)
@@ -138,7 +142,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     entries = []
     for attack in attacks:
         start = time.perf_counter()
-        model, tok = load_model(inputs.unlearned, dtype=attack.dtype, device=device, device_map=settings.device_map)
+        model, tok = load_model(inputs.unlearned, dtype=attack.dtype, device=device, **loading)
         flips = None
         if attack.kind == "quantization":
             quantizer = get_quantizer(attack.quantizer)

@@ -11,6 +11,7 @@ from qunlearn.audit.benchmarks import BENCHMARKS
 from qunlearn.audit.render import write_audit
 from qunlearn.audit.run import AuditInputs, AuditSettings, run_audit
 from qunlearn.audit.verdict import DEFAULT_PARTIAL, DEFAULT_THRESHOLD
+from qunlearn.commands.options import add_loading_options
 from qunlearn.data.tofu import FORGET_SPLITS
 from qunlearn.errors import UserInputError
 from qunlearn.evaluate.tofu import PROMPT_FORMATS
@@ -81,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                              "(HF device_map; replaces --device)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per evaluation pass (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="relearning shuffle seed (default 0)")
+    add_loading_options(parser, dtype=False)  # each attack sets its own dtype
     parser.set_defaults(func=run)
 
 
@@ -91,7 +93,9 @@ def _jobs(args: argparse.Namespace) -> list[tuple[AuditInputs, Path]]:
         if missing:
             raise UserInputError(f"{', '.join(missing)} required (or --demo)")
         return [(AuditInputs(Path(args.target), Path(args.unlearned), Path(args.corpus) if args.corpus else None,
-                             Path(args.retrain) if args.retrain else None), Path(args.out or "qunlearn-audit"))]
+                             Path(args.retrain) if args.retrain else None,
+                             Path(args.tokenizer) if args.tokenizer else None, args.trust_remote_code),
+                 Path(args.out or "qunlearn-audit"))]
     if any(getattr(args, n) for n in ("target", "unlearned", "corpus", "retrain")):
         raise UserInputError("--demo takes its models from the demo directory; drop --target/--unlearned/--corpus/--retrain")
     root = Path(args.out or "qunlearn-demo")

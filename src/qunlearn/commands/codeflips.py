@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from contextlib import nullcontext
 
+from qunlearn.commands.options import add_loading_options
 from qunlearn.commands.quantize import add_scheme_options, build_quantizer
 from qunlearn.fileio import atomic_write_json
 from qunlearn.models.io import load_model
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--b", required=True, help="second checkpoint (e.g. the unlearned model)")
     parser.add_argument("--out", help="write the full per-module result to this JSON file")
     add_scheme_options(parser)
+    add_loading_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -42,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out, "overall", "a code-flip result",
                           {"--a": args.a, "--b": args.b, "--calibration": args.calibration, "--corpus": args.corpus})
     with output_lock(args.out) if args.out else nullcontext():
-        model_a, tokenizer = load_model(args.a)
-        model_b, _ = load_model(args.b)
+        loading = {"dtype": args.dtype, "tokenizer": args.tokenizer, "trust_remote_code": args.trust_remote_code,
+                   "need_tokenizer": quantizer.needs_calibration}
+        model_a, tokenizer = load_model(args.a, **loading)
+        model_b, _ = load_model(args.b, **loading)
         result = code_flips(model_a, model_b, quantizer, tokenizer, texts)
         print("\n".join(format_result(result)))
         if args.out:

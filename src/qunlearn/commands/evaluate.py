@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from qunlearn import __version__
+from qunlearn.commands.options import add_loading_options
 from qunlearn.data.muse import load_corpus
 from qunlearn.data.tofu import FORGET_SPLITS, TofuData, load_tofu
 from qunlearn.errors import UserInputError
@@ -39,13 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--corpus", "--data", dest="corpus", required=True,
                         help="MUSE-layout corpus directory, or for --benchmark tofu a TOFU directory or HF dataset id")
     parser.add_argument("--retrain", help="retrain checkpoint directory (PrivLeak's AUC_retrain; read only)")
-    parser.add_argument("--metrics", nargs="+", default=list(METRICS), metavar="NAME",
-                        help=f"MUSE metrics to run (default: all of {', '.join(METRICS)})")
+    parser.add_argument("--metrics", nargs="+", metavar="NAME",
+                        help=f"MUSE metrics to run (default: all of {', '.join(METRICS)}; privleak only with --retrain)")
     parser.add_argument("--out", required=True, help="output JSON file")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--device-map", help="'auto': spread a model larger than one GPU over the GPUs and CPU "
                                              "(HF device_map; replaces --device)")
-    parser.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16 (default: fp32)")
+    add_loading_options(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts/texts per forward pass (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     tofu = parser.add_argument_group("TOFU (--benchmark tofu)")
@@ -83,11 +84,13 @@ def run_tofu(args: argparse.Namespace, device: str, data: TofuData) -> int:
     reference = read_retain_truth_ratios(args.retain_logs) if args.retain_logs else None
     if args.retain_model:
         retain_lm, retain_tok = load_model(args.retain_model, dtype=args.dtype, device=device,
-                                           device_map=args.device_map)
+                                           device_map=args.device_map, tokenizer=args.tokenizer,
+                                           trust_remote_code=args.trust_remote_code)
         fmt = resolve_prompt_format(retain_tok, args.prompt_format, args.system_prompt, args.date_string)
         reference = retain_model_truth_ratios(retain_lm, retain_tok, data, fmt, args.batch_size, progress)
         del retain_lm
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map,
+                                  tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code)
     fmt = resolve_prompt_format(tokenizer, args.prompt_format, args.system_prompt, args.date_string)
     result = evaluate_tofu(model, tokenizer, data, reference, fmt, args.batch_size, progress, args.max_new_tokens)
     retain = args.retain_model or args.retain_logs
@@ -110,6 +113,10 @@ def _device(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.benchmark == "muse":
+        if args.metrics is None:
+            args.metrics = [m for m in METRICS if m != "privleak" or args.retrain is not None]
+            if args.retrain is None:
+                print("privleak skipped: it needs the retrain model (--retrain DIR)")
         check_metrics(args.metrics, have_retrain_auc=args.retrain is not None)
     data = load_tofu(args.corpus, args.forget_split) if args.benchmark == "tofu" else None
     device = _device(args)
@@ -131,8 +138,9 @@ def run_muse(args: argparse.Namespace, device: str) -> int:
     if "privleak" in args.metrics:
         auc_retrain = retrain_auc(args.retrain, corpus, dtype=args.dtype, device=device,
                                   batch_size=args.batch_size, progress=not args.no_progress,
-                                  device_map=args.device_map)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map)
+                                  device_map=args.device_map, tokenizer=args.tokenizer)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map,
+                                  tokenizer=args.tokenizer, trust_remote_code=args.trust_remote_code)
     start = time.perf_counter()
     results = evaluate_model(model, tokenizer, corpus, args.metrics, auc_retrain, args.batch_size,
                              progress=not args.no_progress)

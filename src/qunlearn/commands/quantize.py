@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from dataclasses import asdict
 
+from qunlearn.commands.options import add_loading_options
 from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.fileio import atomic_write_yaml
 from qunlearn.models.integrity import check_finite
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import check_output_dir, output_lock, staged_dir
-from qunlearn.quant.base import GridQuantizer
 from qunlearn.quant.calibration import CALIBRATE_ON, calibration_texts
-from qunlearn.quant.layers import target_linears
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
-from qunlearn.quant.rtn import effective_group_size
 
 QUANTIZE_FILE = "quantize.yaml"
 
@@ -54,21 +51,11 @@ def build_quantizer(args: argparse.Namespace):
     return quantizer, texts
 
 
-def group_sizes_used(model, quantizer) -> dict[int, int] | None:
-    """Row length → group size the quantizer used on it (the whole row where --group-size does not divide it)."""
-    if not isinstance(quantizer, GridQuantizer):
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fallback is recorded here instead
-        return {cols: effective_group_size(cols, quantizer.group_size)
-                for cols in sorted({lin.weight.shape[1] for lin in target_linears(model, quantizer.skip).values()})}
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("quantize", help="fake-quantize a model (RTN, GPTQ, AWQ, bitsandbytes) and save it")
     parser.add_argument("--model", required=True, help="input HF checkpoint directory")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="load dtype (default fp32)")
+    add_loading_options(parser)
     add_scheme_options(parser)
     parser.set_defaults(func=run)
 
@@ -77,9 +64,12 @@ def run(args: argparse.Namespace) -> int:
     quantizer, texts = build_quantizer(args)
     locate_model(args.model, "--model")
     check_output_dir(args.out, QUANTIZE_FILE, "a quantized checkpoint",
-                     {"--model": args.model, "--calibration": args.calibration, "--corpus": args.corpus})
+                     {"--model": args.model, "--calibration": args.calibration, "--corpus": args.corpus,
+                      "--tokenizer": args.tokenizer})
     with output_lock(args.out), staged_dir(args.out) as staging:
-        model, tokenizer = load_model(args.model, dtype=args.dtype)
+        model, tokenizer = load_model(args.model, dtype=args.dtype, tokenizer=args.tokenizer,
+                                      trust_remote_code=args.trust_remote_code,
+                                      need_tokenizer=quantizer.needs_calibration)
         start = time.perf_counter()
         model = quantizer.quantize(model, tokenizer, texts if quantizer.needs_calibration else None)
         seconds = time.perf_counter() - start
@@ -89,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
                        if quantizer.needs_calibration else None)
         atomic_write_yaml(staging / QUANTIZE_FILE, {
             "source": str(args.model), "scheme": args.scheme, "dtype": args.dtype,
-            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items()},
-            "group_sizes_used": group_sizes_used(model, quantizer),
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items()
+                        if k != "fallbacks"},
+            "fallbacks": quantizer.fallbacks,
             "calibration": calibration, "calibration_docs": len(texts) if calibration else 0,
             "seconds": round(seconds, 3),
         })

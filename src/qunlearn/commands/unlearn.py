@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from qunlearn.commands.options import add_loading_options
 from qunlearn.models.locate import locate_model
 from qunlearn.unlearn.launch import is_main_process
 from qunlearn.unlearn.memory import OPTIMIZERS, REFERENCES
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue from the last epoch checkpoint in --out"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_loading_options(parser, dtype=False)  # --dtype is a training setting below
     for spec in fields(UnlearnSettings):
         flag = "--" + spec.name.replace("_", "-")
         default = "the method's" if spec.default is None else spec.default
@@ -85,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         settings,
         progress=not args.quiet,
         resume=args.resume,
+        tokenizer=args.tokenizer,
+        trust_remote_code=args.trust_remote_code,
     )
     if is_main_process():  # under torchrun / accelerate launch only rank 0 speaks
         print(f"unlearned model written to {out}")

@@ -75,11 +75,12 @@ def _cache_key(retrain_dir: Path, corpus: Corpus, dtype: str) -> str:
 
 def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str = "fp32", device: str = "cpu",
                 batch_size: int = 16, progress: bool = True, cache_dir: str | Path | None = None,
-                device_map: str | None = None) -> float:
+                device_map: str | None = None, tokenizer: str | Path | None = None) -> float:
     """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets.
 
     With `cache_dir` (a directory the caller owns, e.g. a run's output) the value is read from / written to its
-    cache file there; the retrain checkpoint itself is an input and is never written.
+    cache file there; the retrain checkpoint itself is an input and is never written. `tokenizer`: a tokenizer
+    directory for a retrain checkpoint saved without one.
     """
     retrain_dir = Path(retrain_dir)
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
@@ -88,7 +89,7 @@ def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str
     cache = read_json(cache_path) if cache_path is not None and cache_path.is_file() else {}
     if key in cache:
         return cache[key]["auc"]
-    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device, device_map=device_map)
+    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer)
     auc = attack_aucs(model, tokenizer, corpus, batch_size, progress)[0][ATTACK]
     if cache_path is None:
         return auc

@@ -3,7 +3,8 @@
 Follows llm-compressor's AWQModifier: scales `s = mean|x|^α / (w_mean^(1-α) + 1e-4)` (duo scaling) or
 `mean|x|^α`, normalised by sqrt(max·min); α searched on a grid (the identity included) to minimise the
 parent module's output MSE with the balance layers fake-quantized as `Q(W·s)/s`; then the smooth op's
-weight is divided by `s` and the balance layers' weights multiplied by `s`, and all Linear layers get RTN.
+weight is divided by `s` and the balance layers' weights multiplied by `s`, and all projection layers get RTN.
+The scaling pairs of each model family come from one table, `LAYOUTS`; a block not in it gets RTN (recorded).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qunlearn.errors import UserInputError
 from qunlearn.quant.base import BlockInput, CalibratedQuantizer, block_output, record_module_inputs
+from qunlearn.quant.layers import in_features, out_features, weight_matrix
 from qunlearn.quant.rtn import (
     absmax_scales,
     default_denominator,
@@ -27,25 +30,100 @@ from qunlearn.quant.rtn import (
 
 @dataclass
 class Mapping:
-    """A smooth op whose output feeds the balance layers, and the parent module whose output error is measured."""
+    """A smooth op whose output feeds the balance layers, and the parent module whose output error is measured.
+
+    `offset` is what the smooth op adds to its weight before multiplying (Gemma's RMSNorm scales by 1 + w);
+    `tail` marks a fused smooth layer whose last rows alone feed the balance layers (v of qkv, up of gate_up).
+    """
 
     smooth: nn.Module
-    balances: list[nn.Linear]
+    balances: list[nn.Module]
     parent: nn.Module
+    offset: float = 0.0
+    tail: bool = False
 
 
-def llama_mappings(block: nn.Module, linears: dict[str, nn.Linear]) -> list[Mapping]:
-    """The standard mappings of a Llama-style block, keeping those whose balance layers are all selected."""
-    attn, mlp = getattr(block, "self_attn", None), getattr(block, "mlp", None)
-    if attn is None or mlp is None or not hasattr(block, "input_layernorm"):
-        raise ValueError(f"AWQ needs Llama-style decoder blocks (self_attn, mlp, input_layernorm); got {type(block).__name__}")
-    candidates = [Mapping(block.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj], attn)]
-    if attn.v_proj.out_features == attn.o_proj.in_features:
-        candidates.append(Mapping(attn.v_proj, [attn.o_proj], attn.o_proj))
-    candidates.append(Mapping(block.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], mlp))
-    candidates.append(Mapping(mlp.up_proj, [mlp.down_proj], mlp.down_proj))
+@dataclass(frozen=True)
+class Pair:
+    """One scaling pair of a family, as module paths inside its decoder block."""
+
+    smooth: str
+    balances: tuple[str, ...]
+    parent: str
+    tail: bool = False
+
+
+LLAMA = (Pair("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+         Pair("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+         Pair("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+         Pair("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"))
+# Gemma-2/3 put a pre_feedforward_layernorm between the attention's output norm and the MLP.
+GEMMA = (*LLAMA[:2], Pair("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"), LLAMA[3])
+# Phi-3 fuses q/k/v (v = the last rows) and gate/up (up = the second half).
+PHI3 = (Pair("input_layernorm", ("self_attn.qkv_proj",), "self_attn"),
+        Pair("self_attn.qkv_proj", ("self_attn.o_proj",), "self_attn.o_proj", tail=True),
+        Pair("post_attention_layernorm", ("mlp.gate_up_proj",), "mlp"),
+        Pair("mlp.gate_up_proj", ("mlp.down_proj",), "mlp.down_proj", tail=True))
+# GPT-NeoX interleaves q/k/v per head and has GELU before its down projection: only the norms smooth.
+# Each norm feeds one branch, so the pairs hold with and without use_parallel_residual.
+NEOX = (Pair("input_layernorm", ("attention.query_key_value",), "attention"),
+        Pair("post_attention_layernorm", ("mlp.dense_h_to_4h",), "mlp"))
+# OPT (pre-norm variants): ReLU commutes with positive scales, so fc1 → fc2 folds.
+OPT = (Pair("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+       Pair("self_attn.v_proj", ("self_attn.out_proj",), "self_attn.out_proj"),
+       Pair("final_layer_norm", ("fc1",), "fc1"),
+       Pair("fc1", ("fc2",), "fc2"))
+# GPT-2 (Conv1D): c_attn's last third is v; GELU sits between c_fc and the MLP's c_proj.
+GPT2 = (Pair("ln_1", ("attn.c_attn",), "attn"),
+        Pair("attn.c_attn", ("attn.c_proj",), "attn.c_proj", tail=True),
+        Pair("ln_2", ("mlp.c_fc",), "mlp"))
+
+LAYOUTS: dict[str, tuple[tuple[Pair, ...], float]] = {  # decoder block class → (pairs, norm weight offset)
+    **{name: (LLAMA, 0.0) for name in ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer",
+                                       "Qwen3DecoderLayer")},
+    "Gemma2DecoderLayer": (GEMMA, 1.0),
+    "Gemma3DecoderLayer": (GEMMA, 1.0),
+    "Phi3DecoderLayer": (PHI3, 0.0),
+    "GPTNeoXLayer": (NEOX, 0.0),
+    "OPTDecoderLayer": (OPT, 0.0),
+    "GPT2Block": (GPT2, 0.0),
+}
+
+
+def block_mappings(block: nn.Module, linears: dict[str, nn.Module]) -> list[Mapping] | None:
+    """The scaling pairs of a decoder block from `LAYOUTS`, or None for a layout not in the table.
+
+    A pair is kept when all its balance layers are selected and the smooth op's output (or its tail) is as
+    wide as their input: v → o drops out under grouped-query attention, as in AutoAWQ and llm-compressor.
+    """
+    kind = type(block).__name__
+    if kind not in LAYOUTS or (kind == "OPTDecoderLayer" and not _opt_pre_norm(block)):
+        return None
+    pairs, offset = LAYOUTS[kind]
     chosen = {id(m) for m in linears.values()}
-    return [m for m in candidates if all(id(b) in chosen for b in m.balances)]
+    mappings = []
+    for pair in pairs:
+        try:
+            smooth, parent = block.get_submodule(pair.smooth), block.get_submodule(pair.parent)
+            balances = [block.get_submodule(path) for path in pair.balances]
+        except AttributeError as exc:
+            raise UserInputError(f"AWQ: {kind} lacks a module of its layout ({exc})") from None
+        width = in_features(balances[0])
+        fits = width == smooth.weight.shape[0] if smooth.weight.dim() == 1 else (
+            out_features(smooth) == width or (pair.tail and out_features(smooth) > width))
+        if fits and all(id(b) in chosen for b in balances):
+            norm_offset = offset if smooth.weight.dim() == 1 else 0.0
+            mappings.append(Mapping(smooth, balances, parent, norm_offset, pair.tail))
+    return mappings
+
+
+def _opt_pre_norm(block: nn.Module) -> bool:
+    """OPT applies its layer norms before attention/MLP except in opt-350m (do_layer_norm_before=False)."""
+    return bool(getattr(block, "do_layer_norm_before", True))
+
+
+# Layers that compute queries or keys (alone or fused): AWQ's clip search leaves them alone.
+QUERY_KEY_LAYERS = ("q_proj", "k_proj", "qkv_proj", "query_key_value", "c_attn")
 
 
 def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
@@ -73,7 +151,7 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, ratio: float, d
 
 
 def search_scales(
-    balances: list[nn.Linear],
+    balances: list[nn.Module],
     run_parent: Callable[[], list[torch.Tensor]],
     x_mean: torch.Tensor,
     bits: int,
@@ -83,7 +161,7 @@ def search_scales(
     duo_scaling: bool = True,
 ) -> tuple[torch.Tensor, float]:
     """The scales (and α) minimising the parent's output MSE with balance weights set to Q(W·s)/s; weights restored."""
-    originals = [b.weight.detach().clone() for b in balances]
+    originals = [weight_matrix(b).detach().clone() for b in balances]
     reference = run_parent()
     w_mean = weight_means(originals, effective_group_size(originals[0].shape[1], group_size))
     best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
@@ -91,7 +169,7 @@ def search_scales(
         for ratio, duo in scale_grid(n_grid, duo_scaling):
             scales = candidate_scales(x_mean, w_mean, ratio, duo).to(originals[0].dtype)
             for layer, w in zip(balances, originals):
-                layer.weight.copy_(rtn_quantize(w * scales, bits, group_size, denominator) / scales)
+                weight_matrix(layer).copy_(rtn_quantize(w * scales, bits, group_size, denominator) / scales)
             outputs = run_parent()
             error = sum(((o.float() - r.float()) ** 2).sum() for o, r in zip(outputs, reference)).item()
             error /= sum(r.numel() for r in reference)
@@ -99,7 +177,7 @@ def search_scales(
                 best = (error, scales.clone(), ratio)
     finally:
         for layer, w in zip(balances, originals):
-            layer.weight.copy_(w)
+            weight_matrix(layer).copy_(w)
     if best[1] is None:
         raise ValueError("AWQ: no finite output error in the scale search (NaN in the parent's outputs?)")
     return best[1], best[2]
@@ -108,14 +186,14 @@ def search_scales(
 def apply_scales(mapping: Mapping, scales: torch.Tensor) -> None:
     """Fold `scales` in: the smooth op's output divided by s, the balance layers' inputs multiplied by s."""
     smooth = mapping.smooth
-    if smooth.weight.dim() == 1:
-        smooth.weight.div_(scales)
+    if smooth.weight.dim() == 1:  # a norm: y = norm(x) · (offset + w)
+        smooth.weight.copy_((smooth.weight + mapping.offset) / scales - mapping.offset)
     else:
-        smooth.weight.div_(scales.view(-1, 1))
+        weight_matrix(smooth)[-len(scales):].div_(scales.view(-1, 1))
     if getattr(smooth, "bias", None) is not None:
-        smooth.bias.div_(scales)
+        smooth.bias[-len(scales):].div_(scales)
     for layer in mapping.balances:
-        layer.weight.mul_(scales.view(1, -1))
+        weight_matrix(layer).mul_(scales.view(1, -1))
 
 
 def search_clip(
@@ -157,8 +235,11 @@ class AWQQuantizer(CalibratedQuantizer):
     clip: bool = False
     clip_tokens: int = 512
 
-    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
-        mappings = llama_mappings(block, linears)
+    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> None:
+        mappings = block_mappings(block, linears)
+        if mappings is None:
+            self.fall_back(list(linears), "RTN", f"no AWQ layout for {type(block).__name__} blocks")
+            mappings = []
         parents = {f"parent{i}": m.parent for i, m in enumerate(mappings)}
         firsts = {f"first{i}": m.balances[0] for i, m in enumerate(mappings)}
         seen = _collect_inputs(block, {**parents, **firsts}, inputs)
@@ -172,14 +253,16 @@ class AWQQuantizer(CalibratedQuantizer):
         if self.clip:
             self._clip(block, linears, inputs)
         for linear in linears.values():
-            linear.weight.copy_(rtn_quantize(linear.weight, self.bits, self.group_size, self.denominator))
+            weight = weight_matrix(linear)
+            weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))
 
-    def _clip(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
-        """Clip each weight group (except q/k, whose errors softmax amplifies) to its searched threshold."""
-        chosen = {n: m for n, m in linears.items() if not n.endswith(("q_proj", "k_proj"))}
+    def _clip(self, block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> None:
+        """Clip each weight group (except queries/keys, whose errors softmax amplifies) to its searched threshold."""
+        chosen = {n: m for n, m in linears.items() if not n.endswith(QUERY_KEY_LAYERS)}
         seen = _collect_inputs(block, chosen, inputs)
         for name, linear in chosen.items():
             x = torch.cat([a[0].reshape(-1, a[0].shape[-1]) for a, _ in seen[name]])[: self.clip_tokens]
-            max_val = search_clip(linear.weight, x, self.bits, self.group_size, self.denominator).unsqueeze(-1)
-            grouped = linear.weight.reshape(max_val.shape[0], max_val.shape[1], -1)
-            linear.weight.copy_(torch.clamp(grouped, -max_val, max_val).reshape(linear.weight.shape))
+            weight = weight_matrix(linear)
+            max_val = search_clip(weight, x, self.bits, self.group_size, self.denominator).unsqueeze(-1)
+            grouped = weight.reshape(max_val.shape[0], max_val.shape[1], -1)
+            weight.copy_(torch.clamp(grouped, -max_val, max_val).reshape(weight.shape))

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from qunlearn.quant.calibration import calibration_sequences
-from qunlearn.quant.layers import DEFAULT_SKIP, decoder_layers, target_linears
+from qunlearn.quant.layers import DEFAULT_SKIP, decoder_layers, target_linears, weight_matrix
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
 
 BlockInput = tuple[torch.Tensor, dict[str, Any]]
@@ -19,11 +21,25 @@ BlockInput = tuple[torch.Tensor, dict[str, Any]]
 
 @dataclass
 class Quantizer(ABC):
-    """Fake-quantizes (writes dequantized weights in place, same dtype) the selected Linear layers of a model."""
+    """Fake-quantizes (writes dequantized weights in place, same dtype) the selected projection layers of a model.
+
+    `fallbacks` lists, after `quantize`, every place where the quantizer did something other than what its
+    settings ask ({"layers", "used", "reason"}), so that quantize.yaml and the report can carry it.
+    """
 
     name: str
     skip: tuple[str, ...] = DEFAULT_SKIP
+    fallbacks: list[dict[str, Any]] = field(default_factory=list, init=False, compare=False, repr=False)
     needs_calibration: ClassVar[bool] = False
+
+    def fall_back(self, layers: list[str], used: str, reason: str) -> None:
+        """Record a deviation from the settings once (a quantizer reused over several models keeps one list), and warn."""
+        entry = {"layers": layers, "used": used, "reason": reason}
+        if entry in self.fallbacks:
+            return
+        self.fallbacks.append(entry)
+        warnings.warn(f"{self.name}: {reason}; using {used} for {len(layers)} layer(s), e.g. {layers[0]}",
+                      stacklevel=3)
 
     def unavailable_reason(self) -> str | None:
         """Why this quantizer cannot run here, or None when it can."""
@@ -58,6 +74,16 @@ class GridQuantizer(Quantizer):
         """The RTN integer codes and per-group scales of one weight matrix under this grid."""
         return rtn_codes(weight, self.bits, self.group_size, self.denominator)
 
+    def note_group_sizes(self, linears: dict[str, nn.Module]) -> None:
+        """Record the layers whose rows the group size does not divide (they get one scale per row)."""
+        widths: dict[int, list[str]] = {}
+        for name, linear in linears.items():
+            width = weight_matrix(linear).shape[1]
+            if 0 < self.group_size < width and width % self.group_size:
+                widths.setdefault(width, []).append(name)
+        for width, names in widths.items():
+            self.fall_back(names, "per-row scales", f"group size {self.group_size} does not divide rows of {width} weights")
+
 
 @dataclass
 class RTNQuantizer(GridQuantizer):
@@ -65,8 +91,11 @@ class RTNQuantizer(GridQuantizer):
 
     @torch.no_grad()
     def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
-        for linear in target_linears(model, self.skip).values():
-            linear.weight.copy_(rtn_quantize(linear.weight, self.bits, self.group_size, self.denominator))
+        linears = target_linears(model, self.skip)
+        self.note_group_sizes(linears)
+        for linear in linears.values():
+            weight = weight_matrix(linear)
+            weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))
         return model
 
 
@@ -75,7 +104,7 @@ class CalibratedQuantizer(GridQuantizer):
     """Runs calibration text through the model one decoder block at a time, quantizing each block in turn.
 
     Only the current block's inputs are held; on an accelerator `device`, only the current block is moved
-    there. Each block's outputs are recomputed after quantization, so later blocks see quantized inputs.
+    there. A progress bar counts the blocks (`progress`). Each block's outputs are recomputed after quantization, so later blocks see quantized inputs.
     Selected Linear layers outside the decoder blocks get plain RTN.
     """
 
@@ -83,11 +112,12 @@ class CalibratedQuantizer(GridQuantizer):
     seq_len: int = 512
     seed: int = 0
     device: str | None = None
+    progress: bool = True
     needs_calibration: ClassVar[bool] = True
 
     @abstractmethod
     def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
-        """Quantize the selected Linear layers of one block in place, given the block's calibration inputs."""
+        """Quantize the selected projection layers of one block (keyed by full name) in place, given its inputs."""
 
     @torch.no_grad()
     def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
@@ -99,20 +129,22 @@ class CalibratedQuantizer(GridQuantizer):
         home = next(model.parameters()).device
         device = torch.device(self.device) if self.device else home
         selected = target_linears(model, self.skip)
+        self.note_group_sizes(selected)
         in_blocks = set()
         with _outside_blocks_on(model, layers, device):
             inputs = capture_block_inputs(model, layers[0], sequences, device)
-        for index, block in enumerate(layers):
+        for index, block in enumerate(tqdm(layers, desc=f"{self.name} blocks", leave=False, disable=not self.progress)):
             prefix = f"{layers_name}.{index}."
-            linears = {n[len(prefix):]: m for n, m in selected.items() if n.startswith(prefix)}
-            in_blocks.update(prefix + n for n in linears)
+            linears = {n: m for n, m in selected.items() if n.startswith(prefix)}
+            in_blocks.update(linears)
             block.to(device)
             self.quantize_block(block, linears, inputs)
             inputs = [(block_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
             block.to(home)
         for name, linear in selected.items():
             if name not in in_blocks:
-                linear.weight.copy_(rtn_quantize(linear.weight, self.bits, self.group_size, self.denominator))
+                weight = weight_matrix(linear)
+                weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))
         return model
 
 

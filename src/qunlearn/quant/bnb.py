@@ -19,7 +19,7 @@ from torch import nn
 
 from qunlearn.errors import QuantizerUnavailableError
 from qunlearn.quant.base import Quantizer
-from qunlearn.quant.layers import target_linears
+from qunlearn.quant.layers import target_linears, weight_matrix
 
 FORMATS = ("int8", "fp4", "nf4")
 BLOCKSIZE_4BIT = 64
@@ -80,7 +80,8 @@ class BnbQuantizer(Quantizer):
         if self.real:
             return self._reload(model)
         for linear in target_linears(model, self.skip).values():
-            linear.weight.copy_(bnb_fake_quantize(linear.weight, self.fmt))
+            weight = weight_matrix(linear)
+            weight.copy_(bnb_fake_quantize(weight, self.fmt))
         return model
 
     def _reload(self, model: nn.Module) -> nn.Module:

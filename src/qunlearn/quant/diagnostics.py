@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from qunlearn.quant.base import GridQuantizer, Quantizer, RTNQuantizer
-from qunlearn.quant.layers import target_linears
+from qunlearn.quant.layers import target_linears, weight_matrix
 from qunlearn.quant.registry import get_quantizer
 from qunlearn.quant.rtn import rtn_codes
 
@@ -53,7 +53,7 @@ def code_flips(
         quant_b = target_linears(q.quantize(copy.deepcopy(model_b), tokenizer, calibration_texts), q.skip)
     modules = {}
     for name, lin_a in linears_a.items():
-        w_a, w_b = lin_a.weight, linears_b[name].weight
+        w_a, w_b = weight_matrix(lin_a), weight_matrix(linears_b[name])
         if w_a.shape != w_b.shape:
             raise ValueError(f"{name}: shapes differ ({tuple(w_a.shape)} vs {tuple(w_b.shape)})")
         if isinstance(q, RTNQuantizer):
@@ -61,7 +61,7 @@ def code_flips(
             flips = codes_a != codes_b
         else:
             step = grid.codes(w_a)[1] if grid else None
-            flips = quant_a[name].weight != quant_b[name].weight
+            flips = weight_matrix(quant_a[name]) != weight_matrix(quant_b[name])
         modules[name] = _module_counts(w_a, w_b, flips, step)
     return summarise(q.name, modules)
 
@@ -237,6 +237,6 @@ BF16_HALF_ULP_EXPONENT = 9
 def bf16_matching_lr(model: nn.Module, group_size: int = 128) -> float:
     """The LR at which lr·2^9 is half the median 4-bit RTN step of the model's quantized linears: with bf16
     weights, only weights inside the 4-bit zero bin can then move (the regime of MUSE's 7B runs at lr 1e-5)."""
-    steps = torch.cat([rtn_codes(lin.weight.detach(), 4, group_size)[1].flatten()
+    steps = torch.cat([rtn_codes(weight_matrix(lin).detach(), 4, group_size)[1].flatten()
                        for lin in target_linears(model).values()])
     return float(steps.median()) / 2 / 2**BF16_HALF_ULP_EXPONENT

@@ -7,14 +7,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qunlearn.errors import NumericalError
 from qunlearn.quant.base import BlockInput, CalibratedQuantizer, record_module_inputs
+from qunlearn.quant.layers import weight_matrix
 from qunlearn.quant.rtn import (
     absmax_scales,
     default_denominator,
     effective_group_size,
     group_absmax,
     round_to_codes,
+    rtn_quantize,
 )
+
+# A Hessian that Cholesky rejects is retried with the dampening multiplied by these; then the layer gets RTN.
+DAMP_RETRY_FACTORS = (10.0, 100.0)
 
 
 class HessianAccumulator:
@@ -44,7 +50,7 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor, damp: float) -> torch.Tenso
         lower = torch.linalg.cholesky(damped)
         return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
     except torch.linalg.LinAlgError:
-        raise ValueError(f"GPTQ: Hessian not positive definite with dampening {damp}; raise damp") from None
+        raise NumericalError(f"GPTQ: Hessian not positive definite with dampening {damp}") from None
 
 
 def gptq_quantize(
@@ -103,17 +109,34 @@ def gptq_quantize(
 
 @dataclass
 class GPTQQuantizer(CalibratedQuantizer):
-    """GPTQ per decoder block: Hessians from one pass of the block's inputs, then every selected Linear quantized."""
+    """GPTQ per decoder block: Hessians from one pass of the block's inputs, then every selected layer quantized.
+
+    A layer whose damped Hessian is not positive definite is retried with more dampening, then quantized by
+    RTN (as llm-compressor does); each such layer is recorded in `fallbacks`.
+    """
 
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
     static_groups: bool = True
 
-    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
+    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> None:
         seen = {name: HessianAccumulator() for name in linears}
         record_module_inputs(block, linears, inputs, lambda name, args, _kwargs: seen[name].add(args[0]))
         for name, linear in linears.items():
-            hessian = seen.pop(name).hessian()
-            linear.weight.copy_(gptq_quantize(linear.weight, hessian, self.bits, self.group_size, self.denominator,
-                                              self.block_size, self.damp, self.act_order, self.static_groups))
+            weight = weight_matrix(linear)
+            weight.copy_(self._quantize_layer(name, weight, seen.pop(name).hessian()))
+
+    def _quantize_layer(self, name: str, weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
+        """GPTQ at the set dampening, else at the first larger one that works, else RTN (recording the fallback)."""
+        for damp in (self.damp, *(self.damp * f for f in DAMP_RETRY_FACTORS)):
+            try:
+                quantized = gptq_quantize(weight, hessian, self.bits, self.group_size, self.denominator,
+                                          self.block_size, damp, self.act_order, self.static_groups)
+            except NumericalError:
+                continue
+            if damp != self.damp:
+                self.fall_back([name], f"dampening {damp:g}", f"Hessian not positive definite at dampening {self.damp:g}")
+            return quantized
+        self.fall_back([name], "RTN", f"Hessian not positive definite up to dampening {damp:g}")
+        return rtn_quantize(weight, self.bits, self.group_size, self.denominator)

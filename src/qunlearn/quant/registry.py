@@ -35,7 +35,7 @@ def get_quantizer(name: str, **options: Any) -> Quantizer:
         spec = QUANTIZERS[name]
     except KeyError:
         raise ValueError(f"unknown quantizer '{name}'; choose one of {', '.join(QUANTIZERS)}") from None
-    allowed = {f.name for f in fields(spec.cls)} - {"name"} - set(spec.settings)
+    allowed = {f.name for f in fields(spec.cls) if f.init} - {"name"} - set(spec.settings)
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")

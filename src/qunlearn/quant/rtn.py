@@ -7,8 +7,6 @@ libraries' conventions can be reproduced (llm-compressor uses `(2^N - 1)/2`, i.e
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 MIN_BITS, MAX_BITS = 2, 8
@@ -28,16 +26,15 @@ def default_denominator(bits: int) -> float:
 
 
 def effective_group_size(columns: int, group_size: int) -> int:
-    """The group size actually used: `group_size`, or the whole row when it is -1 or does not divide the row."""
+    """The group size actually used: `group_size`, or the whole row when it is -1 or does not divide the row.
+
+    Silent: quantizers report the layers that fell back to per-row scales once per run (`GridQuantizer`).
+    """
     if group_size == -1 or group_size >= columns:
         return columns
     if group_size <= 0:
         raise ValueError(f"group_size must be positive or -1 (per row), got {group_size}")
-    if columns % group_size:
-        warnings.warn(f"group size {group_size} does not divide rows of {columns} weights; using per-row scales",
-                      stacklevel=3)
-        return columns
-    return group_size
+    return columns if columns % group_size else group_size
 
 
 def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.errors import TrainingDivergedError, UserInputError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
-from qunlearn.models.io import load_model, parse_dtype, save_model
+from qunlearn.models.io import load_model, parse_dtype, require_tokenizer, save_model
 from qunlearn.outputs import check_output_dir, output_lock, swap_in
 from qunlearn.unlearn.launch import check_engine, from_main, make_accelerator
 from qunlearn.unlearn.losses import LossTerm
@@ -277,10 +277,13 @@ class _Setup:
 
 
 def _set_up(
-    target_dir: Path, corpus: Corpus, method: Method, settings: UnlearnSettings, accelerator: Accelerator
+    target_dir: Path, corpus: Corpus, method: Method, settings: UnlearnSettings, accelerator: Accelerator,
+    loading: dict,
 ) -> _Setup:
-    """Load model (and reference) onto this process's device and tokenize the forget/retain documents."""
-    model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu")
+    """Load model (and reference) onto this process's device and tokenize the forget/retain documents.
+
+    `loading`: load_model's tokenizer / trust_remote_code options."""
+    model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu", **loading)
     check_context(settings.max_length, model.config)
     forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
     retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
@@ -295,7 +298,7 @@ def _set_up(
     ref = None
     if method.needs_reference and settings.reference != "cached":
         ref_dtype = "bf16" if settings.reference == "bf16" else settings.dtype
-        ref, _ = load_model(target_dir, dtype=ref_dtype, device=str(accelerator.device))
+        ref, _ = load_model(target_dir, dtype=ref_dtype, device=str(accelerator.device), **loading)
         ref.requires_grad_(False)
     if settings.storage:
         for net in (model, ref) if ref is not None else (model,):
@@ -386,6 +389,8 @@ def unlearn(
     settings: UnlearnSettings | None = None,
     progress: bool = True,
     resume: bool = False,
+    tokenizer: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Unlearn `corpus.forget` from the target with `method`; writes an HF checkpoint and run records to `out_dir`.
 
@@ -394,10 +399,13 @@ def unlearn(
     checkpoint (same result as an uninterrupted run); a finished run is returned as is. Under `torchrun` or
     `accelerate launch` every rank calls this; rank 0 writes, the others wait at barriers. The inputs are
     never written; an earlier run in `out_dir` is replaced only by a complete one; a failed run records
-    `status: failed` and its reason; a second process on the same `out_dir` is refused (lock).
+    `status: failed` and its reason; a second process on the same `out_dir` is refused (lock). `tokenizer`: a
+    tokenizer directory for targets saved without one.
     """
     out_dir = Path(out_dir)
     root = corpus.root if isinstance(corpus, Corpus) else Path(corpus)
+    require_tokenizer(tokenizer or target_dir)  # before anything is written
+    loading = {"tokenizer": tokenizer, "trust_remote_code": trust_remote_code}
     accelerator = make_accelerator()
     main = accelerator.is_main_process
     with output_lock(out_dir) if main else nullcontext():
@@ -405,7 +413,7 @@ def unlearn(
             lambda: _prepare_out_dir(out_dir, resume, {"--target": Path(target_dir), "--corpus": root}, main)
         )
         try:
-            _unlearn(accelerator, target_dir, corpus, method, work_dir, settings, progress, resume)
+            _unlearn(accelerator, target_dir, corpus, method, work_dir, settings, progress, resume, loading)
         except BaseException as err:
             if main:
                 _record_failure(work_dir, out_dir, err)
@@ -425,6 +433,7 @@ def _unlearn(
     settings: UnlearnSettings | None,
     progress: bool,
     resume: bool,
+    loading: dict,
 ) -> None:
     """The training run of `unlearn`, writing into `out_dir` (the run directory or its staging dir)."""
     method = get_method(method) if isinstance(method, str) else method
@@ -437,7 +446,7 @@ def _unlearn(
         return
     set_seed(settings.seed)
 
-    setup = _set_up(target_dir, corpus, method, settings, accelerator)
+    setup = _set_up(target_dir, corpus, method, settings, accelerator, loading)
     if accelerator.is_main_process:
         _record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")
     if settings.reference == "cached":

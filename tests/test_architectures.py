@@ -1,0 +1,314 @@
+"""Every command on the model families unlearning research uses, as tiny random-initialised HF checkpoints.
+
+Each family is built from its transformers config (hidden 64, 2 blocks, the embedded benchmark's tokenizer), saved
+as a checkpoint, and run through quantize (rtn4, rtn8, gptq4, awq4, bnb-nf4), unlearn, evaluate, codeflips and
+audit. The projection layers are counted per family by hand (`PROJECTIONS`), not by the code under test.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from qunlearn.cli import main
+from qunlearn.commands.run import load_run_config
+from qunlearn.fileio import read_json, read_yaml
+from qunlearn.models.io import TOKENIZER_FILES, load_model, load_tokenizer, save_model
+from qunlearn.pipeline import validate
+from qunlearn.quant.awq import apply_scales, block_mappings
+from qunlearn.quant.bnb import bnb_fake_quantize, bnb_unavailable_reason
+from qunlearn.quant.calibration import calibration_texts
+from qunlearn.quant.layers import decoder_layers, target_linears, weight_matrix
+from qunlearn.quant.registry import get_quantizer
+from qunlearn.quant.rtn import rtn_quantize
+from qunlearn.unlearn.saliency import module_parameters
+
+GROUP = 32  # divides every projection's input width below (64, 128)
+SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "max_position_embeddings": 256}
+
+
+def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
+    """One config per family; Llama with grouped-query attention and tied embeddings, Qwen2 with q/k/v bias."""
+    common = SIZES | {"vocab_size": vocab} | ids
+    return {
+        "llama": tf.LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True),
+        "mistral": tf.MistralConfig(**common, num_key_value_heads=2),
+        "qwen2": tf.Qwen2Config(**common, num_key_value_heads=2),
+        "qwen3": tf.Qwen3Config(**common, num_key_value_heads=2, head_dim=16),
+        "phi3": tf.Phi3Config(**common),
+        "gemma2": tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=16),
+        "gemma3": tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16),
+        "gpt_neox": tf.GPTNeoXConfig(**common),
+        "opt": tf.OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=256, word_embed_proj_dim=64, **ids),
+        "gpt2": tf.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, **ids),
+    }
+
+
+# Projection layers per decoder block, named by hand for each family.
+PROJECTIONS = {
+    **{f: 7 for f in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")},  # q k v o gate up down
+    "phi3": 4,  # qkv_proj o_proj gate_up_proj down_proj
+    "gpt_neox": 4,  # query_key_value dense dense_h_to_4h dense_4h_to_h
+    "opt": 6,  # q k v out_proj fc1 fc2
+    "gpt2": 4,  # c_attn c_proj (attention) c_fc c_proj (MLP), all Conv1D
+}
+FAMILIES = list(PROJECTIONS)
+# Pairs AWQ scales per block: v → o drops out under GQA; GELU stops NeoX/GPT-2's MLP pair.
+AWQ_PAIRS = {"llama": 3, "mistral": 3, "qwen2": 3, "qwen3": 3, "gemma2": 3, "gemma3": 3, "phi3": 4, "gpt_neox": 2,
+             "opt": 4, "gpt2": 3}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_benchmark, tmp_path_factory) -> dict[str, Path]:
+    """Each family saved as a HF checkpoint with the embedded benchmark's tokenizer."""
+    tokenizer = load_tokenizer(tiny_benchmark.tokenizer_dir)
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for family, config in _configs(len(tokenizer), ids).items():
+        torch.manual_seed(0)
+        model = tf.AutoModelForCausalLM.from_config(config)
+        out[family] = save_model(model, tokenizer, root / family)
+    return out
+
+
+def block_projections(model: nn.Module) -> dict[str, nn.Module]:
+    """Every nn.Linear / Conv1D inside the decoder blocks, found by class."""
+    name, layers = decoder_layers(model)
+    return {f"{name}.{i}.{sub}": m for i, block in enumerate(layers) for sub, m in block.named_modules()
+            if isinstance(m, (nn.Linear, Conv1D))}
+
+
+def on_grid(w: torch.Tensor, bits: int, group: int) -> bool:
+    """True when every group of `group` input weights is a multiple of one step Δ = max|w| / c with an integer
+    code c ≤ 2^(bits-1) at the maximum, all codes in [-2^(bits-1), 2^(bits-1) - 1]."""
+    grouped = w.detach().double().reshape(w.shape[0], -1, group)
+    amax = grouped.abs().amax(dim=-1, keepdim=True).clamp(min=1e-30)
+    found = torch.zeros(amax.shape, dtype=torch.bool)
+    for c in range(1, 2 ** (bits - 1) + 1):
+        codes = grouped * c / amax
+        fits = ((codes - codes.round()).abs() < 1e-3).all(dim=-1, keepdim=True)
+        fits &= (codes.round() >= -(2 ** (bits - 1))).all(-1, keepdim=True) & (codes.round() < 2 ** (bits - 1)).all(-1, keepdim=True)
+        found |= fits
+    return bool(found.all())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_block_projection_is_a_quantization_target(checkpoints, family):
+    model, _ = load_model(checkpoints[family])
+    found = block_projections(model)
+    assert len(found) == 2 * PROJECTIONS[family]
+    targets = target_linears(model)
+    assert set(found) <= set(targets)
+    assert not any(isinstance(m, nn.Embedding) for m in targets.values())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_awq_layout_folds_scales_without_changing_the_model(checkpoints, family):
+    model, _ = load_model(checkpoints[family])
+    ids = torch.randint(3, 200, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(ids).logits
+        for _, block in enumerate(decoder_layers(model)[1]):
+            mappings = block_mappings(block, dict(block.named_modules()))
+            assert len(mappings) == AWQ_PAIRS[family]
+            for mapping in mappings:
+                width = weight_matrix(mapping.balances[0]).shape[1]
+                apply_scales(mapping, torch.rand(width, generator=torch.Generator().manual_seed(2)) + 0.5)
+        assert torch.allclose(model(ids).logits, before, atol=1e-4)
+
+
+def _quantize(model: nn.Module, tokenizer, scheme: str, texts: list[str]) -> nn.Module:
+    options = {"group_size": GROUP} if not scheme.startswith("bnb") else {}
+    if scheme in ("gptq4", "awq4"):
+        options |= {"n_samples": 4, "seq_len": 64}
+    quantizer = get_quantizer(scheme, **options)
+    quantized = quantizer.quantize(copy.deepcopy(model), tokenizer, texts if quantizer.needs_calibration else None)
+    assert quantizer.fallbacks == []
+    return quantized
+
+
+SCHEMES = ["rtn4", "rtn8", "gptq4", "awq4", "bnb-nf4"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantizers_put_every_block_projection_on_their_grid(checkpoints, tiny_benchmark, family, scheme):
+    if scheme == "bnb-nf4" and bnb_unavailable_reason() is not None:
+        pytest.skip(bnb_unavailable_reason())
+    model, tokenizer = load_model(checkpoints[family])
+    quantized = _quantize(model, tokenizer, scheme, calibration_texts(corpus_dir=tiny_benchmark.corpus_dir))
+    before, after = block_projections(model), block_projections(quantized)
+    for name, layer in after.items():
+        w, original = weight_matrix(layer), weight_matrix(before[name])
+        assert not torch.equal(w, original), f"{family} {scheme}: {name} unchanged"
+        if scheme == "bnb-nf4":  # on the NF4 grid: quantizing again is the identity
+            assert torch.allclose(bnb_fake_quantize(w, "nf4"), w, atol=1e-6), name
+        else:
+            assert on_grid(w, int(scheme[-1]), GROUP), f"{family} {scheme}: {name} off the grid"
+    embeddings = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    for name in embeddings:
+        assert torch.equal(model.get_submodule(name).weight, quantized.get_submodule(name).weight), name
+    head, quantized_head = model.get_output_embeddings(), quantized.get_output_embeddings()
+    assert torch.equal(head.weight, quantized_head.weight)
+
+
+def test_an_unhandled_layer_stops_quantize_in_one_line_naming_module_and_architecture(tiny_benchmark, tmp_path, capsys):
+    tokenizer = load_tokenizer(tiny_benchmark.tokenizer_dir)
+    config = tf.MixtralConfig(**SIZES | {"num_hidden_layers": 1}, vocab_size=len(tokenizer), num_key_value_heads=2,
+                              num_local_experts=2)
+    save_model(tf.MixtralForCausalLM(config), tokenizer, tmp_path / "moe")  # experts are fused 3-D tensors
+    assert main(["quantize", "--model", str(tmp_path / "moe"), "--scheme", "rtn4", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and not (tmp_path / "q").exists()
+    assert "MixtralForCausalLM: no quantizer handles model.layers.0.mlp." in err
+
+
+def without_tokenizer(checkpoint: Path, out: Path) -> Path:
+    """A copy of `checkpoint` without its tokenizer files, as checkpoints are often shared."""
+    bare = shutil.copytree(checkpoint, out)
+    for name in bare.iterdir():
+        if name.name in TOKENIZER_FILES or name.name.startswith(("tokenizer", "special_tokens")):
+            name.unlink()
+    return bare
+
+
+def test_a_checkpoint_without_tokenizer_quantizes_with_rtn_and_asks_for_one_for_gptq(checkpoints, tmp_path, capsys):
+    bare = without_tokenizer(checkpoints["gpt2"], tmp_path / "bare")
+    assert main(["quantize", "--model", str(bare), "--scheme", "rtn4", "--group-size", "32",
+                 "--out", str(tmp_path / "rtn")]) == 0
+    quantized, tokenizer = load_model(tmp_path / "rtn", need_tokenizer=False)
+    assert tokenizer is None and on_grid(weight_matrix(quantized.transformer.h[0].attn.c_attn), 4, 32)
+    rc = main(["quantize", "--model", str(bare), "--scheme", "gptq4", "--calibration", str(bare / "config.json"),
+               "--out", str(tmp_path / "gptq")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not (tmp_path / "gptq").exists()
+    assert len(err.splitlines()) == 1 and f"{bare}: no tokenizer" in err and "--tokenizer DIR" in err
+    assert main(["quantize", "--model", str(bare), "--tokenizer", str(checkpoints["gpt2"]), "--scheme", "gptq4",
+                 "--calibration", str(bare / "config.json"), "--n-samples", "2", "--out", str(tmp_path / "gptq")]) == 0
+
+
+def test_every_model_loading_command_takes_tokenizer(checkpoints, tiny_benchmark, tmp_path, capsys):
+    bare = without_tokenizer(checkpoints["llama"], tmp_path / "bare")
+    tokenizer, corpus = str(checkpoints["llama"]), str(tiny_benchmark.corpus_dir)
+    assert main(["codeflips", "--a", str(bare), "--b", str(bare), "--scheme", "rtn4"]) == 0  # needs no tokenizer
+    commands = {
+        "unlearn": ["unlearn", "--method", "ga", "--target", str(bare), "--corpus", corpus, "--out",
+                    str(tmp_path / "u"), "--max-steps", "1", "--batch-size", "2", "--max-length", "32", "--quiet"],
+        "evaluate": ["evaluate", "--model", str(bare), "--corpus", corpus, "--metrics", "utility",
+                     "--out", str(tmp_path / "e.json"), "--no-progress"],
+        "audit": ["audit", "--target", str(bare), "--unlearned", str(bare), "--corpus", corpus, "--out",
+                  str(tmp_path / "a"), "--attacks", "rtn4", "--no-code-flips"],
+    }
+    for name, argv in commands.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no tokenizer" in err and "--tokenizer DIR" in err, name
+        assert not (tmp_path / argv[argv.index("--out") + 1]).exists(), f"{name} wrote output before failing"
+        assert main([*argv, "--tokenizer", tokenizer]) == 0, name
+    assert load_tokenizer(tmp_path / "u").vocab_size == load_tokenizer(tokenizer).vocab_size
+
+
+def test_a_sentencepiece_tokenizer_loads(tmp_path):
+    """Llama-2 and ICLM ship only tokenizer.model: converting it needs sentencepiece and protobuf (dependencies)."""
+    import sentencepiece
+
+    texts = [f"The committee met on day {i} and discussed item {i * 7 % 97} at length." for i in range(300)]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=120,
+                                             model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    tokenizer = load_tokenizer(tmp_path)
+    ids = tokenizer("The committee met on day 5")["input_ids"]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "The committee met on day 5"
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+
+
+def test_sharded_checkpoints_load_and_save(checkpoints, tmp_path):
+    model, tokenizer = load_model(checkpoints["llama"])
+    save_model(model, tokenizer, tmp_path / "sharded", max_shard_size="100KB")
+    index = read_json(tmp_path / "sharded" / "model.safetensors.index.json")
+    assert len(set(index["weight_map"].values())) > 1
+    reloaded, _ = load_model(tmp_path / "sharded")
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_quantization_stays_in_its_dtype_on_the_grid(checkpoints, tmp_path, dtype):
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    assert main(["quantize", "--model", str(checkpoints["qwen2"]), "--scheme", "rtn4", "--group-size", "32",
+                 "--dtype", name, "--out", str(tmp_path / "q")]) == 0
+    original, _ = load_model(checkpoints["qwen2"], dtype=name)
+    model, _ = load_model(tmp_path / "q", dtype=name)
+    weight = model.model.layers[0].self_attn.q_proj.weight
+    assert weight.dtype == dtype and read_yaml(tmp_path / "q" / "quantize.yaml")["dtype"] == name
+    assert torch.equal(weight, rtn_quantize(original.model.layers[0].self_attn.q_proj.weight, 4, 32))
+
+
+# --- unlearn, evaluate, codeflips, audit -------------------------------------------------------------------
+
+def _chain(checkpoints, bench, family: str, root: Path) -> None:
+    """unlearn (GDR and SURE), evaluate, codeflips and audit on one family."""
+    target, corpus = str(checkpoints[family]), str(bench.corpus_dir)
+    steps = ["--max-steps", "2", "--batch-size", "2", "--max-length", "64", "--quiet"]
+    for method in ("npo_gdr", "ga_sure"):
+        assert main(["unlearn", "--method", method, "--target", target, "--corpus", corpus,
+                     "--out", str(root / method), *steps]) == 0
+    original, _ = load_model(target)
+    sure, _ = load_model(root / "ga_sure")
+    selected = set(read_json(root / "ga_sure" / "saliency.json")["selected"])
+    owners = module_parameters(original)
+    kept = {id(p) for name in selected for p in owners[name]}
+    moved = dict(sure.named_parameters())
+    for name, param in original.named_parameters():
+        assert torch.isfinite(moved[name]).all(), f"{family}: {name} not finite"
+        if id(param) not in kept:
+            assert torch.equal(param, moved[name]), f"{family}: non-salient {name} changed"
+    assert any(not torch.equal(p, moved[n]) for n, p in original.named_parameters())
+
+    assert main(["evaluate", "--model", str(root / "npo_gdr"), "--corpus", corpus, "--out", str(root / "eval.json"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    metrics = json.loads((root / "eval.json").read_text())["metrics"]
+    assert "privleak" not in metrics and metrics
+    assert all(torch.isfinite(torch.tensor(v["value"])) for v in metrics.values())
+
+    assert main(["codeflips", "--a", target, "--b", str(root / "npo_gdr"), "--scheme", "rtn4", "--group-size", "32",
+                 "--out", str(root / "flips.json")]) == 0
+    flips = json.loads((root / "flips.json").read_text())
+    assert len(flips["modules"]) >= 2 * PROJECTIONS[family] and flips["overall"]["flips"] > 0
+
+    assert main(["audit", "--target", target, "--unlearned", str(root / "npo_gdr"), "--corpus", corpus,
+                 "--out", str(root / "audit"), "--attacks", "rtn4", "--relearn-steps", "1"]) == 0
+    (attack,) = json.loads((root / "audit" / "audit.json").read_text())["attacks"]
+    assert attack["name"] == "rtn4" and attack["verdict"] in ("holds", "recovers")
+    assert attack["code_flip_fraction"] > 0 and all(torch.isfinite(torch.tensor(v)) for v in attack["scores"].values())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unlearn_evaluate_codeflips_audit(checkpoints, tiny_benchmark, tmp_path, family):
+    _chain(checkpoints, tiny_benchmark, family, tmp_path)
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_configs_are_valid_runs(path):
+    config = load_run_config(path)
+    validate(config)
+    assert config.target and config.corpus and config.dtype == "bf16" and "gptq4" in config.quantizers
