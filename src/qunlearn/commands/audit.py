@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         for name in ("target", "unlearned", "retrain"):
             if getattr(inputs, name) is not None:
                 locate_model(getattr(inputs, name), f"--{name}")
-        check_output_dir(out, "audit.json", "an audit", {f"--{k}": v for k, v in asdict(inputs).items()})
+        check_output_dir(out, "audit.json", "an audit", {f"--{k}": v for k, v in asdict(inputs).items() if isinstance(v, Path)})
     for inputs, out in jobs:
         print(f"auditing {inputs.unlearned}")
         with output_lock(out), staged_dir(out) as staging:
