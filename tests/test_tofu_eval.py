@@ -168,3 +168,13 @@ def test_tiny_tofu_benchmark_target_knows_forget_set_retain_model_does_not(tmp_p
     rtn4 = next(a for a in audit["attacks"] if a["name"] == "rtn4")
     assert rtn4["verdict"] == "holds"  # a model that never saw the forget set has nothing for quantization to restore
     assert "Integrity checks passed" in (audit_dir / "audit.md").read_text()
+    # the README's two-command recipe: the retain model's evaluation, then the audit reading it
+    retain_logs = tmp_path / "retrain.json"  # written above by `evaluate --benchmark tofu` on the retain model
+    logged = tmp_path / "audit-logs"
+    assert main(["audit", "--benchmark", "tofu", "--target", str(bench / "models" / "target"),
+                 "--unlearned", str(bench / "models" / "retrain"), "--retain-logs", str(retain_logs),
+                 "--data", str(bench / "corpus"), "--attacks", "bf16", "--out", str(logged)]) == 0
+    from_logs = json.loads((logged / "audit.json").read_text())
+    assert from_logs["baselines"]["unlearned"]["forget_quality"] == pytest.approx(1.0)
+    assert from_logs["baselines"]["target"]["log10_forget_quality"] == pytest.approx(
+        base["target"]["log10_forget_quality"])
