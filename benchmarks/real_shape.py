@@ -78,9 +78,10 @@ def main() -> None:
                                capture_output=True, text=True, check=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
         per_block = result["seconds"] / 2
-        print(f"{step:9s} {result['seconds']:7.1f} s  ({per_block:6.1f} s/block, ~{per_block * LLAMA2_7B_BLOCKS / 60:6.1f} "
-              f"min for 32 blocks)  peak RSS {result['peak_rss_gb']:5.2f} GB = {result['peak_rss_gb'] / size_gb:4.2f}x model",
-              flush=True)
+        scaled = "" if step == "load" else (f"  ({per_block:6.1f} s/block, ~{per_block * LLAMA2_7B_BLOCKS / 60:6.1f} min "
+                                            f"for {LLAMA2_7B_BLOCKS} blocks)")
+        print(f"{step:9s} {result['seconds']:7.1f} s{scaled}  peak RSS {result['peak_rss_gb']:5.2f} GB = "
+              f"{result['peak_rss_gb'] / size_gb:4.2f}x model", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ DAMP_RETRY_FACTORS = (10.0, 100.0)
 
 
 class HessianAccumulator:
-    """Accumulates H = (2/N)·Σ xxᵀ over the N input rows (tokens) a Linear layer sees, in fp32."""
+    """Accumulates H = (2/N)·Σ xxᵀ over the N input rows (tokens) a Linear layer sees, in fp32, in place."""
 
     def __init__(self) -> None:
         self.sums: torch.Tensor | None = None
@@ -33,22 +33,28 @@ class HessianAccumulator:
     def add(self, x: torch.Tensor) -> None:
         """Add a batch of inputs (..., in_features)."""
         rows = x.reshape(-1, x.shape[-1]).float()
-        self.sums = rows.T @ rows if self.sums is None else self.sums + rows.T @ rows
+        if self.sums is None:
+            self.sums = rows.T @ rows
+        else:
+            self.sums += rows.T @ rows
         self.count += rows.shape[0]
 
     def hessian(self) -> torch.Tensor:
-        """(2/N)·Σ xxᵀ."""
+        """(2/N)·Σ xxᵀ, scaled in place: the accumulator is used up (no second in×in matrix)."""
         if self.sums is None:
             raise ValueError("GPTQ: no calibration input reached this layer")
-        return self.sums * (2.0 / self.count)
+        hessian, self.sums = self.sums.mul_(2.0 / self.count), None
+        return hessian
 
 
 def upper_cholesky_of_inverse(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹."""
-    damped = hessian + damp * torch.mean(torch.diag(hessian)) * torch.eye(hessian.shape[0], device=hessian.device)
+    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹; dampens `hessian` in place, and keeps at most two
+    in×in matrices besides it alive (down_proj of a 7B model: 485 MB each)."""
+    hessian.diagonal().add_(damp * torch.mean(torch.diag(hessian)))
     try:
-        lower = torch.linalg.cholesky(damped)
-        return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+        factor = torch.linalg.cholesky(hessian)
+        factor = torch.cholesky_inverse(factor)
+        return torch.linalg.cholesky(factor, upper=True)
     except torch.linalg.LinAlgError:
         raise NumericalError(f"GPTQ: Hessian not positive definite with dampening {damp}") from None
 
@@ -85,6 +91,7 @@ def gptq_quantize(
         weight, hessian = weight[:, perm], hessian[perm][:, perm]
         group_of = group_of[perm] if static_groups else group_of
     hinv = upper_cholesky_of_inverse(hessian, damp)
+    del hessian  # our dampened copy; the caller's stays intact for a retry
     quantized = torch.zeros_like(weight)
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
