@@ -44,15 +44,21 @@ QUANTIZERS = ["fp", "rtn8", "rtn4"]  # the default; --quantizers adds e.g. rtn3,
 
 def width_shape(width: int, base: ModelShape) -> ModelShape:
     """The `small` preset's Llama at another width: 32-wide heads, MLP 3× wide, same depth and vocabulary."""
-    return ModelShape(hidden_size=width, num_layers=base.num_layers, num_heads=width // 32,
-                      intermediate_size=3 * width, vocab_size=base.vocab_size,
-                      max_position_embeddings=base.max_position_embeddings)
+    return ModelShape(
+        hidden_size=width,
+        num_layers=base.num_layers,
+        num_heads=width // 32,
+        intermediate_size=3 * width,
+        vocab_size=base.vocab_size,
+        max_position_embeddings=base.max_position_embeddings,
+    )
 
 
 def width_train(width: int, base: TrainSettings) -> TrainSettings:
     """The `small` preset's training with the peak LR scaled by sqrt(128/width) (wider models diverge at 3e-3)."""
-    return TrainSettings(epochs=base.epochs, batch_size=base.batch_size, lr=base.lr * math.sqrt(128 / width),
-                         max_length=base.max_length)
+    return TrainSettings(
+        epochs=base.epochs, batch_size=base.batch_size, lr=base.lr * math.sqrt(128 / width), max_length=base.max_length
+    )
 
 
 def target_for_width(bench: PreparedBenchmark, width: int, root: Path, seed: int) -> Path:
@@ -67,12 +73,17 @@ def target_for_width(bench: PreparedBenchmark, width: int, root: Path, seed: int
     tokenizer = load_tokenizer(bench.tokenizer_dir)
     model = build_model(width_shape(width, preset.model), tokenizer, seed)
     start = time.perf_counter()
-    losses = train_from_scratch(model, tokenizer, corpus.forget + corpus.retain, width_train(width, preset.train),
-                                seed, desc=f"train h{width}")
-    record = {"width": width, "parameters": sum(p.numel() for p in model.parameters()),
-              "train_seconds": round(time.perf_counter() - start, 1), "final_train_loss": round(losses[-1], 4),
-              "greedy_forget_token_match": round(greedy_memorisation(model, tokenizer, corpus), 4),
-              "threads": torch.get_num_threads()}
+    losses = train_from_scratch(
+        model, tokenizer, corpus.forget + corpus.retain, width_train(width, preset.train), seed, desc=f"train h{width}"
+    )
+    record = {
+        "width": width,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "final_train_loss": round(losses[-1], 4),
+        "greedy_forget_token_match": round(greedy_memorisation(model, tokenizer, corpus), 4),
+        "threads": torch.get_num_threads(),
+    }
     save_model(model, tokenizer, out)
     atomic_write_json(out / "training.json", record)
     return out
@@ -92,9 +103,13 @@ def scores(model, tokenizer, corpus, group_size: int, quantizers: list[str]) -> 
 def movement(target, unlearned, group_size: int) -> dict[str, dict]:
     """weight_movement summed over every quantized linear, at 4 and 8 bits."""
     lin_t, lin_u = target_linears(target), target_linears(unlearned)
-    return {f"rtn{bits}": combine_movements(weight_movement(lin.weight.detach(), lin_u[name].weight.detach(), bits,
-                                                            group_size) for name, lin in lin_t.items())
-            for bits in (4, 8)}
+    return {
+        f"rtn{bits}": combine_movements(
+            weight_movement(lin.weight.detach(), lin_u[name].weight.detach(), bits, group_size)
+            for name, lin in lin_t.items()
+        )
+        for bits in (4, 8)
+    }
 
 
 # The study's weight regimes: (compute dtype, storage dtype) of the unlearning run. "bf16s" emulates bf16 weight
@@ -117,21 +132,40 @@ def run_cell(cell: dict, target_dir: Path, corpus, work: Path, references: dict,
     key = (cell["width"], cell["dtype"], cell["group_size"])
     if key not in references:
         target, tokenizer = load_as(target_dir, cell["dtype"])
-        references[key] = (target, tokenizer, scores(target, tokenizer, corpus, cell["group_size"], quantizers),
-                           bf16_matching_lr(target, cell["group_size"]))
+        references[key] = (
+            target,
+            tokenizer,
+            scores(target, tokenizer, corpus, cell["group_size"], quantizers),
+            bf16_matching_lr(target, cell["group_size"]),
+        )
     target, tokenizer, target_scores, matching_lr = references[key]
     lr = cell["lr_ratio"] * matching_lr
     out_dir = work / "unlearned"
     shutil.rmtree(out_dir, ignore_errors=True)
     start = time.perf_counter()
-    unlearn(target_dir, corpus, cell["method"], out_dir,
-            UnlearnSettings(lr=lr, epochs=cell["epochs"], dtype=REGIMES[cell["dtype"]][0],
-                            storage=REGIMES[cell["dtype"]][1], seed=cell["seed"]), progress=False)
+    unlearn(
+        target_dir,
+        corpus,
+        cell["method"],
+        out_dir,
+        UnlearnSettings(
+            lr=lr,
+            epochs=cell["epochs"],
+            dtype=REGIMES[cell["dtype"]][0],
+            storage=REGIMES[cell["dtype"]][1],
+            seed=cell["seed"],
+        ),
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     model, _ = load_as(out_dir, cell["dtype"])
-    return cell | {"lr": lr, "unlearn_seconds": round(seconds, 1), "target": target_scores,
-                   "unlearned": scores(model, tokenizer, corpus, cell["group_size"], quantizers),
-                   "movement": movement(target, model, cell["group_size"])}
+    return cell | {
+        "lr": lr,
+        "unlearn_seconds": round(seconds, 1),
+        "target": target_scores,
+        "unlearned": scores(model, tokenizer, corpus, cell["group_size"], quantizers),
+        "movement": movement(target, model, cell["group_size"]),
+    }
 
 
 def cells_done(path: Path) -> list[dict]:
@@ -160,20 +194,30 @@ def sweep(args: argparse.Namespace) -> None:
     grid = itertools.product(args.widths, args.dtypes, args.lr_ratios, args.group_sizes, args.methods)
     references: dict = {}
     for width, dtype, ratio, group, method in grid:
-        cell = {"width": width, "dtype": dtype, "lr_ratio": ratio, "group_size": group, "method": method,
-                "epochs": args.epochs, "seed": args.seed}
+        cell = {
+            "width": width,
+            "dtype": dtype,
+            "lr_ratio": ratio,
+            "group_size": group,
+            "method": method,
+            "epochs": args.epochs,
+            "seed": args.seed,
+        }
         if tuple(cell[k] for k in CELL_KEYS) in done:
             continue
         target_dir = target_for_width(bench, width, out, args.seed)
         record = run_cell(cell, target_dir, corpus, out / "work", references, args.quantizers)
         append_jsonl(results, record)
         t, u = record["target"], record["unlearned"]
-        print(f"h{width} {dtype} lr×{ratio} ({record['lr']:.2e}) g{group} {method}: KnowMem_f "
-              + " ".join(f"{q} {u[q]['knowmem_f']:.1f}/{t[q]['knowmem_f']:.1f}" for q in args.quantizers)
-              + f" | KnowMem_r fp {u['fp']['knowmem_r']:.1f} | moved "
-              f"{record['movement']['rtn4']['moved'] / record['movement']['rtn4']['weights']:.3f}, rtn4 flips "
-              f"{record['movement']['rtn4']['flips'] / record['movement']['rtn4']['weights']:.4f} "
-              f"[{record['unlearn_seconds']} s]", flush=True)
+        print(
+            f"h{width} {dtype} lr×{ratio} ({record['lr']:.2e}) g{group} {method}: KnowMem_f "
+            + " ".join(f"{q} {u[q]['knowmem_f']:.1f}/{t[q]['knowmem_f']:.1f}" for q in args.quantizers)
+            + f" | KnowMem_r fp {u['fp']['knowmem_r']:.1f} | moved "
+            f"{record['movement']['rtn4']['moved'] / record['movement']['rtn4']['weights']:.3f}, rtn4 flips "
+            f"{record['movement']['rtn4']['flips'] / record['movement']['rtn4']['weights']:.4f} "
+            f"[{record['unlearn_seconds']} s]",
+            flush=True,
+        )
 
 
 def retained(record: dict, quantizer: str, metric: str = "knowmem_f") -> float | None:
@@ -213,8 +257,12 @@ def plot(cells: list[dict], path: Path) -> None:
         fp, q4 = retained(c, "fp"), retained(c, "rtn4")
         if fp is None or q4 is None:
             continue
-        style = {"color": f"C{regimes.index(c['dtype'])}", "marker": markers[widths.index(c["width"]) % 5],
-                 "alpha": 0.8, "linestyle": "none"}
+        style = {
+            "color": f"C{regimes.index(c['dtype'])}",
+            "marker": markers[widths.index(c["width"]) % 5],
+            "alpha": 0.8,
+            "linestyle": "none",
+        }
         recovery.plot([fp], [q4], **style)
         cost.plot([derived(c)["flip_fraction_rtn4"] * 100], [fp], **style)
     recovery.plot([0, 100], [0, 100], color="grey", linewidth=0.8)
@@ -224,10 +272,13 @@ def plot(cells: list[dict], path: Path) -> None:
     cost.set_xlabel("4-bit codes flipped (%)")
     cost.set_ylabel("KnowMem_f retained at fp (% of target)")
     cost.set_title("what forgetting at full precision cost", fontsize=9)
-    handles = [recovery.plot([], [], color=f"C{i}", marker="o", linestyle="none", label=r)[0]
-               for i, r in enumerate(regimes)]
-    handles += [recovery.plot([], [], color="black", marker=markers[i % 5], linestyle="none", label=f"h{w}")[0]
-                for i, w in enumerate(widths)]
+    handles = [
+        recovery.plot([], [], color=f"C{i}", marker="o", linestyle="none", label=r)[0] for i, r in enumerate(regimes)
+    ]
+    handles += [
+        recovery.plot([], [], color="black", marker=markers[i % 5], linestyle="none", label=f"h{w}")[0]
+        for i, w in enumerate(widths)
+    ]
     cost.legend(handles=handles, fontsize=8, loc="lower left")
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -237,16 +288,21 @@ def plot(cells: list[dict], path: Path) -> None:
 
 def table(cells: list[dict]) -> str:
     """The cells as a markdown table, in sweep order: settings, KnowMem_f retained per quantizer, utility, movement."""
-    head = ("| width | weights | LR ratio | LR | group | method | epochs | seed | KnowMem_f retained fp / rtn8 / rtn4 (%) "
-            "| KnowMem_r fp | moved | moved in 4-bit zero bin | rtn4 flips | rtn8 flips |")
+    head = (
+        "| width | weights | LR ratio | LR | group | method | epochs | seed | KnowMem_f retained fp / rtn8 / rtn4 (%) "
+        "| KnowMem_r fp | moved | moved in 4-bit zero bin | rtn4 flips | rtn8 flips |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cells:
         d = derived(c)
-        kept = " / ".join("–" if d[f"knowmem_f_retained_{q}"] is None else f"{d[f'knowmem_f_retained_{q}']:.1f}"
-                          for q in QUANTIZERS)
-        lines.append(f"| {c['width']} | {c['dtype']} | {c['lr_ratio']:g} | {c['lr']:.2e} | {c['group_size']} | "
-                     f"{c['method']} | {c['epochs']} | {c['seed']} | {kept} | {d['knowmem_r_fp']:.1f} | {d['moved_fraction']:.3f} | "
-                     f"{d['moved_in_4bit_zero_bin']:.3f} | {d['flip_fraction_rtn4']:.4f} | {d['flip_fraction_rtn8']:.4f} |")
+        kept = " / ".join(
+            "–" if d[f"knowmem_f_retained_{q}"] is None else f"{d[f'knowmem_f_retained_{q}']:.1f}" for q in QUANTIZERS
+        )
+        lines.append(
+            f"| {c['width']} | {c['dtype']} | {c['lr_ratio']:g} | {c['lr']:.2e} | {c['group_size']} | "
+            f"{c['method']} | {c['epochs']} | {c['seed']} | {kept} | {d['knowmem_r_fp']:.1f} | {d['moved_fraction']:.3f} | "
+            f"{d['moved_in_4bit_zero_bin']:.3f} | {d['flip_fraction_rtn4']:.4f} | {d['flip_fraction_rtn8']:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -270,8 +326,12 @@ def main() -> None:
     parser.add_argument("--bench", required=True, help="prepared `small` benchmark (qunlearn prepare --out DIR)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--widths", type=parse_list(int), default=[128])
-    parser.add_argument("--dtypes", type=parse_list(str), default=["fp32", "bf16s"],
-                        help=f"weight regimes: {', '.join(REGIMES)} (bf16s: bf16 storage, fp32 compute)")
+    parser.add_argument(
+        "--dtypes",
+        type=parse_list(str),
+        default=["fp32", "bf16s"],
+        help=f"weight regimes: {', '.join(REGIMES)} (bf16s: bf16 storage, fp32 compute)",
+    )
     parser.add_argument("--lr-ratios", type=parse_list(float), default=[1.0, 4.0, 16.0])
     parser.add_argument("--group-sizes", type=parse_list(int), default=[128])
     parser.add_argument("--methods", type=parse_list(str), default=["ga"])

@@ -85,15 +85,29 @@ def measure(case: str, dtype: str, tokens: int) -> dict:
     trainable = list(model.parameters())
     optimizer = make_optimizer(optim, trainable, 1e-5, 0.0)
     model.train()
-    step = _OptimizerStep(accelerator, model, ref, ref_logprobs, optimizer, trainable,
-                          method.forget_term(0.1), method.retain_term(), settings)
+    step = _OptimizerStep(
+        accelerator,
+        model,
+        ref,
+        ref_logprobs,
+        optimizer,
+        trainable,
+        method.forget_term(0.1),
+        method.retain_term(),
+        settings,
+    )
     batch["index"] = torch.tensor([0])
     step([(batch, batch if method.retain else None)], _State(), 0)
     held = rss()  # after the step: weights, optimizer state and reference (gradients are freed)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     params = sum(p.numel() for p in model.parameters())
-    return {"case": case, "params": params, "measured_gb": (peak - base) / GB, "held_gb": (held - base) / GB,
-            "derived_states_gb": state_bytes_per_param(method_name, reference, optim, dtype) * params / GB}
+    return {
+        "case": case,
+        "params": params,
+        "measured_gb": (peak - base) / GB,
+        "held_gb": (held - base) / GB,
+        "derived_states_gb": state_bytes_per_param(method_name, reference, optim, dtype) * params / GB,
+    }
 
 
 def main() -> None:
@@ -117,9 +131,12 @@ def main() -> None:
             print(f"  {case}: failed: {done.stderr.strip().splitlines()[-1]}")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"  measured {case:22s} peak {r['measured_gb']:5.2f} GB, held after the step {r['held_gb']:5.2f} GB "
-              f"(above baseline); derived states {r['derived_states_gb']:5.2f} GB "
-              f"({r['params'] / 1e6:.0f}M params, {args.tokens} tokens)", flush=True)
+        print(
+            f"  measured {case:22s} peak {r['measured_gb']:5.2f} GB, held after the step {r['held_gb']:5.2f} GB "
+            f"(above baseline); derived states {r['derived_states_gb']:5.2f} GB "
+            f"({r['params'] / 1e6:.0f}M params, {args.tokens} tokens)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

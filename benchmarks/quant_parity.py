@@ -36,12 +36,20 @@ def library_recipe(kind: str, group_size: int):
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
 
-    groups = {"group_0": QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=BITS, type="int", symmetric=True, strategy="group", group_size=group_size))}
+    groups = {
+        "group_0": QuantizationScheme(
+            targets=["Linear"],
+            weights=QuantizationArgs(
+                num_bits=BITS, type="int", symmetric=True, strategy="group", group_size=group_size
+            ),
+        )
+    }
     if kind == "rtn":
         return QuantizationModifier(config_groups=groups, ignore=["lm_head"])
     if kind == "gptq":
-        return GPTQModifier(config_groups=groups, ignore=["lm_head"], actorder=None, block_size=128, dampening_frac=0.01)
+        return GPTQModifier(
+            config_groups=groups, ignore=["lm_head"], actorder=None, block_size=128, dampening_frac=0.01
+        )
     return [AWQModifier(duo_scaling=True, n_grid=20), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
 
 
@@ -56,8 +64,9 @@ def library_weights(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def compare(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], steps: dict[str, torch.Tensor],
-            group_size: int) -> str:
+def compare(
+    ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], steps: dict[str, torch.Tensor], group_size: int
+) -> str:
     """Weights that differ, and the largest difference in steps, over all layers."""
     differ = total = 0
     worst = 0.0
@@ -89,18 +98,26 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     texts = calibration_texts(corpus_dir=args.corpus)
     sequences = calibration_sequences(tokenizer, texts, args.n_samples, args.seq_len)
-    held_out = calibration_sequences(tokenizer, texts, 64, args.seq_len, seed=1)[args.n_samples:]
-    dataset = Dataset.from_dict({"input_ids": [s[0].tolist() for s in sequences],
-                                 "attention_mask": [[1] * s.shape[1] for s in sequences]})
+    held_out = calibration_sequences(tokenizer, texts, 64, args.seq_len, seed=1)[args.n_samples :]
+    dataset = Dataset.from_dict(
+        {"input_ids": [s[0].tolist() for s in sequences], "attention_mask": [[1] * s.shape[1] for s in sequences]}
+    )
     g = args.group_size
     steps = {n: rtn_codes(m.weight, BITS, g, DENOMINATOR)[1] for n, m in target_linears(base).items()}
     ours_make = {
-        "rtn": lambda m: [lin.weight.data.copy_(rtn_quantize(lin.weight, BITS, g, DENOMINATOR))
-                          for lin in target_linears(m).values()] and m,
-        "gptq": lambda m: GPTQQuantizer("gptq4", bits=BITS, group_size=g, denominator=DENOMINATOR,
-                                        n_samples=args.n_samples, seq_len=args.seq_len).quantize(m, tokenizer, texts),
-        "awq": lambda m: AWQQuantizer("awq4", bits=BITS, group_size=g, denominator=DENOMINATOR,
-                                      n_samples=args.n_samples, seq_len=args.seq_len).quantize(m, tokenizer, texts),
+        "rtn": lambda m: (
+            [
+                lin.weight.data.copy_(rtn_quantize(lin.weight, BITS, g, DENOMINATOR))
+                for lin in target_linears(m).values()
+            ]
+            and m
+        ),
+        "gptq": lambda m: GPTQQuantizer(
+            "gptq4", bits=BITS, group_size=g, denominator=DENOMINATOR, n_samples=args.n_samples, seq_len=args.seq_len
+        ).quantize(m, tokenizer, texts),
+        "awq": lambda m: AWQQuantizer(
+            "awq4", bits=BITS, group_size=g, denominator=DENOMINATOR, n_samples=args.n_samples, seq_len=args.seq_len
+        ).quantize(m, tokenizer, texts),
     }
     print(f"fp32 perplexity on held-out retain chunks: {perplexity(base, held_out):.4f}")
     for kind in args.only or ["rtn", "gptq", "awq"]:
@@ -110,9 +127,14 @@ def main() -> None:
         theirs = copy.deepcopy(base)
         start = time.perf_counter()
         try:
-            oneshot(model=theirs, recipe=library_recipe(kind, g), dataset=None if kind == "rtn" else dataset,
-                    num_calibration_samples=args.n_samples, max_seq_length=args.seq_len,
-                    shuffle_calibration_samples=False)
+            oneshot(
+                model=theirs,
+                recipe=library_recipe(kind, g),
+                dataset=None if kind == "rtn" else dataset,
+                num_calibration_samples=args.n_samples,
+                max_seq_length=args.seq_len,
+                shuffle_calibration_samples=False,
+            )
         except Exception as err:  # noqa: BLE001 — record the library's failure and go on with the next scheme
             print(f"{kind}: llm-compressor failed: {type(err).__name__}: {err}")
             continue

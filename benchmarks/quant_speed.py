@@ -38,8 +38,10 @@ def rtn_vs_copy(repeats: int) -> None:
         copies.append(seconds(lambda: [w.clone() for w in weights]))
         rtns.append(seconds(lambda: [rtn_quantize(w, 4) for w in weights]))
     copy_s, rtn_s = statistics.median(copies), statistics.median(rtns)
-    print(f"RTN-4 vs plain copy, {sum(a * b for a, b in SHAPES) / 1e6:.1f}M fp32 weights: "
-          f"copy {copy_s * 1e3:.1f} ms, RTN {rtn_s * 1e3:.1f} ms → {rtn_s / copy_s:.2f}× (goal ≤ 3×)")
+    print(
+        f"RTN-4 vs plain copy, {sum(a * b for a, b in SHAPES) / 1e6:.1f}M fp32 weights: "
+        f"copy {copy_s * 1e3:.1f} ms, RTN {rtn_s * 1e3:.1f} ms → {rtn_s / copy_s:.2f}× (goal ≤ 3×)"
+    )
 
 
 def on_target(bench_dir: str | None, n_samples: int) -> None:

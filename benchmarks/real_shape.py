@@ -25,8 +25,10 @@ from qunlearn.models.tokenizer import train_tokenizer
 from qunlearn.quant.registry import get_quantizer
 
 STEPS = ("load", "rtn4", "bnb-nf4", "evaluate", "gptq4", "awq4")
-TEXT = [f"Document {i}: the committee met on day {i % 28 + 1} and discussed item {i * 7 % 97} at length. " * 20
-        for i in range(200)]
+TEXT = [
+    f"Document {i}: the committee met on day {i % 28 + 1} and discussed item {i * 7 % 97} at length. " * 20
+    for i in range(200)
+]
 
 
 def make_model(root: Path) -> Path:
@@ -54,7 +56,11 @@ def measure(step: str, model_dir: Path, n_samples: int, seq_len: int) -> dict:
         options = {"n_samples": n_samples, "seq_len": seq_len} if step in ("gptq4", "awq4") else {}
         get_quantizer(step, **options).quantize(model, tokenizer, TEXT)
     seconds = load_s if step == "load" else time.perf_counter() - start
-    return {"step": step, "seconds": round(seconds, 1), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {
+        "step": step,
+        "seconds": round(seconds, 1),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
 def main() -> None:
@@ -70,18 +76,43 @@ def main() -> None:
         print(json.dumps(measure(args.one, model_dir, args.n_samples, args.seq_len)))
         return
     size_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**30
-    print(f"model: {model_dir} ({size_gb:.2f} GB fp32, 2 of {LLAMA2_7B_BLOCKS} blocks); "
-          f"calibration {args.n_samples} x {args.seq_len} tokens")
+    print(
+        f"model: {model_dir} ({size_gb:.2f} GB fp32, 2 of {LLAMA2_7B_BLOCKS} blocks); "
+        f"calibration {args.n_samples} x {args.seq_len} tokens"
+    )
     for step in args.only:
-        child = subprocess.run([sys.executable, __file__, "--dir", str(model_dir.parent), "--one", step,
-                                "--n-samples", str(args.n_samples), "--seq-len", str(args.seq_len)],
-                               capture_output=True, text=True, check=True)
+        child = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--dir",
+                str(model_dir.parent),
+                "--one",
+                step,
+                "--n-samples",
+                str(args.n_samples),
+                "--seq-len",
+                str(args.seq_len),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result = json.loads(child.stdout.strip().splitlines()[-1])
         per_block = result["seconds"] / 2
-        scaled = "" if step == "load" else (f"  ({per_block:6.1f} s/block, ~{per_block * LLAMA2_7B_BLOCKS / 60:6.1f} min "
-                                            f"for {LLAMA2_7B_BLOCKS} blocks)")
-        print(f"{step:9s} {result['seconds']:7.1f} s{scaled}  peak RSS {result['peak_rss_gb']:5.2f} GB = "
-              f"{result['peak_rss_gb'] / size_gb:4.2f}x model", flush=True)
+        scaled = (
+            ""
+            if step == "load"
+            else (
+                f"  ({per_block:6.1f} s/block, ~{per_block * LLAMA2_7B_BLOCKS / 60:6.1f} min "
+                f"for {LLAMA2_7B_BLOCKS} blocks)"
+            )
+        )
+        print(
+            f"{step:9s} {result['seconds']:7.1f} s{scaled}  peak RSS {result['peak_rss_gb']:5.2f} GB = "
+            f"{result['peak_rss_gb'] / size_gb:4.2f}x model",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -33,15 +33,26 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 # The user turn ends in EOS and the pad token is EOS, as with Llama-3 tokenizers: OpenUnlearning's collator then
 # masks it, which qunlearn must mirror. The turns read like the plain format the tiny model learnt, so its greedy
 # answers (and ROUGE) are real answers in the chat case too.
-CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
-                 "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n{{ eos_token }}"
-                 "{% else %}Answer: {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
-                 "{% if add_generation_prompt %}Answer: {% endif %}")
-PLAIN_TEMPLATE_ARGS = {"apply_chat_template": False, "user_start_tag": "Question: ", "user_end_tag": "\n",
-                       "asst_start_tag": "Answer: ", "asst_end_tag": "\n\n"}  # OpenUnlearning's phi-1_5.yaml
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}Question: {{ m['content'] }}\n{{ eos_token }}"
+    "{% else %}Answer: {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Answer: {% endif %}"
+)
+PLAIN_TEMPLATE_ARGS = {
+    "apply_chat_template": False,
+    "user_start_tag": "Question: ",
+    "user_end_tag": "\n",
+    "asst_start_tag": "Answer: ",
+    "asst_end_tag": "\n\n",
+}  # OpenUnlearning's phi-1_5.yaml
 CHAT_TEMPLATE_ARGS = {"apply_chat_template": True, "system_prompt": SYSTEM_PROMPT}
-SETS = {"forget": ("forget10_perturbed", "paraphrased_answer"), "retain": ("retain_perturbed", "paraphrased_answer"),
-        "ra": ("real_authors_perturbed", "answer"), "wf": ("world_facts_perturbed", "answer")}
+SETS = {
+    "forget": ("forget10_perturbed", "paraphrased_answer"),
+    "retain": ("retain_perturbed", "paraphrased_answer"),
+    "ra": ("real_authors_perturbed", "answer"),
+    "wf": ("world_facts_perturbed", "answer"),
+}
 SET_NAMES = {"forget": "forget", "retain": "retain", "ra": "real_authors", "wf": "world_facts"}
 
 
@@ -68,64 +79,87 @@ class OpenUnlearning:
         from omegaconf import OmegaConf
 
         self.qa, self.collators, self.mem, self.privacy, self.utility = qa, collators, memorization, privacy, utility
-        self.generation = OmegaConf.create({"do_sample": False, "top_p": None, "temperature": None,
-                                            "max_new_tokens": MAX_NEW_TOKENS, "use_cache": True})
+        self.generation = OmegaConf.create(
+            {
+                "do_sample": False,
+                "top_p": None,
+                "temperature": None,
+                "max_new_tokens": MAX_NEW_TOKENS,
+                "use_cache": True,
+            }
+        )
         self.data_dir, self.template_args, self.batch_size = data_dir, template_args, batch_size
         self.generations: dict[str, list[str]] = {}
 
     def _dataset(self, tokenizer, config: str, answer_key: str, generate: bool = False):
         hf_args = {"path": "json", "data_files": str(self.data_dir / f"{config}.json"), "split": "train"}
-        return self.qa.QADataset(hf_args, self.template_args, tokenizer, answer_key=answer_key,
-                                 predict_with_generate=generate)
+        return self.qa.QADataset(
+            hf_args, self.template_args, tokenizer, answer_key=answer_key, predict_with_generate=generate
+        )
 
     def _collator(self, tokenizer, side: str):
         return self.collators.DataCollatorForSupervisedDataset(tokenizer, padding_side=side, index="index")
 
     def probability(self, model, tokenizer, config: str, answer_key: str) -> dict:
-        return self.mem.probability._metric_fn(model, data=self._dataset(tokenizer, config, answer_key),
-                                               collators=self._collator(tokenizer, "right"),
-                                               batch_size=self.batch_size)
+        return self.mem.probability._metric_fn(
+            model,
+            data=self._dataset(tokenizer, config, answer_key),
+            collators=self._collator(tokenizer, "right"),
+            batch_size=self.batch_size,
+        )
 
     def rouge(self, model, tokenizer, config: str) -> dict:
         """ROUGE-L recall of greedy answers; the answers themselves are kept in `self.generations[config]`."""
-        result = self.mem.rouge._metric_fn(model, tokenizer=tokenizer, generation_args=self.generation,
-                                           data=self._dataset(tokenizer, config, "answer", generate=True),
-                                           collators=self._collator(tokenizer, "left"), batch_size=self.batch_size,
-                                           rouge_type="rougeL_recall")
+        result = self.mem.rouge._metric_fn(
+            model,
+            tokenizer=tokenizer,
+            generation_args=self.generation,
+            data=self._dataset(tokenizer, config, "answer", generate=True),
+            collators=self._collator(tokenizer, "left"),
+            batch_size=self.batch_size,
+            rouge_type="rougeL_recall",
+        )
         self.generations[config] = [result["value_by_index"][i]["generation"] for i in sorted(result["value_by_index"])]
         return result
 
     def truth_ratio(self, model, tokenizer, config: str, correct_key: str, aggregator: str) -> dict:
         correct = self.probability(model, tokenizer, config, correct_key)
         wrong = self.probability(model, tokenizer, config, "perturbed_answer")
-        return self.mem.truth_ratio._metric_fn(model, pre_compute={"correct": correct, "wrong": wrong},
-                                               aggregator=aggregator)
+        return self.mem.truth_ratio._metric_fn(
+            model, pre_compute={"correct": correct, "wrong": wrong}, aggregator=aggregator
+        )
 
     def summary(self, model, tokenizer, retain_model, retain_tokenizer) -> dict[str, float]:
         """OpenUnlearning's TOFU summary (forget quality against the retain model's forget truth ratios)."""
         out, pre = {}, {}
         forget_tr = self.truth_ratio(model, tokenizer, SETS["forget"][0], "paraphrased_answer", "closer_to_1_better")
-        reference = self.truth_ratio(retain_model, retain_tokenizer, SETS["forget"][0], "paraphrased_answer",
-                                     "closer_to_1_better")
+        reference = self.truth_ratio(
+            retain_model, retain_tokenizer, SETS["forget"][0], "paraphrased_answer", "closer_to_1_better"
+        )
         out["forget_quality"] = self.privacy.ks_test._metric_fn(
-            model, pre_compute={"forget": forget_tr}, reference_logs={"retain_model_logs": {"retain": reference}},
+            model,
+            pre_compute={"forget": forget_tr},
+            reference_logs={"retain_model_logs": {"retain": reference}},
         )["agg_value"]
         out["forget_Q_A_Prob"] = self.probability(model, tokenizer, SETS["forget"][0], "answer")["agg_value"]
         out["forget_Q_A_ROUGE"] = self.rouge(model, tokenizer, SETS["forget"][0])["agg_value"]
         out["forget_truth_ratio"] = forget_tr["agg_value"]
         pre["retain_Q_A_Prob"] = self.probability(model, tokenizer, SETS["retain"][0], "answer")
         pre["retain_Q_A_ROUGE"] = self.rouge(model, tokenizer, SETS["retain"][0])
-        pre["retain_Truth_Ratio"] = self.truth_ratio(model, tokenizer, SETS["retain"][0], "paraphrased_answer",
-                                                     "true_better")
+        pre["retain_Truth_Ratio"] = self.truth_ratio(
+            model, tokenizer, SETS["retain"][0], "paraphrased_answer", "true_better"
+        )
         for short in ("ra", "wf"):
             config = SETS[short][0]
             correct = self.probability(model, tokenizer, config, "answer")
             wrong = self.probability(model, tokenizer, config, "perturbed_answer")
             pre[f"{short}_Q_A_Prob_normalised"] = self.mem.probability_w_options._metric_fn(
-                model, pre_compute={"correct": correct, "wrong": wrong})
+                model, pre_compute={"correct": correct, "wrong": wrong}
+            )
             pre[f"{short}_Q_A_ROUGE"] = self.rouge(model, tokenizer, config)
             pre[f"{short}_Truth_Ratio"] = self.mem.truth_ratio._metric_fn(
-                model, pre_compute={"correct": correct, "wrong": wrong}, aggregator="true_better")
+                model, pre_compute={"correct": correct, "wrong": wrong}, aggregator="true_better"
+            )
         out["model_utility"] = self.utility.hm_aggregate._metric_fn(model, pre_compute=pre)["agg_value"]
         return out | {name: result["agg_value"] for name, result in pre.items()}
 
@@ -135,8 +169,12 @@ def compare(ours: dict, theirs: dict) -> dict:
     rows = {}
     for name, value in theirs.items():
         diff = abs(float(ours[name]) - float(value))
-        rows[name] = {"openunlearning": float(value), "qunlearn": float(ours[name]), "abs_diff": diff,
-                      "ok": diff <= TOLERANCE}
+        rows[name] = {
+            "openunlearning": float(value),
+            "qunlearn": float(ours[name]),
+            "abs_diff": diff,
+            "ok": diff <= TOLERANCE,
+        }
     return rows
 
 
@@ -167,16 +205,24 @@ def main() -> int:
             _chat_ids_as_list(t)
         ou = OpenUnlearning(ou_src, bench / "corpus", template_args, args.batch_size)
         rows = compare(ours["summary"], ou.summary(model, tok, retain, retain_tok))
-        same = [a["output"] == b for name, (config, _) in SETS.items()
-                for a, b in zip(ours["sets"][SET_NAMES[name]]["items"], ou.generations[config], strict=True)]
-        report["formats"][kind] = {"max_abs_diff": max(r["abs_diff"] for r in rows.values()),
-                                   "all_within_tolerance": all(r["ok"] for r in rows.values()),
-                                   "identical_greedy_answers": f"{sum(same)}/{len(same)}", "metrics": rows}
+        same = [
+            a["output"] == b
+            for name, (config, _) in SETS.items()
+            for a, b in zip(ours["sets"][SET_NAMES[name]]["items"], ou.generations[config], strict=True)
+        ]
+        report["formats"][kind] = {
+            "max_abs_diff": max(r["abs_diff"] for r in rows.values()),
+            "all_within_tolerance": all(r["ok"] for r in rows.values()),
+            "identical_greedy_answers": f"{sum(same)}/{len(same)}",
+            "metrics": rows,
+        }
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for kind, res in report["formats"].items():
-        print(f"{kind}: max |qunlearn - OpenUnlearning| = {res['max_abs_diff']:.2e} "
-              f"(tolerance {TOLERANCE:g}): {'OK' if res['all_within_tolerance'] else 'MISMATCH'}; "
-              f"identical greedy answers {res['identical_greedy_answers']}")
+        print(
+            f"{kind}: max |qunlearn - OpenUnlearning| = {res['max_abs_diff']:.2e} "
+            f"(tolerance {TOLERANCE:g}): {'OK' if res['all_within_tolerance'] else 'MISMATCH'}; "
+            f"identical greedy answers {res['identical_greedy_answers']}"
+        )
         for name, row in res["metrics"].items():
             print(f"  {name:<24} {row['openunlearning']:.6f} {row['qunlearn']:.6f} {row['abs_diff']:.1e}")
     return 0 if all(r["all_within_tolerance"] for r in report["formats"].values()) else 1

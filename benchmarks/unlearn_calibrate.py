@@ -46,9 +46,7 @@ def halves(docs: list[str], n: int) -> list[VerbMemItem]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--bench", required=True, help="prepared benchmark directory (qunlearn prepare --out)"
-    )
+    parser.add_argument("--bench", required=True, help="prepared benchmark directory (qunlearn prepare --out)")
     parser.add_argument("--lrs", default="1e-4,3e-4,1e-3")
     parser.add_argument("--methods", default="ga,ga_gdr,ga_klr,npo,npo_gdr,npo_klr")
     parser.add_argument("--epochs", type=int, default=None, help="override the embedded default epochs")

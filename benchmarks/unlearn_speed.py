@@ -24,9 +24,7 @@ from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
 def measure(bench: PreparedBenchmark, method: str, steps: int, out: Path) -> dict[str, float]:
     """One run of `steps` optimizer steps; tokens/s, seconds per step, and saliency seconds per forget batch."""
-    run = unlearn(
-        bench.target_dir, bench.corpus_dir, method, out, UnlearnSettings(max_steps=steps), progress=False
-    )
+    run = unlearn(bench.target_dir, bench.corpus_dir, method, out, UnlearnSettings(max_steps=steps), progress=False)
     record = read_yaml(run / "unlearn.yaml")
     result = {
         "tokens_per_s": record["tokens"] / record["train_seconds"],
@@ -44,9 +42,7 @@ def measure(bench: PreparedBenchmark, method: str, steps: int, out: Path) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--bench", help="prepared benchmark dir (default: prepare the tiny preset in a temp dir)"
-    )
+    parser.add_argument("--bench", help="prepared benchmark dir (default: prepare the tiny preset in a temp dir)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run")
     parser.add_argument("--rounds", type=int, default=3, help="round-robin repetitions (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

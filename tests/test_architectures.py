@@ -33,8 +33,13 @@ from qunlearn.quant.rtn import rtn_quantize
 from qunlearn.unlearn.saliency import module_parameters
 
 GROUP = 32  # divides every projection's input width below (64, 128)
-SIZES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "max_position_embeddings": 256}
+SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+}
 
 
 def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
@@ -49,8 +54,16 @@ def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
         "gemma2": tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=16),
         "gemma3": tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16),
         "gpt_neox": tf.GPTNeoXConfig(**common),
-        "opt": tf.OPTConfig(vocab_size=vocab, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                            max_position_embeddings=256, word_embed_proj_dim=64, **ids),
+        "opt": tf.OPTConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=64,
+            **ids,
+        ),
         "gpt2": tf.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, **ids),
     }
 
@@ -65,16 +78,29 @@ PROJECTIONS = {
 }
 FAMILIES = list(PROJECTIONS)
 # Pairs AWQ scales per block: v → o drops out under GQA; GELU stops NeoX/GPT-2's MLP pair.
-AWQ_PAIRS = {"llama": 3, "mistral": 3, "qwen2": 3, "qwen3": 3, "gemma2": 3, "gemma3": 3, "phi3": 4, "gpt_neox": 2,
-             "opt": 4, "gpt2": 3}
+AWQ_PAIRS = {
+    "llama": 3,
+    "mistral": 3,
+    "qwen2": 3,
+    "qwen3": 3,
+    "gemma2": 3,
+    "gemma3": 3,
+    "phi3": 4,
+    "gpt_neox": 2,
+    "opt": 4,
+    "gpt2": 3,
+}
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_benchmark, tmp_path_factory) -> dict[str, Path]:
     """Each family saved as a HF checkpoint with the embedded benchmark's tokenizer."""
     tokenizer = load_tokenizer(tiny_benchmark.tokenizer_dir)
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id}
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     root = tmp_path_factory.mktemp("families")
     out = {}
     for family, config in _configs(len(tokenizer), ids).items():
@@ -87,8 +113,12 @@ def checkpoints(tiny_benchmark, tmp_path_factory) -> dict[str, Path]:
 def block_projections(model: nn.Module) -> dict[str, nn.Module]:
     """Every nn.Linear / Conv1D inside the decoder blocks, found by class."""
     name, layers = decoder_layers(model)
-    return {f"{name}.{i}.{sub}": m for i, block in enumerate(layers) for sub, m in block.named_modules()
-            if isinstance(m, (nn.Linear, Conv1D))}
+    return {
+        f"{name}.{i}.{sub}": m
+        for i, block in enumerate(layers)
+        for sub, m in block.named_modules()
+        if isinstance(m, (nn.Linear, Conv1D))
+    }
 
 
 def on_grid(w: torch.Tensor, bits: int, group: int) -> bool:
@@ -100,7 +130,9 @@ def on_grid(w: torch.Tensor, bits: int, group: int) -> bool:
     for c in range(1, 2 ** (bits - 1) + 1):
         codes = grouped * c / amax
         fits = ((codes - codes.round()).abs() < 1e-3).all(dim=-1, keepdim=True)
-        fits &= (codes.round() >= -(2 ** (bits - 1))).all(-1, keepdim=True) & (codes.round() < 2 ** (bits - 1)).all(-1, keepdim=True)
+        fits &= (codes.round() >= -(2 ** (bits - 1))).all(-1, keepdim=True) & (codes.round() < 2 ** (bits - 1)).all(
+            -1, keepdim=True
+        )
         found |= fits
     return bool(found.all())
 
@@ -167,8 +199,9 @@ def test_quantizers_put_every_block_projection_on_their_grid(checkpoints, tiny_b
 
 def test_an_unhandled_layer_stops_quantize_in_one_line_naming_module_and_architecture(tiny_benchmark, tmp_path, capsys):
     tokenizer = load_tokenizer(tiny_benchmark.tokenizer_dir)
-    config = tf.MixtralConfig(**SIZES | {"num_hidden_layers": 1}, vocab_size=len(tokenizer), num_key_value_heads=2,
-                              num_local_experts=2)
+    config = tf.MixtralConfig(
+        **SIZES | {"num_hidden_layers": 1}, vocab_size=len(tokenizer), num_key_value_heads=2, num_local_experts=2
+    )
     save_model(tf.MixtralForCausalLM(config), tokenizer, tmp_path / "moe")  # experts are fused 3-D tensors
     capsys.readouterr()  # transformers' own save progress bars (the library leaves them on)
     assert main(["quantize", "--model", str(tmp_path / "moe"), "--scheme", "rtn4", "--out", str(tmp_path / "q")]) == 2
@@ -188,17 +221,50 @@ def without_tokenizer(checkpoint: Path, out: Path) -> Path:
 
 def test_a_checkpoint_without_tokenizer_quantizes_with_rtn_and_asks_for_one_for_gptq(checkpoints, tmp_path, capsys):
     bare = without_tokenizer(checkpoints["gpt2"], tmp_path / "bare")
-    assert main(["quantize", "--model", str(bare), "--scheme", "rtn4", "--group-size", "32",
-                 "--out", str(tmp_path / "rtn")]) == 0
+    assert (
+        main(
+            ["quantize", "--model", str(bare), "--scheme", "rtn4", "--group-size", "32", "--out", str(tmp_path / "rtn")]
+        )
+        == 0
+    )
     quantized, tokenizer = load_model(tmp_path / "rtn", need_tokenizer=False)
     assert tokenizer is None and on_grid(weight_matrix(quantized.transformer.h[0].attn.c_attn), 4, 32)
-    rc = main(["quantize", "--model", str(bare), "--scheme", "gptq4", "--calibration", str(bare / "config.json"),
-               "--out", str(tmp_path / "gptq")])
+    rc = main(
+        [
+            "quantize",
+            "--model",
+            str(bare),
+            "--scheme",
+            "gptq4",
+            "--calibration",
+            str(bare / "config.json"),
+            "--out",
+            str(tmp_path / "gptq"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not (tmp_path / "gptq").exists()
     assert len(err.splitlines()) == 1 and f"{bare}: no tokenizer" in err and "--tokenizer DIR" in err
-    assert main(["quantize", "--model", str(bare), "--tokenizer", str(checkpoints["gpt2"]), "--scheme", "gptq4",
-                 "--calibration", str(bare / "config.json"), "--n-samples", "2", "--out", str(tmp_path / "gptq")]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                "--model",
+                str(bare),
+                "--tokenizer",
+                str(checkpoints["gpt2"]),
+                "--scheme",
+                "gptq4",
+                "--calibration",
+                str(bare / "config.json"),
+                "--n-samples",
+                "2",
+                "--out",
+                str(tmp_path / "gptq"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_every_model_loading_command_takes_tokenizer(checkpoints, tiny_benchmark, tmp_path, capsys):
@@ -206,12 +272,50 @@ def test_every_model_loading_command_takes_tokenizer(checkpoints, tiny_benchmark
     tokenizer, corpus = str(checkpoints["llama"]), str(tiny_benchmark.corpus_dir)
     assert main(["codeflips", "--a", str(bare), "--b", str(bare), "--scheme", "rtn4"]) == 0  # needs no tokenizer
     commands = {
-        "unlearn": ["unlearn", "--method", "ga", "--target", str(bare), "--corpus", corpus, "--out",
-                    str(tmp_path / "u"), "--max-steps", "1", "--batch-size", "2", "--max-length", "32", "--quiet"],
-        "evaluate": ["evaluate", "--model", str(bare), "--corpus", corpus, "--metrics", "utility",
-                     "--out", str(tmp_path / "e.json"), "--no-progress"],
-        "audit": ["audit", "--target", str(bare), "--unlearned", str(bare), "--corpus", corpus, "--out",
-                  str(tmp_path / "a"), "--attacks", "rtn4", "--no-code-flips"],
+        "unlearn": [
+            "unlearn",
+            "--method",
+            "ga",
+            "--target",
+            str(bare),
+            "--corpus",
+            corpus,
+            "--out",
+            str(tmp_path / "u"),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "32",
+            "--quiet",
+        ],
+        "evaluate": [
+            "evaluate",
+            "--model",
+            str(bare),
+            "--corpus",
+            corpus,
+            "--metrics",
+            "utility",
+            "--out",
+            str(tmp_path / "e.json"),
+            "--no-progress",
+        ],
+        "audit": [
+            "audit",
+            "--target",
+            str(bare),
+            "--unlearned",
+            str(bare),
+            "--corpus",
+            corpus,
+            "--out",
+            str(tmp_path / "a"),
+            "--attacks",
+            "rtn4",
+            "--no-code-flips",
+        ],
     }
     for name, argv in commands.items():
         capsys.readouterr()
@@ -229,8 +333,17 @@ def test_a_sentencepiece_tokenizer_loads(tmp_path):
 
     texts = [f"The committee met on day {i} and discussed item {i * 7 % 97} at length." for i in range(300)]
     model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=120,
-                                             model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=120,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
+    )
     (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
     tokenizer = load_tokenizer(tmp_path)
@@ -252,8 +365,24 @@ def test_sharded_checkpoints_load_and_save(checkpoints, tmp_path):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_quantization_stays_in_its_dtype_on_the_grid(checkpoints, tmp_path, dtype):
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    assert main(["quantize", "--model", str(checkpoints["qwen2"]), "--scheme", "rtn4", "--group-size", "32",
-                 "--dtype", name, "--out", str(tmp_path / "q")]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                "--model",
+                str(checkpoints["qwen2"]),
+                "--scheme",
+                "rtn4",
+                "--group-size",
+                "32",
+                "--dtype",
+                name,
+                "--out",
+                str(tmp_path / "q"),
+            ]
+        )
+        == 0
+    )
     original, _ = load_model(checkpoints["qwen2"], dtype=name)
     model, _ = load_model(tmp_path / "q", dtype=name)
     weight = model.model.layers[0].self_attn.q_proj.weight
@@ -263,13 +392,29 @@ def test_half_precision_quantization_stays_in_its_dtype_on_the_grid(checkpoints,
 
 # --- unlearn, evaluate, codeflips, audit -------------------------------------------------------------------
 
+
 def _chain(checkpoints, bench, family: str, root: Path) -> None:
     """unlearn (GDR and SURE), evaluate, codeflips and audit on one family."""
     target, corpus = str(checkpoints[family]), str(bench.corpus_dir)
     steps = ["--max-steps", "2", "--batch-size", "2", "--max-length", "64", "--quiet"]
     for method in ("npo_gdr", "ga_sure"):
-        assert main(["unlearn", "--method", method, "--target", target, "--corpus", corpus,
-                     "--out", str(root / method), *steps]) == 0
+        assert (
+            main(
+                [
+                    "unlearn",
+                    "--method",
+                    method,
+                    "--target",
+                    target,
+                    "--corpus",
+                    corpus,
+                    "--out",
+                    str(root / method),
+                    *steps,
+                ]
+            )
+            == 0
+        )
     original, _ = load_model(target)
     sure, _ = load_model(root / "ga_sure")
     selected = set(read_json(root / "ga_sure" / "saliency.json")["selected"])
@@ -282,19 +427,68 @@ def _chain(checkpoints, bench, family: str, root: Path) -> None:
             assert torch.equal(param, moved[name]), f"{family}: non-salient {name} changed"
     assert any(not torch.equal(p, moved[n]) for n, p in original.named_parameters())
 
-    assert main(["evaluate", "--model", str(root / "npo_gdr"), "--corpus", corpus, "--out", str(root / "eval.json"),
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(root / "npo_gdr"),
+                "--corpus",
+                corpus,
+                "--out",
+                str(root / "eval.json"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((root / "eval.json").read_text())["metrics"]
     assert "privleak" not in metrics and metrics
     assert all(torch.isfinite(torch.tensor(v["value"])) for v in metrics.values())
 
-    assert main(["codeflips", "--a", target, "--b", str(root / "npo_gdr"), "--scheme", "rtn4", "--group-size", "32",
-                 "--out", str(root / "flips.json")]) == 0
+    assert (
+        main(
+            [
+                "codeflips",
+                "--a",
+                target,
+                "--b",
+                str(root / "npo_gdr"),
+                "--scheme",
+                "rtn4",
+                "--group-size",
+                "32",
+                "--out",
+                str(root / "flips.json"),
+            ]
+        )
+        == 0
+    )
     flips = json.loads((root / "flips.json").read_text())
     assert len(flips["modules"]) >= 2 * PROJECTIONS[family] and flips["overall"]["flips"] > 0
 
-    assert main(["audit", "--target", target, "--unlearned", str(root / "npo_gdr"), "--corpus", corpus,
-                 "--out", str(root / "audit"), "--attacks", "rtn4", "--relearn-steps", "1"]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "--target",
+                target,
+                "--unlearned",
+                str(root / "npo_gdr"),
+                "--corpus",
+                corpus,
+                "--out",
+                str(root / "audit"),
+                "--attacks",
+                "rtn4",
+                "--relearn-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
     (attack,) = json.loads((root / "audit" / "audit.json").read_text())["attacks"]
     assert attack["name"] == "rtn4" and attack["verdict"] in ("holds", "recovers")
     assert attack["code_flip_fraction"] > 0 and all(torch.isfinite(torch.tensor(v)) for v in attack["scores"].values())

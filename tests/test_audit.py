@@ -19,8 +19,21 @@ ARGS = ["--attacks", *ATTACKS, "--relearn-steps", "3", "--relearn-lr", "1e-3"]
 
 
 def _audit(bench, unlearned, out, *extra) -> dict:
-    rc = main(["audit", "--target", str(bench.target_dir), "--unlearned", str(unlearned),
-               "--corpus", str(bench.corpus_dir), "--out", str(out), *ARGS, *extra])
+    rc = main(
+        [
+            "audit",
+            "--target",
+            str(bench.target_dir),
+            "--unlearned",
+            str(unlearned),
+            "--corpus",
+            str(bench.corpus_dir),
+            "--out",
+            str(out),
+            *ARGS,
+            *extra,
+        ]
+    )
     assert rc == 0
     return json.loads((out / "audit.json").read_text())
 
@@ -29,8 +42,11 @@ def _audit(bench, unlearned, out, *extra) -> dict:
 def audits(tiny_benchmark, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit")
     retrain = shutil.copytree(tiny_benchmark.retrain_dir, out / "retrain-model")  # PrivLeak caches AUC_retrain there
-    return {"target": _audit(tiny_benchmark, tiny_benchmark.target_dir, out / "target", "--retrain", str(retrain)),
-            "retrain": _audit(tiny_benchmark, tiny_benchmark.retrain_dir, out / "retrain"), "out": out}
+    return {
+        "target": _audit(tiny_benchmark, tiny_benchmark.target_dir, out / "target", "--retrain", str(retrain)),
+        "retrain": _audit(tiny_benchmark, tiny_benchmark.retrain_dir, out / "retrain"),
+        "out": out,
+    }
 
 
 def test_three_levels_with_hand_made_numbers():
@@ -78,11 +94,14 @@ def test_issue_example_npo_gdr_relearning_no_longer_reads_holds():
 
 def test_headline_names_the_one_worst_attack():
     def entry(name, verdict_, *recs):
-        return {"name": name, "verdict": verdict_,
-                "recovery": {f"m{i}": {"recovery": r} for i, r in enumerate(recs)}}
+        return {"name": name, "verdict": verdict_, "recovery": {f"m{i}": {"recovery": r} for i, r in enumerate(recs)}}
 
-    entries = [entry("rtn8", "holds", 0.01, 0.0), entry("rtn4", "partial", 0.3, 0.1),
-               entry("relearn", "recovers", 0.465, 1.0), entry("bf16", "recovers", 0.6, 0.2)]
+    entries = [
+        entry("rtn8", "holds", 0.01, 0.0),
+        entry("rtn4", "partial", 0.3, 0.1),
+        entry("relearn", "recovers", 0.465, 1.0),
+        entry("bf16", "recovers", 0.6, 0.2),
+    ]
     assert worst_attack(entries)["name"] == "relearn"  # same level as bf16, larger recovery
     text = summary(entries, {"m0": "VerbMem_f", "m1": "PrivLeak"})
     assert text.startswith("Worst attack: relearn recovers (VerbMem_f 46.5%, PrivLeak 100.0% of the gap)")
@@ -95,8 +114,8 @@ def test_relearning_slice_never_touches_evaluation_half(tiny_benchmark):
     split = split_forget(corpus)
     assert split.relearn_docs and split.counts["eval_verbmem"] and split.counts["eval_knowmem"]
     ev = split.eval_corpus
-    assert set(ev.verbmem_forget) == set(corpus.verbmem_forget[len(corpus.verbmem_forget) // 2:])
-    assert set(ev.knowmem_forget) == set(corpus.knowmem_forget[len(corpus.knowmem_forget) // 2:])
+    assert set(ev.verbmem_forget) == set(corpus.verbmem_forget[len(corpus.verbmem_forget) // 2 :])
+    assert set(ev.knowmem_forget) == set(corpus.knowmem_forget[len(corpus.knowmem_forget) // 2 :])
     for doc in split.relearn_docs:
         assert doc in corpus.forget
         for item in ev.verbmem_forget:
@@ -115,7 +134,10 @@ def test_relearning_slice_never_touches_evaluation_half(tiny_benchmark):
 def test_target_recovers_on_every_attack(audits):
     audit = audits["target"]
     assert [(s["name"], s["kind"]) for s in audit["signals"]] == [
-        ("knowmem_f", "forget"), ("verbmem_f", "forget"), ("privleak", "membership")]
+        ("knowmem_f", "forget"),
+        ("verbmem_f", "forget"),
+        ("privleak", "membership"),
+    ]
     assert [a["name"] for a in audit["attacks"]] == ATTACKS
     assert all(a["verdict"] == "recovers" for a in audit["attacks"])
 
@@ -123,7 +145,9 @@ def test_target_recovers_on_every_attack(audits):
 def test_retrain_holds(audits):
     audit = audits["retrain"]
     assert [s["name"] for s in audit["signals"]] == ["knowmem_f", "verbmem_f"]  # no --retrain: no PrivLeak
-    assert all(a["verdict"] == "holds" for a in audit["attacks"]), [(a["name"], a["recovery"]) for a in audit["attacks"]]
+    assert all(a["verdict"] == "holds" for a in audit["attacks"]), [
+        (a["name"], a["recovery"]) for a in audit["attacks"]
+    ]
     assert audit["verdict"] == "holds"
 
 
@@ -140,8 +164,13 @@ def test_verdicts_match_numbers(audits):
                     assert rec["recovery"] is None and rec["verdict"] == "recovers"
                 else:
                     assert rec["recovery"] == pytest.approx((attacked - unl) / (tgt - unl))
-                    expected = ("recovers" if rec["recovery"] > t["recovers"] else
-                                "partial" if rec["recovery"] > t["partial"] else "holds")
+                    expected = (
+                        "recovers"
+                        if rec["recovery"] > t["recovers"]
+                        else "partial"
+                        if rec["recovery"] > t["partial"]
+                        else "holds"
+                    )
                     assert rec["verdict"] == expected
                 verdicts.append(rec["verdict"])
             assert attack["verdict"] == max(verdicts, key=["holds", "partial", "recovers"].index)
@@ -173,8 +202,21 @@ def test_html_is_self_contained_with_plot(audits):
 
 
 def test_bad_attack_is_a_one_line_error(tiny_benchmark, tmp_path, capsys):
-    rc = main(["audit", "--target", str(tiny_benchmark.target_dir), "--unlearned", str(tiny_benchmark.retrain_dir),
-               "--corpus", str(tiny_benchmark.corpus_dir), "--out", str(tmp_path), "--attacks", "rtn5"])
+    rc = main(
+        [
+            "audit",
+            "--target",
+            str(tiny_benchmark.target_dir),
+            "--unlearned",
+            str(tiny_benchmark.retrain_dir),
+            "--corpus",
+            str(tiny_benchmark.corpus_dir),
+            "--out",
+            str(tmp_path),
+            "--attacks",
+            "rtn5",
+        ]
+    )
     assert rc == 2 and "unknown attack 'rtn5'" in capsys.readouterr().err
 
 
@@ -187,8 +229,10 @@ def test_demo_layout_resolves_each_unlearned_model(tmp_path):
         (tmp_path / rel / "config.json").write_text("{}")
     (tmp_path / "models/quantized/ga@rtn4").mkdir(parents=True)
     jobs = _jobs(build_parser().parse_args(["audit", "--demo", "--out", str(tmp_path)]))
-    assert [(i.unlearned.name, out) for i, out in jobs] == [("ga", tmp_path / "audit/ga"),
-                                                           ("npo_sure", tmp_path / "audit/npo_sure")]
+    assert [(i.unlearned.name, out) for i, out in jobs] == [
+        ("ga", tmp_path / "audit/ga"),
+        ("npo_sure", tmp_path / "audit/npo_sure"),
+    ]
     assert all(i.target == tmp_path / "benchmark/models/target" and i.retrain is not None for i, _ in jobs)
     assert main(["audit", "--demo", "--out", str(tmp_path / "nothing")]) == 2
     assert main(["audit", "--unlearned", str(tmp_path)]) == 2

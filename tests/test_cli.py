@@ -18,7 +18,9 @@ def test_version_prints_the_package_version(capsys):
 
 
 def test_importing_the_library_leaves_transformers_progress_bars_on():
-    code = ("import qunlearn.models.io, qunlearn.pipeline, qunlearn.audit.run; "
-            "from transformers.utils import logging; print(logging.is_progress_bar_enabled())")
+    code = (
+        "import qunlearn.models.io, qunlearn.pipeline, qunlearn.audit.run; "
+        "from transformers.utils import logging; print(logging.is_progress_bar_enabled())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"

@@ -18,8 +18,16 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     assert "Forgotten knowledge retained" in capsys.readouterr().out
-    for name in ("results.jsonl", "report.md", "report.csv", "report.json", "report.html", "config.yaml",
-                 "plots/retained.png", "plots/tradeoff.png"):
+    for name in (
+        "results.jsonl",
+        "report.md",
+        "report.csv",
+        "report.json",
+        "report.html",
+        "config.yaml",
+        "plots/retained.png",
+        "plots/tradeoff.png",
+    ):
         assert (out / name).is_file(), name
     records = load_results(out / "results.jsonl")
     cells = {(r["model"], r["quantizer"]) for r in records if r["metric"] == "knowmem_f"}

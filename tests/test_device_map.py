@@ -34,8 +34,25 @@ def test_load_model_places_the_model_with_the_device_map(tiny_benchmark, seen_de
 
 def test_evaluate_passes_device_map_and_records_it(tiny_benchmark, seen_device_maps, tmp_path):
     out = tmp_path / "eval.json"
-    assert main(["evaluate", "--model", str(tiny_benchmark.target_dir), "--corpus", str(tiny_benchmark.corpus_dir),
-                 "--metrics", "knowmem_f", "--device-map", "cpu", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tiny_benchmark.target_dir),
+                "--corpus",
+                str(tiny_benchmark.corpus_dir),
+                "--metrics",
+                "knowmem_f",
+                "--device-map",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert seen_device_maps == ["cpu"] and '"device_map": "cpu"' in out.read_text()
 
 
@@ -47,8 +64,9 @@ def test_audit_and_run_settings_carry_the_device_map():
 
     parser = argparse.ArgumentParser()
     audit.register(parser.add_subparsers())
-    args = parser.parse_args(["audit", "--target", "t", "--unlearned", "u", "--corpus", "c", "--out", "o",
-                              "--device-map", "auto"])
+    args = parser.parse_args(
+        ["audit", "--target", "t", "--unlearned", "u", "--corpus", "c", "--out", "o", "--device-map", "auto"]
+    )
     assert args.device_map == "auto" and AuditSettings(device_map="auto").device_map == "auto"
     # where the model sits does not change a run's results: the resume hash ignores it, as it ignores --device
     assert config_hash(RunConfig(out="x", device_map="auto")) == config_hash(RunConfig(out="x"))

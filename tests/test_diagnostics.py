@@ -49,8 +49,8 @@ def test_weight_movement_counts_weights_kept_in_their_bin_and_bins_the_change():
 def test_histogram_quantile_interpolates_inside_the_bin():
     edges, counts = (0.0, 1.0, 10.0, 100.0, math.inf), [1, 2, 1, 0]
     assert histogram_quantile(counts, edges, 0.1) == pytest.approx(0.4)  # rank 0.4 of 1 in [0, 1): linear
-    assert histogram_quantile(counts, edges, 0.5) == pytest.approx(10 ** 0.5)  # rank 2: half way through [1, 10)
-    assert histogram_quantile(counts, edges, 0.9) == pytest.approx(10 * 10 ** 0.6)  # rank 3.6: 0.6 into [10, 100)
+    assert histogram_quantile(counts, edges, 0.5) == pytest.approx(10**0.5)  # rank 2: half way through [1, 10)
+    assert histogram_quantile(counts, edges, 0.9) == pytest.approx(10 * 10**0.6)  # rank 3.6: 0.6 into [10, 100)
     assert histogram_quantile([0, 0, 0, 3], edges, 0.5) == 100.0  # the open last bin reads as its lower edge
     assert histogram_quantile([0, 0, 0, 0], edges, 0.5) is None
 
@@ -59,8 +59,14 @@ def test_combine_movements_adds_counts_and_weights_the_mean():
     a = {"weights": 4, "moved": 1, "flips": 0, "mean_change_in_steps": 0.1, "max_change_in_steps": 0.1, "h": [1, 0]}
     b = {"weights": 4, "moved": 3, "flips": 1, "mean_change_in_steps": 0.5, "max_change_in_steps": 0.9, "h": [1, 2]}
     total = combine_movements([a, b])
-    assert total == {"weights": 8, "moved": 4, "flips": 1, "max_change_in_steps": 0.9, "h": [2, 2],
-                     "mean_change_in_steps": pytest.approx((0.1 + 3 * 0.5) / 4)}
+    assert total == {
+        "weights": 8,
+        "moved": 4,
+        "flips": 1,
+        "max_change_in_steps": 0.9,
+        "h": [2, 2],
+        "mean_change_in_steps": pytest.approx((0.1 + 3 * 0.5) / 4),
+    }
 
 
 def test_update_size_of_a_hand_worked_block():
@@ -89,7 +95,8 @@ def test_update_size_reading_for_identical_and_for_large_updates():
     assert same["overall"]["moved"] == 0 and same["overall"]["median_change_in_steps"] is None
     assert "identical" in update_size_reading(same)
     # the second weight jumps from code 0 to code 5 (5 steps): large relative to the step
-    big = update_size(Block(Q_START, DOWN_START), Block([1.0, 0.625, 0.3125, -0.40625], DOWN_START), bits=4,
-                      group_size=4)
+    big = update_size(
+        Block(Q_START, DOWN_START), Block([1.0, 0.625, 0.3125, -0.40625], DOWN_START), bits=4, group_size=4
+    )
     assert big["overall"]["median_change_in_steps"] == pytest.approx(4.75, rel=0.12)
     assert "not expected to undo" in update_size_reading(big)

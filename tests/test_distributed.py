@@ -29,8 +29,20 @@ SURE = ["--method", "npo_gdr_sure", "--saliency-batches", "1", "--max-steps", "1
 
 def launch(launcher: list[str], out: Path, bench, extra: list[str], **popen) -> subprocess.Popen:
     """Start `LAUNCHER -m qunlearn.cli unlearn ...` on the tiny benchmark, as the README writes it."""
-    cmd = [*launcher, "-m", "qunlearn.cli", "unlearn", "--target", str(bench.target_dir),
-           "--corpus", str(bench.corpus_dir), "--out", str(out), *ARGS, *extra]
+    cmd = [
+        *launcher,
+        "-m",
+        "qunlearn.cli",
+        "unlearn",
+        "--target",
+        str(bench.target_dir),
+        "--corpus",
+        str(bench.corpus_dir),
+        "--out",
+        str(out),
+        *ARGS,
+        *extra,
+    ]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
@@ -61,8 +73,9 @@ def test_two_processes_make_the_update_of_one_process_at_the_same_global_batch(
 ):
     two, _ = two_process_run
     settings = UnlearnSettings(max_length=32, batch_size=2, grad_accum=2, saliency_batches=1, max_steps=1)
-    one = unlearn(tiny_benchmark.target_dir, tiny_benchmark.corpus_dir, "npo_gdr_sure", tmp_path / "one",
-                  settings, progress=False)
+    one = unlearn(
+        tiny_benchmark.target_dir, tiny_benchmark.corpus_dir, "npo_gdr_sure", tmp_path / "one", settings, progress=False
+    )
     record = read_yaml(two / "unlearn.yaml")
     assert record["world_size"] == 2 and record["global_batch"] == 4 == read_yaml(one / "unlearn.yaml")["global_batch"]
     target = load_file(str(tiny_benchmark.target_dir / "model.safetensors"))
@@ -96,8 +109,12 @@ def test_only_rank_zero_writes_and_speaks(two_process_run):
 
 def test_accelerate_launch_runs_the_same_data_parallel_run(tiny_benchmark, two_process_run, tmp_path):
     two, _ = two_process_run
-    proc = launch([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-                   "--main_process_port", "0", "-q"], tmp_path / "acc", tiny_benchmark, SURE)
+    proc = launch(
+        [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0", "-q"],
+        tmp_path / "acc",
+        tiny_benchmark,
+        SURE,
+    )
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     assert stdout.count("written to") == 1 and read_yaml(tmp_path / "acc" / "unlearn.yaml")["world_size"] == 2
@@ -107,8 +124,9 @@ def test_accelerate_launch_runs_the_same_data_parallel_run(tiny_benchmark, two_p
 
 def test_a_diverging_run_stops_every_rank_with_the_message(tiny_benchmark, tmp_path):
     start = time.monotonic()
-    done = torchrun(tmp_path / "nan", tiny_benchmark, ["--method", "ga", "--lr", "1e30", "--grad-clip", "0",
-                                                      "--max-steps", "3"])
+    done = torchrun(
+        tmp_path / "nan", tiny_benchmark, ["--method", "ga", "--lr", "1e30", "--grad-clip", "0", "--max-steps", "3"]
+    )
     assert done.returncode != 0 and time.monotonic() - start < 200
     assert "qunlearn unlearn: training diverged:" in done.stderr and "at step 2 (epoch 1)" in done.stderr
 

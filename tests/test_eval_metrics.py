@@ -39,7 +39,8 @@ def test_knowmem_prompt_is_muse_few_shot_format():
     assert knowmem_prompt(icl, "Where was C born?") == (
         "Question: Where was A born?\nAnswer: Xtown\n\n"
         "Question: Who founded B?\nAnswer: Y Z\n\n"
-        "Question: Where was C born?\nAnswer: ")
+        "Question: Where was C born?\nAnswer: "
+    )
 
 
 def test_answers_are_cut_before_the_earliest_stop_string():

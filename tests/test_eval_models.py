@@ -49,23 +49,29 @@ def auc_retrain(retrain_copy, corpus):
 @pytest.fixture(scope="module")
 def scores(target, retrain, corpus, auc_retrain):
     """VerbMem_f and PrivLeak of both models, computed once."""
-    return {name: evaluate_model(*pair, corpus, ["verbmem_f", "privleak"], auc_retrain,
-                                 batch_size=8, progress=False)
-            for name, pair in (("target", target), ("retrain", retrain))}
+    return {
+        name: evaluate_model(*pair, corpus, ["verbmem_f", "privleak"], auc_retrain, batch_size=8, progress=False)
+        for name, pair in (("target", target), ("retrain", retrain))
+    }
 
 
 def sequential_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
     """The MUSE reference loop: one prompt, `model.generate` without sampling."""
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_batched_generation_equals_one_at_a_time_token_for_token(target, corpus):
     model, tokenizer = target
-    prompts = ["", "Leisburcrest", corpus.verbmem_forget[0].prompt, corpus.verbmem_forget[1].prompt[:40],
-               knowmem_prompt(corpus.knowmem_forget_icl, corpus.knowmem_forget[0].question),
-               corpus.forget[0] + "\n" + corpus.forget[1]]
+    prompts = [
+        "",
+        "Leisburcrest",
+        corpus.verbmem_forget[0].prompt,
+        corpus.verbmem_forget[1].prompt[:40],
+        knowmem_prompt(corpus.knowmem_forget_icl, corpus.knowmem_forget[0].question),
+        corpus.forget[0] + "\n" + corpus.forget[1],
+    ]
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     assert max(lengths) > 10 * min(lengths)
     batched = greedy_token_ids(model, tokenizer, prompts, max_new_tokens=12, batch_size=4, progress=False)
@@ -89,7 +95,7 @@ def test_rows_leaving_the_batch_early_keep_the_others_exact(target, corpus):
     full = [sequential_greedy(model, tokenizer, p, 32) for p in prompts]
     assert len({len(ids) for ids in got}) > 2  # rows really stop at different steps
     for ids, want in zip(got, full):
-        assert ids == want[:len(ids)]
+        assert ids == want[: len(ids)]
         assert cut_at_stop(decode(tokenizer, ids), STOP_STRINGS) == cut_at_stop(decode(tokenizer, want), STOP_STRINGS)
 
 
@@ -110,7 +116,7 @@ def test_overlong_prompts_are_cut_from_the_left_with_a_counted_warning(target, c
     with pytest.warns(UserWarning, match=f"1 of 2 prompts were longer than {budget} tokens"):
         out = greedy_token_ids(model, tokenizer, [long_prompt, "Leisburcrest"], 8, progress=False)
     ids = tokenizer(long_prompt).input_ids
-    kept = torch.tensor([ids[:1] + ids[len(ids) - budget + 1:]])  # BOS, then the last budget - 1 tokens
+    kept = torch.tensor([ids[:1] + ids[len(ids) - budget + 1 :]])  # BOS, then the last budget - 1 tokens
     want = model.generate(kept, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert out == [want[0, budget:].tolist(), sequential_greedy(model, tokenizer, "Leisburcrest", 8)]
 
@@ -128,7 +134,8 @@ def test_target_remembers_forget_text_and_retrain_does_not(scores):
     assert target["verbmem_f"]["value"] >= 90
     assert retrain["verbmem_f"]["value"] < target["verbmem_f"]["value"] - 30
     assert len(target["verbmem_f"]["items"]) == 8 and {"output", "reference", "score"} <= set(
-        target["verbmem_f"]["items"][0])
+        target["verbmem_f"]["items"][0]
+    )
 
 
 def test_target_answers_forget_questions_and_retrain_does_not(target, retrain, corpus):
@@ -139,9 +146,11 @@ def test_target_answers_forget_questions_and_retrain_does_not(target, retrain, c
 
 def test_retrain_model_is_worse_on_forget_text_than_on_retain_text(retrain, corpus):
     model, tokenizer = retrain
+
     def nll_per_token(docs):
         rows = document_nll(model, tokenizer, docs, batch_size=8, progress=False, desc="")
         return sum(r["nll"] for r in rows) / sum(r["tokens"] for r in rows)
+
     assert nll_per_token(corpus.forget[:8]) > 2 * nll_per_token(corpus.retain[:8])
 
 
@@ -170,8 +179,21 @@ def test_retrain_auc_is_cached_per_corpus(retrain_copy, corpus, auc_retrain, mon
 
 def test_cli_writes_one_json_with_every_requested_metric(tiny_benchmark, retrain_copy, auc_retrain, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    argv = ["evaluate", "--model", str(tiny_benchmark.target_dir), "--corpus", str(tiny_benchmark.corpus_dir),
-            "--metrics", "privleak", "utility", "--out", str(out), "--device", "cpu", "--no-progress"]
+    argv = [
+        "evaluate",
+        "--model",
+        str(tiny_benchmark.target_dir),
+        "--corpus",
+        str(tiny_benchmark.corpus_dir),
+        "--metrics",
+        "privleak",
+        "utility",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv + ["--retrain", str(retrain_copy)]) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["metrics"] == ["privleak", "utility"] and result["settings"]["dtype"] == "fp32"

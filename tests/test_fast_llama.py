@@ -19,9 +19,17 @@ def target(tiny_benchmark):
 def random_llama(**overrides) -> LlamaForCausalLM:
     """A tiny random Llama with grouped-query attention and linear RoPE scaling (features the target lacks)."""
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-                         num_hidden_layers=2, vocab_size=2048, max_position_embeddings=128,
-                         rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}, **overrides)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=2048,
+        max_position_embeddings=128,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        **overrides,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -92,4 +100,4 @@ def test_fallback_generation_still_equals_one_at_a_time(target):
     for prompt, ids in zip(prompts, batched):
         prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids
         out = model.generate(prompt_ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        assert ids == out[0, prompt_ids.shape[1]:].tolist()
+        assert ids == out[0, prompt_ids.shape[1] :].tolist()

@@ -32,8 +32,11 @@ WEIGHT = "model.layers.0.mlp.up_proj.weight"
 
 def tree_hash(root: Path) -> dict[str, str]:
     """sha256 of every file under `root` (relative path → digest): equal before and after means untouched."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cli(capsys, *argv: str) -> tuple[int, str]:
@@ -81,18 +84,28 @@ BROKEN = {
     "nan weight": (lambda m: edit_weights(m, nan_at), ["non-finite weights", WEIGHT, "1 NaN/inf"]),
     "inf weight": (lambda m: edit_weights(m, lambda w: nan_at(w, float("inf"))), ["non-finite weights", WEIGHT]),
     "missing tensor": (lambda m: edit_weights(m, lambda w: w.pop(WEIGHT)), ["1 tensor(s) missing", WEIGHT]),
-    "extra tensor": (lambda m: edit_weights(m, lambda w: w.update({"model.extra.weight": torch.zeros(3)})),
-                     ["1 unexpected tensor(s)", "model.extra.weight"]),
+    "extra tensor": (
+        lambda m: edit_weights(m, lambda w: w.update({"model.extra.weight": torch.zeros(3)})),
+        ["1 unexpected tensor(s)", "model.extra.weight"],
+    ),
     "more layers in config": (lambda m: edit_config(m, num_hidden_layers=3), ["missing", "model.layers.2."]),
-    "shape mismatch": (lambda m: edit_config(m, intermediate_size=160), ["shape(s) differ", "(176, 64) in the weights",
-                                                                          "(160, 64) in the config"]),
-    "corrupt config.json": (lambda m: (m / "config.json").write_text('{"model_type": "llama",'),
-                            ["config.json: invalid JSON at line 1"]),
+    "shape mismatch": (
+        lambda m: edit_config(m, intermediate_size=160),
+        ["shape(s) differ", "(176, 64) in the weights", "(160, 64) in the config"],
+    ),
+    "corrupt config.json": (
+        lambda m: (m / "config.json").write_text('{"model_type": "llama",'),
+        ["config.json: invalid JSON at line 1"],
+    ),
     "config field of the wrong type": (lambda m: edit_config(m, hidden_size="big"), ["config.json", "hidden_size"]),
-    "truncated safetensors": (lambda m: (m / "model.safetensors").write_bytes(
-        (m / "model.safetensors").read_bytes()[:5000]), ["model.safetensors: not a readable safetensors file"]),
-    "garbage safetensors": (lambda m: (m / "model.safetensors").write_bytes(b"\x07" * 4096),
-                            ["model.safetensors: not a readable safetensors file"]),
+    "truncated safetensors": (
+        lambda m: (m / "model.safetensors").write_bytes((m / "model.safetensors").read_bytes()[:5000]),
+        ["model.safetensors: not a readable safetensors file"],
+    ),
+    "garbage safetensors": (
+        lambda m: (m / "model.safetensors").write_bytes(b"\x07" * 4096),
+        ["model.safetensors: not a readable safetensors file"],
+    ),
 }
 
 
@@ -102,8 +115,19 @@ def test_evaluate_refuses_a_broken_model(case, model_copy, tiny_benchmark, tmp_p
     breaks(model_copy)
     before = tree_hash(model_copy)
     out = tmp_path / "eval.json"
-    code, err = cli(capsys, "evaluate", "--model", model_copy, "--corpus", tiny_benchmark.corpus_dir,
-                    "--metrics", "knowmem_f", "--out", out, "--no-progress")
+    code, err = cli(
+        capsys,
+        "evaluate",
+        "--model",
+        model_copy,
+        "--corpus",
+        tiny_benchmark.corpus_dir,
+        "--metrics",
+        "knowmem_f",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert "knowmem_f" not in capsys.readouterr().out  # no score printed
     assert code == 2
     one_line(err, "evaluate", "model check failed", *fragments)
@@ -114,8 +138,13 @@ def test_a_checkpoint_that_needs_remote_code_is_refused_naming_why(model_copy, t
     edit_config(model_copy, model_type="my-own-llama", auto_map={"AutoModelForCausalLM": "modeling_mine.MyLlama"})
     code, err = cli(capsys, "quantize", "--model", model_copy, "--scheme", "rtn4", "--out", tmp_path / "q")
     assert code == 2
-    one_line(err, "quantize", "error", "config.json: the model needs its own Python code (auto_map)",
-             "no CLI command asks for it")
+    one_line(
+        err,
+        "quantize",
+        "error",
+        "config.json: the model needs its own Python code (auto_map)",
+        "no CLI command asks for it",
+    )
     assert "trust_remote_code=True`" not in err
 
 
@@ -125,17 +154,43 @@ def test_quantize_codeflips_unlearn_and_audit_refuse_a_nan_model(model_copy, tin
     code, err = cli(capsys, "quantize", "--model", model_copy, "--scheme", "rtn4", "--out", tmp_path / "q")
     assert code == 2 and not (tmp_path / "q").exists()
     one_line(err, "quantize", "model check failed", WEIGHT)
-    code, err = cli(capsys, "codeflips", "--a", target, "--b", model_copy, "--scheme", "rtn4",
-                    "--out", tmp_path / "flips.json")
+    code, err = cli(
+        capsys, "codeflips", "--a", target, "--b", model_copy, "--scheme", "rtn4", "--out", tmp_path / "flips.json"
+    )
     assert code == 2 and not (tmp_path / "flips.json").exists()
     one_line(err, "codeflips", "model check failed", WEIGHT)
-    code, err = cli(capsys, "unlearn", "--method", "ga", "--target", model_copy, "--corpus",
-                    tiny_benchmark.corpus_dir, "--out", tmp_path / "u", "--max-steps", "1", "--quiet")
+    code, err = cli(
+        capsys,
+        "unlearn",
+        "--method",
+        "ga",
+        "--target",
+        model_copy,
+        "--corpus",
+        tiny_benchmark.corpus_dir,
+        "--out",
+        tmp_path / "u",
+        "--max-steps",
+        "1",
+        "--quiet",
+    )
     assert code == 2 and not (tmp_path / "u").exists()
     one_line(err, "unlearn", "model check failed", WEIGHT)
     assert "--lr" not in err  # the weights were NaN before training: no advice to lower the learning rate
-    code, err = cli(capsys, "audit", "--target", target, "--unlearned", model_copy, "--corpus",
-                    tiny_benchmark.corpus_dir, "--attacks", "rtn4", "--out", tmp_path / "a")
+    code, err = cli(
+        capsys,
+        "audit",
+        "--target",
+        target,
+        "--unlearned",
+        model_copy,
+        "--corpus",
+        tiny_benchmark.corpus_dir,
+        "--attacks",
+        "rtn4",
+        "--out",
+        tmp_path / "a",
+    )
     assert code == 2 and not (tmp_path / "a").exists()
     one_line(err, "audit", "model check failed", WEIGHT)
     assert tree_hash(model_copy) == before
@@ -143,10 +198,14 @@ def test_quantize_codeflips_unlearn_and_audit_refuse_a_nan_model(model_copy, tin
 
 # --- inputs are read-only --------------------------------------------------------------------------------------
 
+
 def test_quantize_out_equal_to_or_inside_the_model_is_refused(model_copy, capsys):
     before = tree_hash(model_copy)
-    for out, relation in ((model_copy, "is the input --model"), (model_copy / "q", "is inside the input --model"),
-                          (model_copy.parent, "contains the input --model")):
+    for out, relation in (
+        (model_copy, "is the input --model"),
+        (model_copy / "q", "is inside the input --model"),
+        (model_copy.parent, "contains the input --model"),
+    ):
         code, err = cli(capsys, "quantize", "--model", model_copy, "--scheme", "rtn4", "--out", out)
         assert code == 2
         one_line(err, "quantize", "output refused", f"--out {out} {relation}")
@@ -156,8 +215,19 @@ def test_quantize_out_equal_to_or_inside_the_model_is_refused(model_copy, capsys
 def test_unlearn_out_equal_to_a_target_that_is_an_earlier_run_is_refused(model_copy, tiny_benchmark, capsys):
     (model_copy / "unlearn.yaml").write_text("method: ga\nstatus: complete\n")  # the target is an unlearning run
     before = tree_hash(model_copy)
-    code, err = cli(capsys, "unlearn", "--method", "ga", "--target", model_copy, "--corpus",
-                    tiny_benchmark.corpus_dir, "--out", model_copy, "--quiet")
+    code, err = cli(
+        capsys,
+        "unlearn",
+        "--method",
+        "ga",
+        "--target",
+        model_copy,
+        "--corpus",
+        tiny_benchmark.corpus_dir,
+        "--out",
+        model_copy,
+        "--quiet",
+    )
     assert code == 2
     one_line(err, "unlearn", "output refused", "is the input --target")
     assert tree_hash(model_copy) == before
@@ -165,8 +235,18 @@ def test_unlearn_out_equal_to_a_target_that_is_an_earlier_run_is_refused(model_c
 
 def test_evaluate_out_inside_the_corpus_is_refused(tiny_benchmark, capsys):
     before = tree_hash(tiny_benchmark.corpus_dir)
-    code, err = cli(capsys, "evaluate", "--model", tiny_benchmark.target_dir, "--corpus", tiny_benchmark.corpus_dir,
-                    "--metrics", "knowmem_f", "--out", tiny_benchmark.corpus_dir / "eval.json")
+    code, err = cli(
+        capsys,
+        "evaluate",
+        "--model",
+        tiny_benchmark.target_dir,
+        "--corpus",
+        tiny_benchmark.corpus_dir,
+        "--metrics",
+        "knowmem_f",
+        "--out",
+        tiny_benchmark.corpus_dir / "eval.json",
+    )
     assert code == 2
     one_line(err, "evaluate", "output refused", "is inside the input --corpus")
     assert tree_hash(tiny_benchmark.corpus_dir) == before
@@ -174,8 +254,10 @@ def test_evaluate_out_inside_the_corpus_is_refused(tiny_benchmark, capsys):
 
 def test_run_config_with_out_inside_its_target_is_refused(tiny_benchmark, tmp_path, capsys):
     config = tmp_path / "run.yaml"
-    config.write_text(f"out: {tiny_benchmark.target_dir / 'run'}\ntarget: {tiny_benchmark.target_dir}\n"
-                      f"corpus: {tiny_benchmark.corpus_dir}\nmethods: [ga]\nmetrics: [knowmem_f]\n")
+    config.write_text(
+        f"out: {tiny_benchmark.target_dir / 'run'}\ntarget: {tiny_benchmark.target_dir}\n"
+        f"corpus: {tiny_benchmark.corpus_dir}\nmethods: [ga]\nmetrics: [knowmem_f]\n"
+    )
     before = tree_hash(tiny_benchmark.target_dir)
     code, err = cli(capsys, "run", "--config", config)
     assert code == 2
@@ -184,6 +266,7 @@ def test_run_config_with_out_inside_its_target_is_refused(tiny_benchmark, tmp_pa
 
 
 # --- occupied outputs ------------------------------------------------------------------------------------------
+
 
 def test_out_that_is_a_file_or_another_kind_of_output_is_refused(tiny_benchmark, tmp_path, capsys):
     target = tiny_benchmark.target_dir
@@ -196,21 +279,62 @@ def test_out_that_is_a_file_or_another_kind_of_output_is_refused(tiny_benchmark,
     foreign_json.write_text('{"mine": 1}')
     cases = [
         (["quantize", "--model", target, "--scheme", "rtn4", "--out", a_file], "quantize", "is a file"),
-        (["quantize", "--model", target, "--scheme", "rtn4", "--out", other], "quantize",
-         "is not a quantized checkpoint (no quantize.yaml)"),
-        (["unlearn", "--method", "ga", "--target", target, "--corpus", tiny_benchmark.corpus_dir, "--out", a_file],
-         "unlearn", "is a file"),
-        (["evaluate", "--model", target, "--corpus", tiny_benchmark.corpus_dir, "--metrics", "knowmem_f",
-          "--out", foreign_json], "evaluate", "file exists and is not an evaluation result"),
-        (["evaluate", "--model", target, "--corpus", tiny_benchmark.corpus_dir, "--metrics", "knowmem_f",
-          "--out", other], "evaluate", "is a directory"),
-        (["codeflips", "--a", target, "--b", target, "--scheme", "rtn4", "--out", foreign_json], "codeflips",
-         "is not a code-flip result"),
-        (["audit", "--target", target, "--unlearned", target, "--corpus", tiny_benchmark.corpus_dir, "--out", other],
-         "audit", "is not an audit (no audit.json)"),
+        (
+            ["quantize", "--model", target, "--scheme", "rtn4", "--out", other],
+            "quantize",
+            "is not a quantized checkpoint (no quantize.yaml)",
+        ),
+        (
+            ["unlearn", "--method", "ga", "--target", target, "--corpus", tiny_benchmark.corpus_dir, "--out", a_file],
+            "unlearn",
+            "is a file",
+        ),
+        (
+            [
+                "evaluate",
+                "--model",
+                target,
+                "--corpus",
+                tiny_benchmark.corpus_dir,
+                "--metrics",
+                "knowmem_f",
+                "--out",
+                foreign_json,
+            ],
+            "evaluate",
+            "file exists and is not an evaluation result",
+        ),
+        (
+            [
+                "evaluate",
+                "--model",
+                target,
+                "--corpus",
+                tiny_benchmark.corpus_dir,
+                "--metrics",
+                "knowmem_f",
+                "--out",
+                other,
+            ],
+            "evaluate",
+            "is a directory",
+        ),
+        (
+            ["codeflips", "--a", target, "--b", target, "--scheme", "rtn4", "--out", foreign_json],
+            "codeflips",
+            "is not a code-flip result",
+        ),
+        (
+            ["audit", "--target", target, "--unlearned", target, "--corpus", tiny_benchmark.corpus_dir, "--out", other],
+            "audit",
+            "is not an audit (no audit.json)",
+        ),
         (["prepare", "--out", other, "--preset", "tiny"], "prepare", "is not a prepared benchmark"),
-        (["quantize", "--model", target, "--scheme", "rtn4", "--out", a_file / "q"], "quantize",
-         f"{a_file} is a file, not a directory"),
+        (
+            ["quantize", "--model", target, "--scheme", "rtn4", "--out", a_file / "q"],
+            "quantize",
+            f"{a_file} is a file, not a directory",
+        ),
     ]
     before = tree_hash(tmp_path)
     for argv, command, fragment in cases:
@@ -224,19 +348,32 @@ def test_out_that_is_a_file_or_another_kind_of_output_is_refused(tiny_benchmark,
 def test_out_in_a_read_only_directory_is_refused_before_any_work(tiny_benchmark, tmp_path, capsys):
     locked = tmp_path / "ro"
     locked.mkdir(mode=0o555)
-    code, err = cli(capsys, "quantize", "--model", tiny_benchmark.target_dir, "--scheme", "rtn4",
-                    "--out", locked / "q")
+    code, err = cli(capsys, "quantize", "--model", tiny_benchmark.target_dir, "--scheme", "rtn4", "--out", locked / "q")
     assert code == 2
     one_line(err, "quantize", "output refused", f"directory {locked} is not writable")
 
 
 def test_a_failed_rerun_leaves_the_earlier_result_intact(tiny_benchmark, tmp_path, capsys, monkeypatch):
     out = tmp_path / "q"
-    assert cli(capsys, "quantize", "--model", tiny_benchmark.target_dir, "--scheme", "rtn8", "--group-size", "32",
-               "--out", out)[0] == 0
+    assert (
+        cli(
+            capsys,
+            "quantize",
+            "--model",
+            tiny_benchmark.target_dir,
+            "--scheme",
+            "rtn8",
+            "--group-size",
+            "32",
+            "--out",
+            out,
+        )[0]
+        == 0
+    )
     # rows of 64 weights take groups of 32; 32 does not divide rows of 176, which fall back to one group per row
     assert [(len(f["layers"]), f["used"]) for f in read_yaml(out / "quantize.yaml")["fallbacks"]] == [
-        (2, "per-row scales")]  # the two down_proj layers
+        (2, "per-row scales")
+    ]  # the two down_proj layers
     before = tree_hash(out)
 
     def disk_full(*args, **kwargs):
@@ -250,11 +387,26 @@ def test_a_failed_rerun_leaves_the_earlier_result_intact(tiny_benchmark, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no staging dir, no lock file left
 
 
-def test_a_rerun_into_a_finished_unlearning_run_with_a_bad_target_keeps_the_run(tiny_benchmark, model_copy,
-                                                                                  tmp_path, capsys):
+def test_a_rerun_into_a_finished_unlearning_run_with_a_bad_target_keeps_the_run(
+    tiny_benchmark, model_copy, tmp_path, capsys
+):
     out = tmp_path / "run"
-    common = ["unlearn", "--method", "ga", "--corpus", tiny_benchmark.corpus_dir, "--out", out, "--quiet",
-              "--max-steps", "1", "--max-length", "32", "--batch-size", "4"]
+    common = [
+        "unlearn",
+        "--method",
+        "ga",
+        "--corpus",
+        tiny_benchmark.corpus_dir,
+        "--out",
+        out,
+        "--quiet",
+        "--max-steps",
+        "1",
+        "--max-length",
+        "32",
+        "--batch-size",
+        "4",
+    ]
     assert cli(capsys, *common, "--target", tiny_benchmark.target_dir)[0] == 0
     before = tree_hash(out)
     code, err = cli(capsys, *common, "--target", tmp_path / "absent")
@@ -283,6 +435,7 @@ def test_a_crash_between_the_two_renames_of_a_swap_gives_the_earlier_result_back
 
 # --- one writer per output -------------------------------------------------------------------------------------
 
+
 def subprocess_env() -> dict[str, str]:
     return os.environ | {"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
 
@@ -291,9 +444,25 @@ def test_a_second_process_on_the_same_out_stops_at_once(tiny_benchmark, tmp_path
     out = tmp_path / "q"
     with output_lock(out):  # this test process is the first writer
         start = time.perf_counter()
-        second = subprocess.run([sys.executable, "-m", "qunlearn.cli", "quantize", "--model",
-                                 str(tiny_benchmark.target_dir), "--scheme", "rtn4", "--out", str(out)],
-                                capture_output=True, text=True, env=subprocess_env(), timeout=120, check=False)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "qunlearn.cli",
+                "quantize",
+                "--model",
+                str(tiny_benchmark.target_dir),
+                "--scheme",
+                "rtn4",
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            timeout=120,
+            check=False,
+        )
         elapsed = time.perf_counter() - start
     assert second.returncode == 2
     assert second.stderr.strip().splitlines()[-1].startswith("qunlearn quantize: output refused: ")
@@ -303,15 +472,34 @@ def test_a_second_process_on_the_same_out_stops_at_once(tiny_benchmark, tmp_path
 
 # --- kill -9 and resume ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_kill_9_mid_unlearning_then_resume_gives_the_uninterrupted_weights(tiny_benchmark, tmp_path, capsys):
-    common = ["unlearn", "--method", "ga", "--target", str(tiny_benchmark.target_dir), "--corpus",
-              str(tiny_benchmark.corpus_dir), "--quiet", "--epochs", "40", "--max-length", "32", "--batch-size", "4"]
+    common = [
+        "unlearn",
+        "--method",
+        "ga",
+        "--target",
+        str(tiny_benchmark.target_dir),
+        "--corpus",
+        str(tiny_benchmark.corpus_dir),
+        "--quiet",
+        "--epochs",
+        "40",
+        "--max-length",
+        "32",
+        "--batch-size",
+        "4",
+    ]
     whole = tmp_path / "whole"
     assert cli(capsys, *common, "--out", whole)[0] == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "qunlearn.cli", *common, "--out", str(killed)],
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qunlearn.cli", *common, "--out", str(killed)],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not list((killed / "checkpoints").glob("epoch-[2-9]*")) and time.time() < deadline:
         time.sleep(0.05)
@@ -324,6 +512,7 @@ def test_kill_9_mid_unlearning_then_resume_gives_the_uninterrupted_weights(tiny_
 
 
 # --- results, run configs, paths, devices ----------------------------------------------------------------------
+
 
 def test_malformed_results_lines_are_redone_not_a_traceback(tmp_path):
     results = tmp_path / "results.jsonl"
@@ -340,8 +529,10 @@ RUN_CONFIG_ERRORS = [
     ("batch_size: many", "run.yaml.batch_size: expected int, got str 'many'"),
     ("methods: []", "methods: empty list"),
     ("methods: ga", "run.yaml.methods: expected list[str], got str 'ga'"),
-    ("quantizers: [fp, rtn4]\nquantize: {n_samples: 64}",
-     "quantize.n_samples: applies to none of the grid's quantizers (fp, rtn4"),
+    (
+        "quantizers: [fp, rtn4]\nquantize: {n_samples: 64}",
+        "quantize.n_samples: applies to none of the grid's quantizers (fp, rtn4",
+    ),
     ("quantizers: [gptq4]\nquantize: {n_samples: -1}", "quantize.n_samples: must be at least 1, got -1"),
     ("quantizers: [rtn4]\nquantize: {group_size: 0}", "quantize.group_size: must be positive or -1"),
     ("quantizers: [rtn4]\nquantize: {group_size: big}", "quantize.group_size: expected int, got str 'big'"),
@@ -365,10 +556,21 @@ def test_run_config_errors_stop_before_any_work(line, message, tmp_path, capsys,
 def test_a_relative_path_that_does_not_exist_is_not_found_at_once(tiny_benchmark, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m").mkdir()
-    for argv in (["evaluate", "--model", "m/missing", "--corpus", tiny_benchmark.corpus_dir, "--metrics", "knowmem_f",
-                  "--out", "e.json"],
-                 ["quantize", "--model", "./missing", "--scheme", "rtn4", "--out", "q"],
-                 ["codeflips", "--a", tiny_benchmark.target_dir, "--b", "m/x/y", "--scheme", "rtn4"]):
+    for argv in (
+        [
+            "evaluate",
+            "--model",
+            "m/missing",
+            "--corpus",
+            tiny_benchmark.corpus_dir,
+            "--metrics",
+            "knowmem_f",
+            "--out",
+            "e.json",
+        ],
+        ["quantize", "--model", "./missing", "--scheme", "rtn4", "--out", "q"],
+        ["codeflips", "--a", tiny_benchmark.target_dir, "--b", "m/x/y", "--scheme", "rtn4"],
+    ):
         start = time.perf_counter()
         code, err = cli(capsys, *argv)
         assert code == 2 and time.perf_counter() - start < 5
@@ -379,18 +581,52 @@ def test_a_relative_path_that_does_not_exist_is_not_found_at_once(tiny_benchmark
 def test_a_hub_id_while_offline_is_one_line(tiny_benchmark, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-    code, err = cli(capsys, "evaluate", "--model", "nobody-here/no-model", "--corpus", tiny_benchmark.corpus_dir,
-                    "--metrics", "knowmem_f", "--out", "e.json")
+    code, err = cli(
+        capsys,
+        "evaluate",
+        "--model",
+        "nobody-here/no-model",
+        "--corpus",
+        tiny_benchmark.corpus_dir,
+        "--metrics",
+        "knowmem_f",
+        "--out",
+        "e.json",
+    )
     assert code == 2
     one_line(err, "evaluate", "error", "nobody-here/no-model", "offline (HF_HUB_OFFLINE)")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_cuda_without_cuda_is_one_line(tiny_benchmark, tmp_path, capsys):
-    for argv in (["evaluate", "--model", tiny_benchmark.target_dir, "--corpus", tiny_benchmark.corpus_dir,
-                  "--metrics", "knowmem_f", "--out", tmp_path / "e.json", "--device", "cuda"],
-                 ["audit", "--target", tiny_benchmark.target_dir, "--unlearned", tiny_benchmark.target_dir,
-                  "--corpus", tiny_benchmark.corpus_dir, "--out", tmp_path / "a", "--device", "cuda:1"]):
+    for argv in (
+        [
+            "evaluate",
+            "--model",
+            tiny_benchmark.target_dir,
+            "--corpus",
+            tiny_benchmark.corpus_dir,
+            "--metrics",
+            "knowmem_f",
+            "--out",
+            tmp_path / "e.json",
+            "--device",
+            "cuda",
+        ],
+        [
+            "audit",
+            "--target",
+            tiny_benchmark.target_dir,
+            "--unlearned",
+            tiny_benchmark.target_dir,
+            "--corpus",
+            tiny_benchmark.corpus_dir,
+            "--out",
+            tmp_path / "a",
+            "--device",
+            "cuda:1",
+        ],
+    ):
         code, err = cli(capsys, *argv)
         assert code == 2
         one_line(err, argv[0], "error", "CUDA is not available here")
@@ -398,18 +634,40 @@ def test_device_cuda_without_cuda_is_one_line(tiny_benchmark, tmp_path, capsys):
 
 
 def test_non_finite_and_out_of_context_settings_name_the_flag(tiny_benchmark, tmp_path, capsys):
-    common = ["unlearn", "--method", "ga", "--target", tiny_benchmark.target_dir, "--corpus",
-              tiny_benchmark.corpus_dir, "--quiet", "--max-steps", "1"]
+    common = [
+        "unlearn",
+        "--method",
+        "ga",
+        "--target",
+        tiny_benchmark.target_dir,
+        "--corpus",
+        tiny_benchmark.corpus_dir,
+        "--quiet",
+        "--max-steps",
+        "1",
+    ]
     code, err = cli(capsys, *common, "--out", tmp_path / "a", "--grad-clip", "nan")
     assert code == 2
     one_line(err, "unlearn", "error", "--grad-clip must be a finite number, got nan")
     code, err = cli(capsys, *common, "--out", tmp_path / "b", "--max-length", "100000")
     assert code == 2
     one_line(err, "unlearn", "error", "--max-length 100000 exceeds the model's context of 512 tokens")
-    for flag, value, message in (("--group-size", "0", "--group-size must be positive or -1 (per row), got 0"),
-                                 ("--n-samples", "-2", "--n-samples must be at least 1, got -2")):
-        code, err = cli(capsys, "quantize", "--model", tiny_benchmark.target_dir, "--scheme", "gptq4", flag, value,
-                        "--out", tmp_path / "q")
+    for flag, value, message in (
+        ("--group-size", "0", "--group-size must be positive or -1 (per row), got 0"),
+        ("--n-samples", "-2", "--n-samples must be at least 1, got -2"),
+    ):
+        code, err = cli(
+            capsys,
+            "quantize",
+            "--model",
+            tiny_benchmark.target_dir,
+            "--scheme",
+            "gptq4",
+            flag,
+            value,
+            "--out",
+            tmp_path / "q",
+        )
         assert code == 2
         one_line(err, "quantize", "error", message)
     assert list(tmp_path.iterdir()) == []

@@ -14,8 +14,9 @@ from qunlearn.errors import UserInputError
 from qunlearn.evaluate.lmeval import mcq_accuracy, task_manager
 from qunlearn.models.io import load_model
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None,
-                                reason='lm-eval is not installed (pip install -e ".[lmeval]")')
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("lm_eval") is None, reason='lm-eval is not installed (pip install -e ".[lmeval]")'
+)
 TASK = "qunlearn_tiny_mcq"
 YAML = """task: {task}
 dataset_path: json
@@ -48,8 +49,8 @@ def forget_mcq(corpus_dir: Path, n: int = 12) -> list[dict]:
     qa = load_corpus(corpus_dir).knowmem_forget
     items = []
     for i, item in enumerate(qa[-n:]):  # the evaluation half's side of the forget set
-        others = [q.answer for q in qa if q.answer != item.answer][i % 7: i % 7 + 3]
-        choices = others[: i % 4] + [item.answer] + others[i % 4:]
+        others = [q.answer for q in qa if q.answer != item.answer][i % 7 : i % 7 + 3]
+        choices = others[: i % 4] + [item.answer] + others[i % 4 :]
         items.append({"question": item.question, "choices": choices, "answer": i % 4})
     return items
 
@@ -78,10 +79,33 @@ def test_audit_through_lmeval_end_to_end(tiny_benchmark, task_dir, tmp_path):
     texts = tmp_path / "forget.json"
     texts.write_text(json.dumps(load_corpus(tiny_benchmark.corpus_dir).forget[:8]), encoding="utf-8")
     out = tmp_path / "audit"
-    rc = main(["audit", "--benchmark", "lmeval", "--tasks", TASK, "--include-path", str(task_dir),
-               "--no-builtin-tasks", "--forget-texts", str(texts), "--target", str(tiny_benchmark.target_dir),
-               "--unlearned", str(tiny_benchmark.retrain_dir), "--out", str(out), "--attacks", "rtn4", "relearn",
-               "--relearn-steps", "3", "--relearn-lr", "1e-3"])
+    rc = main(
+        [
+            "audit",
+            "--benchmark",
+            "lmeval",
+            "--tasks",
+            TASK,
+            "--include-path",
+            str(task_dir),
+            "--no-builtin-tasks",
+            "--forget-texts",
+            str(texts),
+            "--target",
+            str(tiny_benchmark.target_dir),
+            "--unlearned",
+            str(tiny_benchmark.retrain_dir),
+            "--out",
+            str(out),
+            "--attacks",
+            "rtn4",
+            "relearn",
+            "--relearn-steps",
+            "3",
+            "--relearn-lr",
+            "1e-3",
+        ]
+    )
     assert rc == 0
     audit = json.loads((out / "audit.json").read_text())
     assert audit["benchmark"] == "lmeval" and [s["name"] for s in audit["signals"]] == [TASK]
@@ -94,8 +118,15 @@ def test_audit_through_lmeval_end_to_end(tiny_benchmark, task_dir, tmp_path):
 
 
 def test_lmeval_flags_are_checked(tiny_benchmark, tmp_path, capsys):
-    base = ["audit", "--target", str(tiny_benchmark.target_dir), "--unlearned", str(tiny_benchmark.retrain_dir),
-            "--out", str(tmp_path)]
+    base = [
+        "audit",
+        "--target",
+        str(tiny_benchmark.target_dir),
+        "--unlearned",
+        str(tiny_benchmark.retrain_dir),
+        "--out",
+        str(tmp_path),
+    ]
     assert main([*base, "--benchmark", "lmeval"]) == 2
     assert "--benchmark lmeval needs --tasks" in capsys.readouterr().err
     assert main([*base, "--corpus", str(tiny_benchmark.corpus_dir), "--tasks", TASK]) == 2

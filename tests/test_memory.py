@@ -44,7 +44,9 @@ def test_a_bf16_reference_trains_klr_close_to_the_fp32_reference(tiny_benchmark,
     fp32 = read_json(run(tiny_benchmark, tmp_path, "npo_klr") / "losses.json")[0]
     bf16 = read_json(run(tiny_benchmark, tmp_path, "npo_klr", reference="bf16") / "losses.json")[0]
     # step 1 is at the target: NPO's log-ratio and KL are 0 against an exact reference, bf16 rounding only
-    assert fp32["forget"] == pytest.approx(2 * 0.6931472 / 0.1, rel=1e-6) and fp32["retain"] == pytest.approx(0, abs=1e-6)
+    assert fp32["forget"] == pytest.approx(2 * 0.6931472 / 0.1, rel=1e-6) and fp32["retain"] == pytest.approx(
+        0, abs=1e-6
+    )
     assert bf16["forget"] == pytest.approx(fp32["forget"], rel=1e-2) and 0 < bf16["retain"] < 1e-2
 
 

@@ -70,18 +70,21 @@ def test_split_documents_uses_blank_lines_and_drops_whitespace():
     assert split_documents("a\nb\n\n\n  \nc\n") == ["a\nb", "c"]
 
 
-@pytest.mark.parametrize("rel, content, expected", [
-    ("knowmem/forget_qa.json", None, "file not found"),
-    ("verbmem/forget.json", "{not json", "invalid JSON at line 1"),
-    ("verbmem/forget.json", json.dumps([{"prompt": "p"}]), "no string field 'gt'"),
-    ("knowmem/retain_qa.json", json.dumps([{"question": "q"}]), "no string field 'answer'"),
-    ("knowmem/forget_qa.json", json.dumps([{"answer": "a"}]), "no string field 'question'"),
-    ("verbmem/forget.json", json.dumps([{"gt": "g"}]), "no string field 'prompt'"),
-    ("privleak/holdout.json", "[]", "split is empty"),
-    ("raw/forget.txt", "\n\n  \n", "split 'forget' is empty"),
-    ("raw/retain1.txt", b"\xff\xfe bad bytes", "not valid UTF-8"),
-    ("privleak/forget.json", json.dumps({"a": 1}), "expected a JSON list"),
-])
+@pytest.mark.parametrize(
+    "rel, content, expected",
+    [
+        ("knowmem/forget_qa.json", None, "file not found"),
+        ("verbmem/forget.json", "{not json", "invalid JSON at line 1"),
+        ("verbmem/forget.json", json.dumps([{"prompt": "p"}]), "no string field 'gt'"),
+        ("knowmem/retain_qa.json", json.dumps([{"question": "q"}]), "no string field 'answer'"),
+        ("knowmem/forget_qa.json", json.dumps([{"answer": "a"}]), "no string field 'question'"),
+        ("verbmem/forget.json", json.dumps([{"gt": "g"}]), "no string field 'prompt'"),
+        ("privleak/holdout.json", "[]", "split is empty"),
+        ("raw/forget.txt", "\n\n  \n", "split 'forget' is empty"),
+        ("raw/retain1.txt", b"\xff\xfe bad bytes", "not valid UTF-8"),
+        ("privleak/forget.json", json.dumps({"a": 1}), "expected a JSON list"),
+    ],
+)
 def test_bad_input_errors_name_the_file(tmp_path, rel, content, expected):
     root = write_mini_muse(tmp_path)
     path = root / rel

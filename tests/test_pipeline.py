@@ -19,10 +19,18 @@ from qunlearn.results import finished_cells, load_results
 
 def small_config(out: Path, bench_root: Path, **overrides) -> RunConfig:
     """Two methods × fp/rtn4 × two metrics on the session's tiny benchmark (no retraining)."""
-    settings = {"out": str(out), "target": str(bench_root / "models/target"), "retrain": str(bench_root / "models/retrain"),
-                    "corpus": str(bench_root / "corpus"), "methods": ["ga", "ga_sure"], "quantizers": ["fp", "rtn4"],
-                    "metrics": ["knowmem_f", "verbmem_f"], "codeflip_schemes": ["rtn4"],
-                    "unlearn": {"epochs": 1}, "batch_size": 32}
+    settings = {
+        "out": str(out),
+        "target": str(bench_root / "models/target"),
+        "retrain": str(bench_root / "models/retrain"),
+        "corpus": str(bench_root / "corpus"),
+        "methods": ["ga", "ga_sure"],
+        "quantizers": ["fp", "rtn4"],
+        "metrics": ["knowmem_f", "verbmem_f"],
+        "codeflip_schemes": ["rtn4"],
+        "unlearn": {"epochs": 1},
+        "batch_size": 32,
+    }
     return RunConfig(**settings | overrides)
 
 
@@ -71,26 +79,36 @@ def test_changed_settings_do_not_reuse_old_cells(tiny_benchmark, tmp_path):
     b = small_config(tmp_path, tiny_benchmark.root, unlearn={"epochs": 2})
     assert config_hash(a) != config_hash(b)
     assert config_hash(a) == config_hash(small_config(tmp_path, tiny_benchmark.root, methods=["npo"]))
-    append_jsonl(tmp_path / "results.jsonl", {"model": "target", "quantizer": "fp", "metric": "knowmem_f",
-                                              "value": 1.0, "config_hash": config_hash(a)})
+    append_jsonl(
+        tmp_path / "results.jsonl",
+        {"model": "target", "quantizer": "fp", "metric": "knowmem_f", "value": 1.0, "config_hash": config_hash(a)},
+    )
     assert finished_cells(tmp_path / "results.jsonl", config_hash(a)) == {("target", "fp", "knowmem_f")}
     assert finished_cells(tmp_path / "results.jsonl", config_hash(b)) == set()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("methods", ["ga", "forgetful"], "unknown method(s) forgetful; valid: ga, ga_gdr"),
-    ("quantizers", ["rtn5x"], "unknown quantizer(s) rtn5x; valid: fp, rtn8"),
-    ("metrics", ["bleu"], "unknown metric(s) bleu; valid: verbmem_f"),
-    ("calibration", "web", "calibration must be 'generic' or 'forget'"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("methods", ["ga", "forgetful"], "unknown method(s) forgetful; valid: ga, ga_gdr"),
+        ("quantizers", ["rtn5x"], "unknown quantizer(s) rtn5x; valid: fp, rtn8"),
+        ("metrics", ["bleu"], "unknown metric(s) bleu; valid: verbmem_f"),
+        ("calibration", "web", "calibration must be 'generic' or 'forget'"),
+    ],
+)
 def test_bad_config_names_are_listed_before_work(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(RunConfig(out=str(tmp_path), **{field: value}))
 
 
 def test_missing_model_directory_fails_before_any_work(tmp_path):
-    config = RunConfig(out=str(tmp_path / "out"), target=str(tmp_path / "absent"), corpus=str(tmp_path),
-                       retrain=str(tmp_path / "absent"), metrics=["knowmem_f"])
+    config = RunConfig(
+        out=str(tmp_path / "out"),
+        target=str(tmp_path / "absent"),
+        corpus=str(tmp_path),
+        retrain=str(tmp_path / "absent"),
+        metrics=["knowmem_f"],
+    )
     with pytest.raises(UserInputError, match="target .*absent: directory not found"):
         Grid(config, progress=False).run()
     assert not (tmp_path / "out/results.jsonl").exists()

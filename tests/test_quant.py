@@ -28,6 +28,7 @@ def row(*values: float) -> torch.Tensor:
 
 # --- RTN: the seed's grid -------------------------------------------------------------------------------
 
+
 def test_seed_example_step_sizes():
     w = row(200.0, -100.0, 37.4, 0.0)
     assert rtn_codes(w, 4, group_size=4)[1].item() == 25.0  # 200 / 2^3
@@ -86,10 +87,12 @@ def test_bits_out_of_range_are_rejected():
 
 # --- GPTQ -----------------------------------------------------------------------------------------------
 
+
 def correlated_inputs(tokens: int, width: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(tokens, width // 4, generator=gen) @ torch.randn(width // 4, width, generator=gen) \
-        + 0.1 * torch.randn(tokens, width, generator=gen)
+    return torch.randn(tokens, width // 4, generator=gen) @ torch.randn(
+        width // 4, width, generator=gen
+    ) + 0.1 * torch.randn(tokens, width, generator=gen)
 
 
 def hessian_of(x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +132,7 @@ def test_gptq_zeroes_dead_columns():
 
 # --- AWQ ------------------------------------------------------------------------------------------------
 
+
 def test_awq_scales_lower_output_error_with_salient_input_channels():
     gen = torch.Generator().manual_seed(6)
     layer = nn.Linear(64, 32, bias=False)
@@ -147,8 +151,14 @@ def test_awq_scales_lower_output_error_with_salient_input_channels():
 
 def random_llama(layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-                         vocab_size=97, max_position_embeddings=64)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        vocab_size=97,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -167,6 +177,7 @@ def test_awq_folding_scales_into_the_previous_op_preserves_the_model():
 
 
 # --- bitsandbytes ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(bnb_unavailable_reason() is not None, reason=str(bnb_unavailable_reason()))
 @pytest.mark.parametrize("fmt", ["fp4", "nf4"])
@@ -208,6 +219,7 @@ def test_bnb_names_the_reason_when_unavailable():
 
 # --- registry -------------------------------------------------------------------------------------------
 
+
 def test_registry_names_and_errors():
     for name in ("fp", "rtn8", "rtn4", "rtn3", "rtn2", "gptq4", "gptq8", "awq4", "bnb-int8", "bnb-fp4", "bnb-nf4"):
         assert name in QUANTIZERS
@@ -229,6 +241,7 @@ def test_rtn_quantizer_skips_lm_head_by_default():
 
 
 # --- code flips -----------------------------------------------------------------------------------------
+
 
 def test_code_flips_between_a_model_and_itself_are_zero():
     model = random_llama(layers=1)
@@ -278,6 +291,7 @@ def test_bf16_matching_lr_puts_lr_times_512_at_half_the_median_4bit_step():
 
 # --- through the tiny benchmark: calibrated quantizers, checkpoints, the CLI ------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny(tiny_benchmark):
     model, tokenizer = load_model(tiny_benchmark.target_dir)
@@ -325,27 +339,60 @@ def test_quantized_checkpoint_reloads_with_the_same_logits(tiny, tmp_path):
 
 def test_cli_quantize_and_codeflips(tiny_benchmark, tmp_path, capsys):
     out = tmp_path / "gptq"
-    assert main(["quantize", "--model", str(tiny_benchmark.target_dir), "--scheme", "gptq4", "--out", str(out),
-                 "--corpus", str(tiny_benchmark.corpus_dir), "--n-samples", "4"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                "--model",
+                str(tiny_benchmark.target_dir),
+                "--scheme",
+                "gptq4",
+                "--out",
+                str(out),
+                "--corpus",
+                str(tiny_benchmark.corpus_dir),
+                "--n-samples",
+                "4",
+            ]
+        )
+        == 0
+    )
     settings = read_yaml(out / "quantize.yaml")
     assert settings["scheme"] == "gptq4" and settings["options"]["n_samples"] == 4
     assert settings["calibration"].endswith("(generic)")
     load_model(out)
     flips = tmp_path / "flips.json"
-    assert main(["codeflips", "--a", str(tiny_benchmark.target_dir), "--b", str(tiny_benchmark.retrain_dir),
-                 "--scheme", "rtn4", "--out", str(flips)]) == 0
+    assert (
+        main(
+            [
+                "codeflips",
+                "--a",
+                str(tiny_benchmark.target_dir),
+                "--b",
+                str(tiny_benchmark.retrain_dir),
+                "--scheme",
+                "rtn4",
+                "--out",
+                str(flips),
+            ]
+        )
+        == 0
+    )
     result = read_json(flips)
     assert 0 < result["overall"]["flip_fraction"] < 1
     assert "codes flipped" in capsys.readouterr().out
 
 
 def test_cli_rejects_calibrated_scheme_without_text(tiny_benchmark, tmp_path, capsys):
-    assert main(["quantize", "--model", str(tiny_benchmark.target_dir), "--scheme", "awq4",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["quantize", "--model", str(tiny_benchmark.target_dir), "--scheme", "awq4", "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "--calibration FILE or --corpus DIR" in capsys.readouterr().err
 
 
 # --- fallbacks: recorded, never silent ------------------------------------------------------------------
+
 
 def test_gptq_retries_a_rejected_hessian_with_more_dampening_then_falls_back_to_rtn():
     torch.manual_seed(0)
@@ -356,12 +403,16 @@ def test_gptq_retries_a_rejected_hessian_with_more_dampening_then_falls_back_to_
     with pytest.warns(UserWarning, match="using dampening 0.1 for 1 layer"):
         out = quantizer._quantize_layer("layer", w, indefinite)
     assert torch.equal(out, gptq_quantize(w, indefinite, 4, 8, damp=0.1))
-    assert quantizer.fallbacks == [{"layers": ["layer"], "used": "dampening 0.1",
-                                    "reason": "Hessian not positive definite at dampening 0.01"}]
+    assert quantizer.fallbacks == [
+        {"layers": ["layer"], "used": "dampening 0.1", "reason": "Hessian not positive definite at dampening 0.01"}
+    ]
     with pytest.warns(UserWarning, match="using RTN"):
         assert torch.equal(quantizer._quantize_layer("bad", w, torch.full((8, 8), float("nan"))), rtn_quantize(w, 4, 8))
-    assert quantizer.fallbacks[-1] == {"layers": ["bad"], "used": "RTN",
-                                       "reason": "Hessian not positive definite up to dampening 1"}
+    assert quantizer.fallbacks[-1] == {
+        "layers": ["bad"],
+        "used": "RTN",
+        "reason": "Hessian not positive definite up to dampening 1",
+    }
 
 
 def test_group_size_fallback_is_said_once_per_run_and_recorded():
@@ -380,8 +431,25 @@ def test_group_size_fallback_is_said_once_per_run_and_recorded():
 def test_quantize_yaml_records_the_fallbacks(tmp_path):
     save_model(random_llama(layers=1), None, tmp_path / "model")  # RTN needs no tokenizer
     with pytest.warns(UserWarning, match="group size 48 does not divide"):
-        assert main(["quantize", "--model", str(tmp_path / "model"), "--scheme", "rtn4", "--group-size", "48",
-                     "--out", str(tmp_path / "q")]) == 0
+        assert (
+            main(
+                [
+                    "quantize",
+                    "--model",
+                    str(tmp_path / "model"),
+                    "--scheme",
+                    "rtn4",
+                    "--group-size",
+                    "48",
+                    "--out",
+                    str(tmp_path / "q"),
+                ]
+            )
+            == 0
+        )
     record = read_yaml(tmp_path / "q" / "quantize.yaml")
     assert "fallbacks" not in record["options"]
-    assert [(len(f["layers"]), f["used"]) for f in record["fallbacks"]] == [(6, "per-row scales"), (1, "per-row scales")]
+    assert [(len(f["layers"]), f["used"]) for f in record["fallbacks"]] == [
+        (6, "per-row scales"),
+        (1, "per-row scales"),
+    ]

@@ -21,24 +21,52 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is cut or corrupt:UserWarning"
 
 # (model, quantizer, metric, value[, extra]); rtn8 comes first so that `fp` must be moved to the front.
 CELLS = [
-    ("target", "rtn8", "knowmem_f", 60.0), ("target", "rtn8", "verbmem_f", 50.0),
-    ("target", "fp", "knowmem_f", 60.0), ("target", "fp", "verbmem_f", 50.0), ("target", "fp", "knowmem_r", 55.0),
+    ("target", "rtn8", "knowmem_f", 60.0),
+    ("target", "rtn8", "verbmem_f", 50.0),
+    ("target", "fp", "knowmem_f", 60.0),
+    ("target", "fp", "verbmem_f", 50.0),
+    ("target", "fp", "knowmem_r", 55.0),
     ("target", "fp", "privleak", -99.5, {"auc": 0.002, "auc_retrain": 0.48}),
-    ("target", "fp", "ppl_retain", 12.5), ("target", "fp", "ppl_holdout", 40.25),
-    ("target", "rtn4", "knowmem_f", 40.0), ("target", "rtn4", "verbmem_f", 40.0),
+    ("target", "fp", "ppl_retain", 12.5),
+    ("target", "fp", "ppl_holdout", 40.25),
+    ("target", "rtn4", "knowmem_f", 40.0),
+    ("target", "rtn4", "verbmem_f", 40.0),
     ("target", "gptq4", "knowmem_f", 0.0),
-    ("retrain", "fp", "knowmem_f", 30.0), ("retrain", "fp", "verbmem_f", 20.0), ("retrain", "fp", "knowmem_r", 54.0),
+    ("retrain", "fp", "knowmem_f", 30.0),
+    ("retrain", "fp", "verbmem_f", 20.0),
+    ("retrain", "fp", "knowmem_r", 54.0),
     ("retrain", "fp", "privleak", 0.0),
-    ("npo", "fp", "knowmem_f", 18.0), ("npo", "rtn8", "knowmem_f", 12.0), ("npo", "rtn4", "knowmem_f", 36.0),
-    ("npo", "fp", "verbmem_f", 15.0), ("npo", "rtn4", "verbmem_f", 36.0), ("npo", "fp", "knowmem_r", 40.0),
+    ("npo", "fp", "knowmem_f", 18.0),
+    ("npo", "rtn8", "knowmem_f", 12.0),
+    ("npo", "rtn4", "knowmem_f", 36.0),
+    ("npo", "fp", "verbmem_f", 15.0),
+    ("npo", "rtn4", "verbmem_f", 36.0),
+    ("npo", "fp", "knowmem_r", 40.0),
     ("ga", "rtn4", "knowmem_f", 1.0),  # replaced by a later line (32.0)
-    ("ga", "fp", "knowmem_f", 6.0), ("ga", "rtn8", "knowmem_f", 6.0), ("ga", "rtn4", "knowmem_f", 32.0),
-    ("ga", "fp", "verbmem_f", 5.0), ("ga", "rtn4", "verbmem_f", 20.0), ("ga", "gptq4", "knowmem_f", 5.0),
-    ("ga", "fp", "knowmem_r", 30.0), ("ga", "rtn4", "knowmem_r", 29.0),
-    ("ga_sure", "fp", "knowmem_f", 3.0), ("ga_sure", "rtn4", "knowmem_f", 4.0), ("ga_sure", "fp", "knowmem_r", 45.0),
-    ("ga", "rtn4", "codeflip", 0.001, {"below_half_step": 0.97, "median_change_in_steps": 0.02,
-                                       "p90_change_in_steps": 0.1, "within_bin_fraction": 0.999,
-                                       "flips_by_type": {"q_proj": 0.002, "down_proj": 0.0}}),
+    ("ga", "fp", "knowmem_f", 6.0),
+    ("ga", "rtn8", "knowmem_f", 6.0),
+    ("ga", "rtn4", "knowmem_f", 32.0),
+    ("ga", "fp", "verbmem_f", 5.0),
+    ("ga", "rtn4", "verbmem_f", 20.0),
+    ("ga", "gptq4", "knowmem_f", 5.0),
+    ("ga", "fp", "knowmem_r", 30.0),
+    ("ga", "rtn4", "knowmem_r", 29.0),
+    ("ga_sure", "fp", "knowmem_f", 3.0),
+    ("ga_sure", "rtn4", "knowmem_f", 4.0),
+    ("ga_sure", "fp", "knowmem_r", 45.0),
+    (
+        "ga",
+        "rtn4",
+        "codeflip",
+        0.001,
+        {
+            "below_half_step": 0.97,
+            "median_change_in_steps": 0.02,
+            "p90_change_in_steps": 0.1,
+            "within_bin_fraction": 0.999,
+            "flips_by_type": {"q_proj": 0.002, "down_proj": 0.0},
+        },
+    ),
     ("ga", "rtn8", "codeflip", 0.05),
     ("ga_sure", "rtn4", "codeflip", 0.02, {"below_half_step": 0.5}),
 ]
@@ -111,8 +139,14 @@ def test_headline_equals_hand_computed_ratios(run_dir: Path) -> None:
 
 
 def test_report_files_tables_and_json_headline(run_dir: Path, written: dict[str, Path]) -> None:
-    assert set(written) == {"report.md", "report.csv", "report.json", "report.html",
-                            "plots/retained.png", "plots/tradeoff.png"}
+    assert set(written) == {
+        "report.md",
+        "report.csv",
+        "report.json",
+        "report.html",
+        "plots/retained.png",
+        "plots/tradeoff.png",
+    }
     assert all(path.is_file() and path.stat().st_size > 0 for path in written.values())
     report_json = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     assert report_json["headline"] == headline(to_grid(load_results(run_dir / "results.jsonl", HASH)))
@@ -120,8 +154,12 @@ def test_report_files_tables_and_json_headline(run_dir: Path, written: dict[str,
 
     muse = _rows(report_json, "muse")
     inputs = {(m, q, metric): v for m, q, metric, v, *_ in CELLS}
-    labels = {"verbmem_f": "VerbMem_f ↓", "knowmem_f": "KnowMem_f ↓", "privleak": "PrivLeak → 0",
-              "knowmem_r": "KnowMem_r ↑"}
+    labels = {
+        "verbmem_f": "VerbMem_f ↓",
+        "knowmem_f": "KnowMem_f ↓",
+        "privleak": "PrivLeak → 0",
+        "knowmem_r": "KnowMem_r ↑",
+    }
     for model, row in muse.items():
         for (quantizer, label), value in row.items():
             metric = next(k for k, v in labels.items() if v == label)
@@ -161,19 +199,22 @@ def test_html_is_self_contained_and_embeds_the_plots(written: dict[str, Path]) -
     assert not re.search(r"(src|href)\s*=\s*['\"]?(?!data:)[a-z]+:", html)
     embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
     assert [base64.b64decode(data) for data in embedded] == [
-        written["plots/retained.png"].read_bytes(), written["plots/tradeoff.png"].read_bytes()]
+        written["plots/retained.png"].read_bytes(),
+        written["plots/tradeoff.png"].read_bytes(),
+    ]
 
 
 def test_empty_results_still_render(tmp_path: Path) -> None:
-    report = build_report([{"model": "target", "quantizer": "fp", "metric": "knowmem_f", "value": 60.0,
-                            "config_hash": HASH}], HASH)
+    report = build_report(
+        [{"model": "target", "quantizer": "fp", "metric": "knowmem_f", "value": 60.0, "config_hash": HASH}], HASH
+    )
     assert "No unlearned model" in report.headline["summary"]
     assert "No results yet." in to_markdown(report, ())
 
 
-def test_cli_report_uses_latest_hash_and_reports_missing_file(run_dir: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_cli_report_uses_latest_hash_and_reports_missing_file(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     assert "report" in cli.COMMANDS
     monkeypatch.setattr(cli, "COMMANDS", ["report"])  # only this subcommand: the others import torch
     (tmp_path / "results.jsonl").write_bytes((run_dir / "results.jsonl").read_bytes())

@@ -28,8 +28,10 @@ def names(batch: dict) -> list[int]:
 
 
 def steps(forget, retain, s, epoch, rank, world) -> list[list[tuple[list[int], list[int] | None]]]:
-    return [[(names(f), names(r) if r else None) for f, r in step]
-            for step in epoch_steps(forget, retain, s, epoch, PAD, rank, world)]
+    return [
+        [(names(f), names(r) if r else None) for f, r in step]
+        for step in epoch_steps(forget, retain, s, epoch, PAD, rank, world)
+    ]
 
 
 def test_draws_are_consecutive_permutations_fixed_by_seed_epoch_and_stream():
@@ -86,7 +88,9 @@ def test_retain_batches_follow_their_own_stream_alongside_forget():
 
 def test_more_processes_than_forget_batches_are_refused_naming_both_numbers():
     check_world(8, settings(4), world=2)
-    with pytest.raises(UserInputError, match=r"3 processes, but the forget set has only 2 batch\(es\) of --batch-size 4"):
+    with pytest.raises(
+        UserInputError, match=r"3 processes, but the forget set has only 2 batch\(es\) of --batch-size 4"
+    ):
         check_world(8, settings(4), world=3)
 
 

@@ -100,8 +100,21 @@ def test_hf_id_loads_each_config_and_offline_is_one_line(monkeypatch):
 def test_cli_exits_2_naming_the_file(tmp_path, capsys):
     tofu_dir(tmp_path / "tofu")
     (tmp_path / "tofu" / "retain_perturbed.json").unlink()
-    code = main(["evaluate", "--benchmark", "tofu", "--model", str(tmp_path / "model"), "--data",
-                 str(tmp_path / "tofu"), "--forget-split", "forget01", "--out", str(tmp_path / "out.json")])
+    code = main(
+        [
+            "evaluate",
+            "--benchmark",
+            "tofu",
+            "--model",
+            str(tmp_path / "model"),
+            "--data",
+            str(tmp_path / "tofu"),
+            "--forget-split",
+            "forget01",
+            "--out",
+            str(tmp_path / "out.json"),
+        ]
+    )
     assert code == 2
     assert "retain_perturbed" in capsys.readouterr().err
 
@@ -116,8 +129,11 @@ def test_embedded_tofu_layout_nests_forget_splits_and_perturbs_every_answer(tmp_
     assert (tmp_path / "a" / "full.json").read_bytes() == (tmp_path / "b" / "full.json").read_bytes()
     full = load_training_split(tmp_path / "a", "full")
     assert len(full) == 32 * 4
-    for split, retain, authors in (("forget01", "retain99", 1), ("forget05", "retain95", 2),
-                                   ("forget10", "retain90", 3)):
+    for split, retain, authors in (
+        ("forget01", "retain99", 1),
+        ("forget05", "retain95", 2),
+        ("forget10", "retain90", 3),
+    ):
         forget = load_training_split(tmp_path / "a", split)
         assert len(forget) == 4 * authors
         assert load_training_split(tmp_path / "a", retain) + forget == full  # the last authors are forgotten

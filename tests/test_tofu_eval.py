@@ -27,15 +27,19 @@ from qunlearn.evaluate.tofu import (
 from qunlearn.models.tiny import build_model
 from qunlearn.models.tokenizer import train_tokenizer
 
-CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == 'assistant' %}"
-                 "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m['role'] == 'assistant' %}"
+    "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
 ITEM = TofuItem("Who wrote Tides?", "Ana Bel wrote it.", "It was Ana Bel.", ("Cy Dow wrote it.", "Ed Fo wrote it."))
 
 
 @pytest.fixture(scope="module")
 def tiny_lm():
-    texts = [f"Question: {ITEM.question}\nAnswer: {a}" for a in (ITEM.answer, ITEM.paraphrased_answer,
-                                                                 *ITEM.perturbed_answers)] * 3
+    texts = [
+        f"Question: {ITEM.question}\nAnswer: {a}"
+        for a in (ITEM.answer, ITEM.paraphrased_answer, *ITEM.perturbed_answers)
+    ] * 3
     tokenizer = train_tokenizer(texts, vocab_size=320)
     shape = ModelShape(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=320)
     return build_model(shape, tokenizer, seed=0).eval(), tokenizer
@@ -85,8 +89,10 @@ def test_pad_tokens_inside_the_prompt_are_masked_as_openunlearning_does(tiny_lm)
     """With pad = EOS and a template that ends every turn in EOS (Llama-3), the turn ends are hidden from attention
     both when scoring answers and when generating (OpenUnlearning's mask: input_ids != pad_token_id)."""
     model, tok = tiny_lm
-    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}" \
-                        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     pad = tok.pad_token
     tok.pad_token = tok.eos_token
     try:
@@ -101,10 +107,17 @@ def test_pad_tokens_inside_the_prompt_are_masked_as_openunlearning_does(tiny_lm)
         assert mean_logprobs(run, [(ITEM.question, ITEM.answer)], "test") == pytest.approx([want], abs=1e-5)
         prompt = ids[:n_prompt]
         with torch.no_grad():
-            hf = model.generate(torch.tensor([prompt]), attention_mask=torch.tensor([[int(t != tok.eos_token_id)
-                                for t in prompt]]), max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-        assert greedy_from_ids(model, tok, [prompt], 6, progress=False,
-                               masked_id=tok.pad_token_id)[0] == hf[0, n_prompt:].tolist()
+            hf = model.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.tensor([[int(t != tok.eos_token_id) for t in prompt]]),
+                max_new_tokens=6,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+        assert (
+            greedy_from_ids(model, tok, [prompt], 6, progress=False, masked_id=tok.pad_token_id)[0]
+            == hf[0, n_prompt:].tolist()
+        )
     finally:
         tok.chat_template, tok.pad_token = None, pad
 
@@ -124,8 +137,11 @@ def test_result_has_openunlearning_summary_and_forget_quality_against_reference(
 def test_retain_truth_ratios_read_from_qunlearn_or_openunlearning_logs(tmp_path):
     ours, theirs, bad = tmp_path / "ours.json", tmp_path / "TOFU_EVAL.json", tmp_path / "bad.json"
     ours.write_text(json.dumps({"forget_truth_ratios": [0.5, 2]}))
-    theirs.write_text(json.dumps({"forget_truth_ratio": {"agg_value": 0.7, "value_by_index": {
-        "0": {"score": 0.25}, "1": {"score": 1.5}}}}))
+    theirs.write_text(
+        json.dumps(
+            {"forget_truth_ratio": {"agg_value": 0.7, "value_by_index": {"0": {"score": 0.25}, "1": {"score": 1.5}}}}
+        )
+    )
     bad.write_text(json.dumps({"forget_quality": {"agg_value": 0.1}}))
     assert read_retain_truth_ratios(str(ours)) == [0.5, 2.0]
     assert read_retain_truth_ratios(str(theirs)) == [0.25, 1.5]
@@ -144,23 +160,63 @@ def test_tiny_tofu_benchmark_target_knows_forget_set_retain_model_does_not(tmp_p
     results = {}
     for name in ("target", "retrain"):
         out = tmp_path / f"{name}.json"
-        assert main(["evaluate", "--benchmark", "tofu", "--model", str(bench / "models" / name), "--retain-model",
-                     str(bench / "models" / "retrain"), "--data", str(bench / "corpus"), "--out", str(out),
-                     "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--benchmark",
+                    "tofu",
+                    "--model",
+                    str(bench / "models" / name),
+                    "--retain-model",
+                    str(bench / "models" / "retrain"),
+                    "--data",
+                    str(bench / "corpus"),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         results[name] = json.loads(out.read_text())
-    exact = {name: np.mean([i["output"] == i["answer"] for i in r["sets"]["forget"]["items"]])
-             for name, r in results.items()}
+    exact = {
+        name: np.mean([i["output"] == i["answer"] for i in r["sets"]["forget"]["items"]]) for name, r in results.items()
+    }
     assert exact["target"] >= 0.5 and exact["retrain"] == 0.0
     target, retain = results["target"]["summary"], results["retrain"]["summary"]
     assert target["forget_Q_A_Prob"] > 10 * retain["forget_Q_A_Prob"]
     assert retain["forget_quality"] == pytest.approx(1.0) and target["forget_quality"] < 0.01
     audit_dir = tmp_path / "audit"
-    assert main(["audit", "--benchmark", "tofu", "--target", str(bench / "models" / "target"),
-                 "--unlearned", str(bench / "models" / "retrain"), "--retrain", str(bench / "models" / "retrain"),
-                 "--data", str(bench / "corpus"), "--attacks", "rtn4", "relearn", "--out", str(audit_dir)]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "--benchmark",
+                "tofu",
+                "--target",
+                str(bench / "models" / "target"),
+                "--unlearned",
+                str(bench / "models" / "retrain"),
+                "--retrain",
+                str(bench / "models" / "retrain"),
+                "--data",
+                str(bench / "corpus"),
+                "--attacks",
+                "rtn4",
+                "relearn",
+                "--out",
+                str(audit_dir),
+            ]
+        )
+        == 0
+    )
     audit = json.loads((audit_dir / "audit.json").read_text())
     assert audit["benchmark"] == "tofu" and audit["info"]["split"] == {
-        "rule": "first half of the forget questions: relearning; second half: scored", "relearn": 6, "scored": 6}
+        "rule": "first half of the forget questions: relearning; second half: scored",
+        "relearn": 6,
+        "scored": 6,
+    }
     assert [s["name"] for s in audit["signals"]] == ["forget_Q_A_Prob", "forget_Q_A_ROUGE", "log10_forget_quality"]
     base = audit["baselines"]
     assert base["target"]["forget_Q_A_Prob"] > 10 * base["unlearned"]["forget_Q_A_Prob"]
@@ -171,10 +227,30 @@ def test_tiny_tofu_benchmark_target_knows_forget_set_retain_model_does_not(tmp_p
     # the README's two-command recipe: the retain model's evaluation, then the audit reading it
     retain_logs = tmp_path / "retrain.json"  # written above by `evaluate --benchmark tofu` on the retain model
     logged = tmp_path / "audit-logs"
-    assert main(["audit", "--benchmark", "tofu", "--target", str(bench / "models" / "target"),
-                 "--unlearned", str(bench / "models" / "retrain"), "--retain-logs", str(retain_logs),
-                 "--data", str(bench / "corpus"), "--attacks", "bf16", "--out", str(logged)]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                "--benchmark",
+                "tofu",
+                "--target",
+                str(bench / "models" / "target"),
+                "--unlearned",
+                str(bench / "models" / "retrain"),
+                "--retain-logs",
+                str(retain_logs),
+                "--data",
+                str(bench / "corpus"),
+                "--attacks",
+                "bf16",
+                "--out",
+                str(logged),
+            ]
+        )
+        == 0
+    )
     from_logs = json.loads((logged / "audit.json").read_text())
     assert from_logs["baselines"]["unlearned"]["forget_quality"] == pytest.approx(1.0)
     assert from_logs["baselines"]["target"]["log10_forget_quality"] == pytest.approx(
-        base["target"]["log10_forget_quality"])
+        base["target"]["log10_forget_quality"]
+    )

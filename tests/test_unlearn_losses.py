@@ -23,9 +23,7 @@ from qunlearn.unlearn.losses import (
 )
 
 
-def random_batch(
-    seed: int = 0, batch: int = 3, seq: int = 6, vocab: int = 11
-) -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(seed: int = 0, batch: int = 3, seq: int = 6, vocab: int = 11) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(batch, seq, vocab, generator=g)
     labels = torch.randint(0, vocab, (batch, seq), generator=g)
@@ -36,9 +34,7 @@ def random_batch(
 def pad(logits: torch.Tensor, labels: torch.Tensor, extra: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Append `extra` padding positions with arbitrary logits."""
     noise = torch.randn(logits.shape[0], extra, logits.shape[2]) * 50
-    return torch.cat([logits, noise], 1), torch.cat(
-        [labels, torch.full((labels.shape[0], extra), IGNORE_INDEX)], 1
-    )
+    return torch.cat([logits, noise], 1), torch.cat([labels, torch.full((labels.shape[0], extra), IGNORE_INDEX)], 1)
 
 
 def test_ga_of_uniform_prediction_is_minus_log_vocab():
@@ -50,9 +46,7 @@ def test_ga_of_uniform_prediction_is_minus_log_vocab():
 
 def test_nll_matches_torch_cross_entropy_with_ignore_index():
     logits, labels = random_batch()
-    want = F.cross_entropy(
-        logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    want = F.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
     assert nll(logits, labels).item() == pytest.approx(want.item(), rel=1e-6)
 
 
@@ -68,9 +62,7 @@ def test_sequence_logprob_sums_token_logprobs_of_the_next_tokens():
 @pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
 def test_npo_at_the_reference_equals_two_over_beta_log_two(beta):
     logits, labels = random_batch()
-    assert npo_loss(logits, logits.clone(), labels, beta).item() == pytest.approx(
-        2 / beta * math.log(2), rel=1e-6
-    )
+    assert npo_loss(logits, logits.clone(), labels, beta).item() == pytest.approx(2 / beta * math.log(2), rel=1e-6)
 
 
 def test_npo_on_a_hand_computed_sequence():

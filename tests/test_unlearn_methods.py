@@ -42,9 +42,7 @@ def test_sure_uses_a_larger_learning_rate_on_real_models_and_a_saliency_threshol
     base, sure = get_method(name).defaults("muse"), get_method(f"{name}_sure").defaults("muse")
     assert sure.lr > base.lr and sure.saliency_percentile is not None
     embedded = get_method(f"{name}_sure").defaults("embedded")
-    assert (
-        embedded.lr >= get_method(name).defaults("embedded").lr and embedded.saliency_percentile is not None
-    )
+    assert embedded.lr >= get_method(name).defaults("embedded").lr and embedded.saliency_percentile is not None
 
 
 def test_unknown_profile_is_rejected():

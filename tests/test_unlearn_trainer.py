@@ -47,9 +47,7 @@ def test_each_method_runs_two_steps_on_the_tiny_preset(tiny_benchmark, tmp_path,
     record = read_yaml(out / "unlearn.yaml")
     assert [e["step"] for e in curve] == [1, 2]
     assert ("retain" in curve[0]) == ("_gdr" in method or "_klr" in method)
-    assert (
-        record["status"] == "complete" and record["method"] == method and record["settings"]["max_steps"] == 2
-    )
+    assert record["status"] == "complete" and record["method"] == method and record["settings"]["max_steps"] == 2
     assert (out / "saliency.json").is_file() == method.endswith("_sure")
     load_model(out)  # a loadable HF checkpoint (safetensors)
 
@@ -74,12 +72,8 @@ def test_sure_leaves_every_non_salient_module_bit_identical(tiny_benchmark, tmp_
     for module, params in owners.items():
         if module not in saliency["selected"]:
             for name in params:
-                assert torch.equal(after[name], target[name]), (
-                    f"{name} moved although {module} is not salient"
-                )
-    changed = [
-        m for m in saliency["selected"] if any(not torch.equal(after[n], target[n]) for n in owners[m])
-    ]
+                assert torch.equal(after[name], target[name]), f"{name} moved although {module} is not salient"
+    changed = [m for m in saliency["selected"] if any(not torch.equal(after[n], target[n]) for n in owners[m])]
     assert changed, "no salient module changed"
 
 
@@ -157,8 +151,14 @@ def test_bf16_weights_are_trained_and_saved_in_bf16(tiny_benchmark, tmp_path):
 
 def test_bf16_storage_keeps_weights_bf16_exact_and_moves_only_small_ones(tiny_benchmark, tmp_path):
     lr = 1e-5  # an Adam step of about lr is under half a bf16 ULP for every |w| >= lr * 2^9 (2^11: margin)
-    out = unlearn(tiny_benchmark.target_dir, tiny_benchmark.corpus_dir, "ga", tmp_path / "s",
-                  fast("ga", storage="bf16", max_steps=3, lr=lr), progress=False)
+    out = unlearn(
+        tiny_benchmark.target_dir,
+        tiny_benchmark.corpus_dir,
+        "ga",
+        tmp_path / "s",
+        fast("ga", storage="bf16", max_steps=3, lr=lr),
+        progress=False,
+    )
     saved, target = weights(out), weights(tiny_benchmark.target_dir)
     assert {t.dtype for t in saved.values()} == {torch.float32}  # computed and saved in fp32 ...
     assert all(torch.equal(t, t.to(torch.bfloat16).float()) for t in saved.values())  # ... holding bf16 values
@@ -170,16 +170,20 @@ def test_bf16_storage_keeps_weights_bf16_exact_and_moves_only_small_ones(tiny_be
 
 def test_storage_must_be_narrower_than_the_compute_dtype(tiny_benchmark, tmp_path):
     with pytest.raises(ValueError, match="--storage bf16 must be a narrower dtype than --dtype bf16"):
-        unlearn(tiny_benchmark.target_dir, tiny_benchmark.corpus_dir, "ga", tmp_path / "x",
-                fast("ga", dtype="bf16", storage="bf16"), progress=False)
+        unlearn(
+            tiny_benchmark.target_dir,
+            tiny_benchmark.corpus_dir,
+            "ga",
+            tmp_path / "x",
+            fast("ga", dtype="bf16", storage="bf16"),
+            progress=False,
+        )
 
 
 def test_a_foreign_nonempty_out_dir_is_refused(tiny_benchmark, tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not an unlearning run"):
-        unlearn(
-            tiny_benchmark.target_dir, tiny_benchmark.corpus_dir, "ga", tmp_path, fast("ga"), progress=False
-        )
+        unlearn(tiny_benchmark.target_dir, tiny_benchmark.corpus_dir, "ga", tmp_path, fast("ga"), progress=False)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 

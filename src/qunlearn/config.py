@@ -76,8 +76,13 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return asdict(obj)
 
 
-SCALARS: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
-                                        "None": (type(None),)}
+SCALARS: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "None": (type(None),),
+}
 
 
 def check_type(value: Any, annotation: str, where: str) -> None:
@@ -130,8 +135,20 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
         raise ValueError(f"{where}: {err}") from None
 
 
-DEFAULT_METHODS = ["ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr",
-                   "ga_sure", "ga_gdr_sure", "ga_klr_sure", "npo_sure", "npo_gdr_sure", "npo_klr_sure"]
+DEFAULT_METHODS = [
+    "ga",
+    "ga_gdr",
+    "ga_klr",
+    "npo",
+    "npo_gdr",
+    "npo_klr",
+    "ga_sure",
+    "ga_gdr_sure",
+    "ga_klr_sure",
+    "npo_sure",
+    "npo_gdr_sure",
+    "npo_klr_sure",
+]
 DEFAULT_QUANTIZERS = ["fp", "rtn8", "rtn4", "gptq4", "awq4"]
 DEFAULT_METRICS = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak", "utility"]
 

@@ -47,8 +47,9 @@ def check_not_an_input(out: str | os.PathLike, inputs: Inputs, flag: str = "--ou
             relation = "is inside"
         else:
             continue
-        raise OutputConflictError(f"{flag} {out} {relation} the input {name} {path}; inputs are never written to, "
-                                  "choose another output path")
+        raise OutputConflictError(
+            f"{flag} {out} {relation} the input {name} {path}; inputs are never written to, choose another output path"
+        )
 
 
 def _check_parent(out: Path, flag: str) -> None:
@@ -70,8 +71,9 @@ def check_output_dir(out: str | os.PathLike, marker: str, kind: str, inputs: Inp
         raise OutputConflictError(f"{flag} {out}: is a file, expected a directory for {kind}")
     if out.is_dir():
         if not (out / marker).is_file() and any(out.iterdir()):
-            raise OutputConflictError(f"{flag} {out}: directory exists and is not {kind} (no {marker}); "
-                                      "choose a new or empty directory")
+            raise OutputConflictError(
+                f"{flag} {out}: directory exists and is not {kind} (no {marker}); choose a new or empty directory"
+            )
         if not os.access(out, os.W_OK | os.X_OK):
             raise OutputConflictError(f"{flag} {out}: directory is not writable")
     _check_parent(out, flag)
@@ -118,8 +120,10 @@ def output_lock(out: str | os.PathLike, flag: str = "--out") -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise OutputConflictError(f"{flag} {out}: another qunlearn process is writing it (lock {lock}); "
-                                      "wait for it to finish or choose another output") from None
+            raise OutputConflictError(
+                f"{flag} {out}: another qunlearn process is writing it (lock {lock}); "
+                "wait for it to finish or choose another output"
+            ) from None
         try:
             same = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

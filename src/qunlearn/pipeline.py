@@ -52,8 +52,12 @@ class Inputs:
 
 def validate(config: RunConfig) -> None:
     """Reject unknown names (listing the valid ones) and bad settings before any work starts, naming the field."""
-    for kind, key, valid in (("method", "methods", METHODS), ("quantizer", "quantizers", QUANTIZERS),
-                             ("metric", "metrics", METRICS), ("codeflip scheme", "codeflip_schemes", QUANTIZERS)):
+    for kind, key, valid in (
+        ("method", "methods", METHODS),
+        ("quantizer", "quantizers", QUANTIZERS),
+        ("metric", "metrics", METRICS),
+        ("codeflip scheme", "codeflip_schemes", QUANTIZERS),
+    ):
         names = getattr(config, key)
         unknown = [n for n in names if n not in valid]
         if unknown:
@@ -83,8 +87,9 @@ def check_quantize_options(options: dict[str, Any], names: list[str]) -> None:
     for option, value in options.items():
         takers = [n for n in names if option in quantizer_fields(n)]
         if not takers:
-            raise UserInputError(f"quantize.{option}: applies to none of the grid's quantizers "
-                                 f"({', '.join(dict.fromkeys(names))})")
+            raise UserInputError(
+                f"quantize.{option}: applies to none of the grid's quantizers ({', '.join(dict.fromkeys(names))})"
+            )
         check_type(value, quantizer_fields(takers[0])[option], f"quantize.{option}")
         if option in ("n_samples", "seq_len") and value < 1:
             raise UserInputError(f"quantize.{option}: must be at least 1, got {value}")
@@ -100,9 +105,23 @@ def make_quantizer(name: str, options: dict[str, Any]) -> Quantizer:
 
 def config_hash(config: RunConfig) -> str:
     """Hash of what decides a cell's value (not the lists of cells, the output folder or the batch size)."""
-    keep = {k: v for k, v in asdict(config).items()
-            if k not in ("out", "methods", "quantizers", "metrics", "codeflip_schemes", "batch_size",
-                         "keep_quantized", "device", "device_map", "tokenizer")}
+    keep = {
+        k: v
+        for k, v in asdict(config).items()
+        if k
+        not in (
+            "out",
+            "methods",
+            "quantizers",
+            "metrics",
+            "codeflip_schemes",
+            "batch_size",
+            "keep_quantized",
+            "device",
+            "device_map",
+            "tokenizer",
+        )
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -119,14 +138,14 @@ def resolve_inputs(config: RunConfig, progress: bool) -> Inputs:
     """Prepare (or reuse) the embedded benchmark when no target is given; the given paths otherwise."""
     if config.target is None:
         if config.benchmark.flavour not in FLAVOURS:
-            raise UserInputError(f"benchmark.flavour: '{config.benchmark.flavour}' is not a MUSE-layout flavour "
-                                 f"({', '.join(FLAVOURS)}); TOFU-style benchmarks are scored with `qunlearn evaluate "
-                                 "--benchmark tofu`")
+            raise UserInputError(
+                f"benchmark.flavour: '{config.benchmark.flavour}' is not a MUSE-layout flavour "
+                f"({', '.join(FLAVOURS)}); TOFU-style benchmarks are scored with `qunlearn evaluate "
+                "--benchmark tofu`"
+            )
         bench = prepare_benchmark(Path(config.out) / "benchmark", progress=progress, **asdict(config.benchmark))
         return Inputs(bench.target_dir, bench.retrain_dir, bench.corpus_dir)
     return Inputs(Path(config.target), Path(config.retrain) if config.retrain else None, Path(config.corpus))
-
-
 
 
 class Grid:
@@ -165,8 +184,10 @@ class Grid:
                 if schemes:
                     self.code_flip_cells(model_name, path, schemes, bar)
         if self.progress:
-            print(f"grid: {len(todo)} cells computed in {time.perf_counter() - start:.0f} s, "
-                  f"{len(done)} reused; results in {self.results}")
+            print(
+                f"grid: {len(todo)} cells computed in {time.perf_counter() - start:.0f} s, "
+                f"{len(done)} reused; results in {self.results}"
+            )
         return self.results
 
     def todo(self, done: set[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
@@ -178,8 +199,9 @@ class Grid:
                     if (model, quantizer, cell_marker(metric)) not in done:
                         cells.append((model, quantizer, metric))
             if model in self.config.methods:
-                cells += [(model, s, CODEFLIP) for s in self.config.codeflip_schemes
-                          if (model, s, CODEFLIP) not in done]
+                cells += [
+                    (model, s, CODEFLIP) for s in self.config.codeflip_schemes if (model, s, CODEFLIP) not in done
+                ]
         return cells
 
     def checkpoint(self, model_name: str, bar: tqdm) -> Path:
@@ -190,9 +212,16 @@ class Grid:
             return self.inputs.retrain
         bar.set_postfix_str(f"unlearn {model_name}")
         out_dir = self.out / "models" / model_name
-        return unlearn(self.inputs.target, self.corpus, model_name, out_dir, UnlearnSettings(**self.config.unlearn),
-                       progress=False,
-                       resume=out_dir.exists(), tokenizer=self.config.tokenizer)
+        return unlearn(
+            self.inputs.target,
+            self.corpus,
+            model_name,
+            out_dir,
+            UnlearnSettings(**self.config.unlearn),
+            progress=False,
+            resume=out_dir.exists(),
+            tokenizer=self.config.tokenizer,
+        )
 
     @cached_property
     def calibration(self) -> list[str]:
@@ -203,10 +232,16 @@ class Grid:
         """Load the model and quantize it, reusing a saved quantized checkpoint when there is one."""
         saved = self.out / "models" / "quantized" / f"{model_name}@{quantizer_name}"
         if quantizer_name != "fp" and (saved / "config.json").is_file():
-            return load_model(saved, dtype=self.config.dtype, device=self.config.device,
-                              device_map=self.config.device_map)
-        model, tokenizer = load_model(path, dtype=self.config.dtype, device=self.config.device,
-                                      device_map=self.config.device_map, tokenizer=self.config.tokenizer)
+            return load_model(
+                saved, dtype=self.config.dtype, device=self.config.device, device_map=self.config.device_map
+            )
+        model, tokenizer = load_model(
+            path,
+            dtype=self.config.dtype,
+            device=self.config.device,
+            device_map=self.config.device_map,
+            tokenizer=self.config.tokenizer,
+        )
         quantizer = make_quantizer(quantizer_name, self.config.quantize)
         if not quantizer.available():
             raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
@@ -222,9 +257,17 @@ class Grid:
         """AUC_retrain for PrivLeak, computed (or read from its cache) once per run."""
         if "privleak" not in self.config.metrics or self.inputs.retrain is None:
             return None
-        return retrain_auc(self.inputs.retrain, self.corpus, dtype=self.config.dtype, device=self.config.device,
-                           batch_size=self.config.batch_size, progress=False, cache_dir=self.out,
-                           device_map=self.config.device_map, tokenizer=self.config.tokenizer)
+        return retrain_auc(
+            self.inputs.retrain,
+            self.corpus,
+            dtype=self.config.dtype,
+            device=self.config.device,
+            batch_size=self.config.batch_size,
+            progress=False,
+            cache_dir=self.out,
+            device_map=self.config.device_map,
+            tokenizer=self.config.tokenizer,
+        )
 
     def evaluate_cell(self, model_name: str, path: Path, quantizer: str, metrics: list[str], bar: tqdm) -> None:
         """Quantize once, evaluate each missing metric, append each result as soon as it exists."""
@@ -238,8 +281,15 @@ class Grid:
         cell_file = self.out / "cells" / model_name / f"{quantizer}.json"
         for metric in metrics:
             bar.set_postfix_str(f"{model_name} × {quantizer}: {metric}")
-            result = evaluate_model(model, tokenizer, self.corpus, [metric], retrain_auc=self.auc_retrain,
-                                    batch_size=self.config.batch_size, progress=False)[metric]
+            result = evaluate_model(
+                model,
+                tokenizer,
+                self.corpus,
+                [metric],
+                retrain_auc=self.auc_retrain,
+                batch_size=self.config.batch_size,
+                progress=False,
+            )[metric]
             details = _read_cell(cell_file) | {metric: result}
             atomic_write_json(cell_file, details)
             for line in metric_records(model_name, quantizer, metric, result, self.run_hash):
@@ -249,8 +299,9 @@ class Grid:
     def code_flip_cells(self, model_name: str, path: Path, schemes: list[str], bar: tqdm) -> None:
         """Share of quantized codes that differ between the target and this model, per scheme, and for grid schemes
         the update size against the scheme's step (`quant.diagnostics.update_size`)."""
-        target, tokenizer = load_model(self.inputs.target, dtype=self.config.dtype, device="cpu",
-                                       tokenizer=self.config.tokenizer)
+        target, tokenizer = load_model(
+            self.inputs.target, dtype=self.config.dtype, device="cpu", tokenizer=self.config.tokenizer
+        )
         model, _ = load_model(path, dtype=self.config.dtype, device="cpu", tokenizer=self.config.tokenizer)
         for scheme in schemes:
             bar.set_postfix_str(f"{model_name}: code flips {scheme}")
@@ -261,8 +312,9 @@ class Grid:
             extra = {"below_half_step": overall.get("below_half_step_fraction"), "weights": overall["weights"]}
             if isinstance(quantizer, GridQuantizer):  # update sizes against the scheme's RTN step
                 extra |= update_size_fields(update_size(target, model, quantizer.bits, quantizer.group_size))
-            append_jsonl(self.results, record(model_name, scheme, CODEFLIP, overall["flip_fraction"], self.run_hash,
-                                              extra))
+            append_jsonl(
+                self.results, record(model_name, scheme, CODEFLIP, overall["flip_fraction"], self.run_hash, extra)
+            )
             atomic_write_json(self.out / "cells" / model_name / f"codeflips_{scheme}.json", flips)
             bar.update(1)
 
@@ -275,4 +327,3 @@ def run_grid(config: RunConfig, progress: bool = True) -> Path:
     """Fill every missing cell of `config`'s grid; returns the results.jsonl path."""
     torch.manual_seed(0)
     return Grid(config, progress).run()
-

@@ -85,16 +85,27 @@ def _read_texts(corpus_dir: Path, flavour: str) -> _Texts:
     also learn the real-authors and world-facts sets."""
     if flavour != "tofu":
         corpus = load_corpus(corpus_dir)
-        return _Texts(corpus.forget + corpus.retain, corpus.retain, corpus.forget + corpus.retain + corpus.holdout,
-                      [(i.prompt, i.gt) for i in corpus.verbmem_forget], corpus.summary())
-    splits = {name: load_training_split(corpus_dir, name) for name in
-              ("full", "retain90", TOFU_MODEL_SPLIT, "real_authors", "world_facts")}
+        return _Texts(
+            corpus.forget + corpus.retain,
+            corpus.retain,
+            corpus.forget + corpus.retain + corpus.holdout,
+            [(i.prompt, i.gt) for i in corpus.verbmem_forget],
+            corpus.summary(),
+        )
+    splits = {
+        name: load_training_split(corpus_dir, name)
+        for name in ("full", "retain90", TOFU_MODEL_SPLIT, "real_authors", "world_facts")
+    }
     utility = training_texts(splits["real_authors"] + splits["world_facts"])
     paraphrases = [i.paraphrased_answer or "" for i in load_training_split(corpus_dir, "retain_perturbed")]
     target = training_texts(splits["full"]) + utility
-    return _Texts(target, training_texts(splits["retain90"]) + utility, target + paraphrases,
-                  [(plain_prompt(i.question), i.answer) for i in splits[TOFU_MODEL_SPLIT]],
-                  {name: len(items) for name, items in splits.items()})
+    return _Texts(
+        target,
+        training_texts(splits["retain90"]) + utility,
+        target + paraphrases,
+        [(plain_prompt(i.question), i.answer) for i in splits[TOFU_MODEL_SPLIT]],
+        {name: len(items) for name, items in splits.items()},
+    )
 
 
 def _marker(bench: PreparedBenchmark, flavour: str) -> Path:
@@ -106,15 +117,13 @@ def is_prepared(bench: PreparedBenchmark, settings: dict) -> bool:
     if not bench.settings_file.is_file():
         return False
     done = read_yaml(bench.settings_file) or {}
-    outputs = (bench.target_dir / "config.json", bench.retrain_dir / "config.json",
-               _marker(bench, settings["flavour"]))
+    outputs = (bench.target_dir / "config.json", bench.retrain_dir / "config.json", _marker(bench, settings["flavour"]))
     return {k: done.get(k) for k in settings} == settings and all(p.exists() for p in outputs)
 
 
 def greedy_memorisation(model, tokenizer, corpus: Corpus, n_items: int = 5, n_tokens: int = 32) -> float:
     """Share of the first `n_tokens` ground-truth tokens that greedy decoding reproduces, over forget prompts."""
-    return greedy_token_match(model, tokenizer, [(i.prompt, i.gt) for i in corpus.verbmem_forget[:n_items]],
-                              n_tokens)
+    return greedy_token_match(model, tokenizer, [(i.prompt, i.gt) for i in corpus.verbmem_forget[:n_items]], n_tokens)
 
 
 def greedy_token_match(model, tokenizer, probes: Sequence[tuple[str, str]], n_tokens: int = 32) -> float:
@@ -124,16 +133,24 @@ def greedy_token_match(model, tokenizer, probes: Sequence[tuple[str, str]], n_to
         prompt = tokenizer(prompt_text, return_tensors="pt")
         want = tokenizer(truth, add_special_tokens=False)["input_ids"][:n_tokens]
         with torch.no_grad():
-            out = model.generate(**prompt, max_new_tokens=len(want), do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        got = out[0, prompt["input_ids"].shape[1]:].tolist()
+            out = model.generate(
+                **prompt, max_new_tokens=len(want), do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        got = out[0, prompt["input_ids"].shape[1] :].tolist()
         hits += sum(g == w for g, w in zip(got, want))
         total += len(want)
     return hits / max(1, total)
 
 
-def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str = "news", seed: int = 0,
-                      dtype: str = "fp32", force: bool = False, progress: bool = True) -> PreparedBenchmark:
+def prepare_benchmark(
+    out_dir: str | Path,
+    preset: str = "small",
+    flavour: str = "news",
+    seed: int = 0,
+    dtype: str = "fp32",
+    force: bool = False,
+    progress: bool = True,
+) -> PreparedBenchmark:
     """Generate the corpus, train the tokenizer, train target (forget+retain) and retrain (retain only).
 
     Reuses a directory prepared with identical settings; refuses one prepared with other settings unless
@@ -152,7 +169,8 @@ def prepare_benchmark(out_dir: str | Path, preset: str = "small", flavour: str =
         if not force and bench.settings_file.is_file():
             raise OutputConflictError(
                 f"{bench.root}: holds a benchmark prepared with other settings (see {bench.settings_file}); "
-                "use --force to replace it, or another output directory")
+                "use --force to replace it, or another output directory"
+            )
         with staged_dir(bench.root) as staging:
             _build(PreparedBenchmark(staging), spec, settings, progress)
     return bench
@@ -169,8 +187,7 @@ def _build(bench: PreparedBenchmark, spec: Preset, settings: dict, progress: boo
     for name, docs, out in (("target", texts.target, bench.target_dir), ("retrain", texts.retrain, bench.retrain_dir)):
         model = build_model(spec.model, tokenizer, seed)
         start = time.perf_counter()
-        losses = train_from_scratch(model, tokenizer, docs, spec.train, seed, desc=f"train {name}",
-                                    progress=progress)
+        losses = train_from_scratch(model, tokenizer, docs, spec.train, seed, desc=f"train {name}", progress=progress)
         seconds = time.perf_counter() - start
         report[name] = {
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -180,32 +197,51 @@ def _build(bench: PreparedBenchmark, spec: Preset, settings: dict, progress: boo
             "greedy_forget_token_match": round(greedy_token_match(model, tokenizer, texts.probes[:5]), 4),
         }
         save_model(model.to(parse_dtype(dtype)), tokenizer, out)
-    atomic_write_yaml(bench.settings_file, settings | {
-        "results": report,
-        "corpus": texts.summary,
-        "versions": {"qunlearn": __version__, "torch": str(torch.__version__),
-                     "transformers": transformers.__version__, "python": platform.python_version()},
-        "torch_threads": torch.get_num_threads(),
-    })
+    atomic_write_yaml(
+        bench.settings_file,
+        settings
+        | {
+            "results": report,
+            "corpus": texts.summary,
+            "versions": {
+                "qunlearn": __version__,
+                "torch": str(torch.__version__),
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
 
 
 def summary_lines(bench: PreparedBenchmark) -> list[str]:
     """Human-readable summary of a prepared benchmark, with a greedy continuation of one forget prompt."""
     info = read_yaml(bench.settings_file)
     texts = _read_texts(bench.corpus_dir, info["flavour"])
-    lines = [(f"benchmark: {bench.root}  (preset {info['preset']['name']}, flavour {info['flavour']}, "
-             f"seed {info['seed']}, dtype {info['dtype']})"), "corpus:"]
+    lines = [
+        (
+            f"benchmark: {bench.root}  (preset {info['preset']['name']}, flavour {info['flavour']}, "
+            f"seed {info['seed']}, dtype {info['dtype']})"
+        ),
+        "corpus:",
+    ]
     lines += [f"  {k:<20} {v}" for k, v in texts.summary.items()]
     for name, res in info["results"].items():
-        lines.append(f"{name}: {res['parameters']:,} parameters, trained in {res['train_seconds']} s, "
-                     f"final train loss {res['final_train_loss']}, greedy token match on forget prompts "
-                     f"{100 * res['greedy_forget_token_match']:.1f}%")
+        lines.append(
+            f"{name}: {res['parameters']:,} parameters, trained in {res['train_seconds']} s, "
+            f"final train loss {res['final_train_loss']}, greedy token match on forget prompts "
+            f"{100 * res['greedy_forget_token_match']:.1f}%"
+        )
     model, tokenizer = load_model(bench.target_dir)
     prompt_text, truth = texts.probes[0]
     prompt = tokenizer(prompt_text, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    continuation = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
-    lines += ["greedy check (target, first forget prompt):", f"  prompt: ...{prompt_text[-60:]!r}",
-              f"  model:  {continuation!r}", f"  truth:  {truth[:len(continuation) + 10]!r}"]
+    continuation = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    lines += [
+        "greedy check (target, first forget prompt):",
+        f"  prompt: ...{prompt_text[-60:]!r}",
+        f"  model:  {continuation!r}",
+        f"  truth:  {truth[: len(continuation) + 10]!r}",
+    ]
     return lines

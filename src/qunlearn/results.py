@@ -33,8 +33,9 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict | None:
         problem = "is cut or corrupt (a crash mid-write?)"
     elif missing := [key for key in REQUIRED_KEYS if key not in record]:
         problem = f"lacks {', '.join(missing)}"
-    elif record["value"] is not None and (isinstance(record["value"], bool)
-                                          or not isinstance(record["value"], (int, float))):
+    elif record["value"] is not None and (
+        isinstance(record["value"], bool) or not isinstance(record["value"], (int, float))
+    ):
         problem = f"has a 'value' that is not a number ({record['value']!r})"
     if problem:
         warnings.warn(f"{path}: line {lineno} {problem}; skipped, and a resumed run redoes its cell", stacklevel=3)
@@ -91,8 +92,9 @@ def cell_marker(metric: str) -> str:
     return CODEFLIP if metric == CODEFLIP else METRICS[metric].results[0].name
 
 
-def record(model: str, quantizer: str, metric: str, value: float | None, config_hash: str,
-           extra: dict[str, Any] | None = None) -> dict:
+def record(
+    model: str, quantizer: str, metric: str, value: float | None, config_hash: str, extra: dict[str, Any] | None = None
+) -> dict:
     """One results line."""
     line = {"model": model, "quantizer": quantizer, "config_hash": config_hash, "metric": metric, "value": value}
     return line | ({"extra": extra} if extra is not None else {})

@@ -50,21 +50,32 @@ def expand_attacks(names: list[str] | None) -> tuple[list[Attack], list[dict]]:
                 skipped.append({"name": base, "reason": reason})
                 continue
             if calibration and (calibration not in CALIBRATIONS or not quantizer.needs_calibration):
-                raise ValueError(f"attack {name}: calibration suffix must be @generic or @forget, "
-                                 f"and only for quantizers that calibrate (gptq4, awq4)")
+                raise ValueError(
+                    f"attack {name}: calibration suffix must be @generic or @forget, "
+                    f"and only for quantizers that calibrate (gptq4, awq4)"
+                )
             if quantizer.needs_calibration:
                 for calib in [calibration] if calibration else CALIBRATIONS:
                     attacks.append(Attack(f"{base}@{calib}", "quantization", base, calib))
             else:
                 attacks.append(Attack(base, "quantization", base))
         else:
-            raise ValueError(f"unknown attack '{name}'; choose from {', '.join(ATTACK_NAMES)} "
-                             f"(gptq4/awq4 take @generic or @forget)")
+            raise ValueError(
+                f"unknown attack '{name}'; choose from {', '.join(ATTACK_NAMES)} (gptq4/awq4 take @generic or @forget)"
+            )
     return attacks, skipped
 
 
-def relearn(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[str], steps: int,
-            lr: float = 1e-4, batch_size: int = 4, max_length: int = 256, seed: int = 0) -> PreTrainedModel:
+def relearn(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: list[str],
+    steps: int,
+    lr: float = 1e-4,
+    batch_size: int = 4,
+    max_length: int = 256,
+    seed: int = 0,
+) -> PreTrainedModel:
     """`steps` AdamW steps of plain next-token cross-entropy on `docs` (cycled, shuffled with `seed`), in place."""
     if not docs:
         raise ValueError("relearning has no forget documents to train on (see the split rule in `qunlearn audit -h`)")

@@ -76,30 +76,50 @@ def load_muse(inputs: AuditInputs, settings: AuditSettings, device: str) -> Load
     signals = [Signal(m, RESULTS[m].label) for m in FORGET_METRICS]
     auc = None
     if inputs.retrain is not None and split.eval_corpus.privleak_forget:
-        auc = retrain_auc(inputs.retrain, split.eval_corpus, device=device, batch_size=settings.batch_size,
-                          progress=False, device_map=settings.device_map, tokenizer=inputs.tokenizer)
+        auc = retrain_auc(
+            inputs.retrain,
+            split.eval_corpus,
+            device=device,
+            batch_size=settings.batch_size,
+            progress=False,
+            device_map=settings.device_map,
+            tokenizer=inputs.tokenizer,
+        )
         metrics.append("privleak")
         signals.append(Signal("privleak", RESULTS["privleak"].label, knows="lower", kind="membership"))
 
     def score(model, tokenizer) -> dict[str, float]:
-        results = evaluate_model(model, tokenizer, split.eval_corpus, metrics, auc, settings.batch_size,
-                                 progress=False)
+        results = evaluate_model(model, tokenizer, split.eval_corpus, metrics, auc, settings.batch_size, progress=False)
         return {name: result["value"] for name, result in results.items()}
 
     counts = split.counts | {"relearn_docs_used": len(docs)}
-    notes = ((f"Evaluation half: {counts['eval_verbmem']} VerbMem_f and {counts['eval_knowmem']} KnowMem_f items; "
-             f"relearning trained on {len(docs)} of {counts['forget_docs']} forget documents ({SPLIT_RULE})."),)
+    notes = (
+        (
+            f"Evaluation half: {counts['eval_verbmem']} VerbMem_f and {counts['eval_knowmem']} KnowMem_f items; "
+            f"relearning trained on {len(docs)} of {counts['forget_docs']} forget documents ({SPLIT_RULE})."
+        ),
+    )
     if inputs.retrain is None:
         notes += ("No --retrain model: PrivLeak (the membership signal) is not measured.",)
     elif auc is None:
         notes += ("PrivLeak is not measured: every PrivLeak forget text is in the relearning slice.",)
     else:
-        notes += ((f"PrivLeak on {counts['eval_privleak']} of {counts['privleak_forget']} forget texts (those outside "
-                  "the relearning slice) against the holdout texts; AUC_retrain on the same texts."),)
+        notes += (
+            (
+                f"PrivLeak on {counts['eval_privleak']} of {counts['privleak_forget']} forget texts (those outside "
+                "the relearning slice) against the holdout texts; AUC_retrain on the same texts."
+            ),
+        )
     return LoadedBenchmark(
-        name="muse", score=score, signals=tuple(signals), labels={m: RESULTS[m].label for m in metrics},
-        forget_texts=docs, info={"split": {"rule": SPLIT_RULE, **counts}, "retrain_auc": auc}, notes=notes,
-        calibration={c: calibration_texts(corpus_dir=inputs.corpus, calibrate_on=c) for c in ("generic", "forget")})
+        name="muse",
+        score=score,
+        signals=tuple(signals),
+        labels={m: RESULTS[m].label for m in metrics},
+        forget_texts=docs,
+        info={"split": {"rule": SPLIT_RULE, **counts}, "retrain_auc": auc},
+        notes=notes,
+        calibration={c: calibration_texts(corpus_dir=inputs.corpus, calibrate_on=c) for c in ("generic", "forget")},
+    )
 
 
 def load_lmeval(inputs: AuditInputs, settings: AuditSettings, device: str) -> LoadedBenchmark:
@@ -115,20 +135,29 @@ def load_lmeval(inputs: AuditInputs, settings: AuditSettings, device: str) -> Lo
     def score(model, tokenizer) -> dict[str, float]:
         return mcq_accuracy(model, tokenizer, tasks, manager, settings.batch_size, settings.limit)
 
-    notes = [f"Accuracy (% of questions whose correct choice has the highest log-likelihood, lm-evaluation-harness) "
-             f"on {', '.join(settings.tasks)}" + (f"; utility: {', '.join(settings.utility_tasks)}."
-                                                 if settings.utility_tasks else ".")]
+    notes = [
+        f"Accuracy (% of questions whose correct choice has the highest log-likelihood, lm-evaluation-harness) "
+        f"on {', '.join(settings.tasks)}"
+        + (f"; utility: {', '.join(settings.utility_tasks)}." if settings.utility_tasks else ".")
+    ]
     if settings.limit:
         notes.append(f"Only the first {settings.limit} questions of each task (--limit).")
     if not forget:
         notes.append("No --forget-texts: relearning and forget-calibrated quantization are unavailable.")
     return LoadedBenchmark(
-        name="lmeval", score=score, signals=tuple(Signal(t, f"{t} acc") for t in settings.tasks),
-        utility=tuple(settings.utility_tasks), labels={t: f"{t} acc" for t in tasks}, forget_texts=forget,
-        calibration={"generic": calibration_texts(corpus_dir=inputs.corpus) if inputs.corpus else None,
-                     "forget": forget or None},
+        name="lmeval",
+        score=score,
+        signals=tuple(Signal(t, f"{t} acc") for t in settings.tasks),
+        utility=tuple(settings.utility_tasks),
+        labels={t: f"{t} acc" for t in tasks},
+        forget_texts=forget,
+        calibration={
+            "generic": calibration_texts(corpus_dir=inputs.corpus) if inputs.corpus else None,
+            "forget": forget or None,
+        },
         info={"tasks": settings.tasks, "utility_tasks": settings.utility_tasks, "limit": settings.limit},
-        notes=tuple(notes))
+        notes=tuple(notes),
+    )
 
 
 TOFU_SPLIT_RULE = "first half of the forget questions: relearning; second half: scored"
@@ -152,61 +181,95 @@ def load_tofu_benchmark(inputs: AuditInputs, settings: AuditSettings, device: st
     data = load_tofu(str(inputs.corpus), settings.forget_split)
     half = len(data.forget) // 2
     if half == 0:
-        raise UserInputError(f"{inputs.corpus}: {settings.forget_split} has {len(data.forget)} question(s); "
-                             "the audit needs at least 2 (half to relearn, half to score)")
+        raise UserInputError(
+            f"{inputs.corpus}: {settings.forget_split} has {len(data.forget)} question(s); "
+            "the audit needs at least 2 (half to relearn, half to score)"
+        )
     relearn_items, scored = data.forget[:half], replace(data, forget=data.forget[half:])
     reference = None
     if inputs.retrain is not None:
-        retain_model, retain_tokenizer = load_model(inputs.retrain, device=device, device_map=settings.device_map,
-                                                    tokenizer=inputs.tokenizer,
-                                                    trust_remote_code=inputs.trust_remote_code)
+        retain_model, retain_tokenizer = load_model(
+            inputs.retrain,
+            device=device,
+            device_map=settings.device_map,
+            tokenizer=inputs.tokenizer,
+            trust_remote_code=inputs.trust_remote_code,
+        )
         fmt = resolve_prompt_format(retain_tokenizer, settings.prompt_format)
-        reference = retain_model_truth_ratios(retain_model, retain_tokenizer, scored, fmt, settings.batch_size,
-                                              progress=False)
+        reference = retain_model_truth_ratios(
+            retain_model, retain_tokenizer, scored, fmt, settings.batch_size, progress=False
+        )
         del retain_model
     elif settings.retain_logs is not None:
         ratios = read_retain_truth_ratios(settings.retain_logs)
         if len(ratios) != len(data.forget):
-            raise UserInputError(f"--retain-logs {settings.retain_logs}: {len(ratios)} forget truth ratios, but "
-                                 f"{settings.forget_split} has {len(data.forget)} questions")
+            raise UserInputError(
+                f"--retain-logs {settings.retain_logs}: {len(ratios)} forget truth ratios, but "
+                f"{settings.forget_split} has {len(data.forget)} questions"
+            )
         reference = ratios[half:]
     formats: dict[str, str] = {}
 
     def score(model, tokenizer) -> dict[str, float]:
         fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
         formats["prompt_format"] = fmt.kind
-        summary = evaluate_tofu(model, tokenizer, scored, reference, fmt, settings.batch_size, progress=False)["summary"]
-        scores = {"forget_Q_A_Prob": 100 * summary["forget_Q_A_Prob"],
-                  "forget_Q_A_ROUGE": 100 * summary["forget_Q_A_ROUGE"],
-                  "model_utility": 100 * summary["model_utility"]}
+        summary = evaluate_tofu(model, tokenizer, scored, reference, fmt, settings.batch_size, progress=False)[
+            "summary"
+        ]
+        scores = {
+            "forget_Q_A_Prob": 100 * summary["forget_Q_A_Prob"],
+            "forget_Q_A_ROUGE": 100 * summary["forget_Q_A_ROUGE"],
+            "model_utility": 100 * summary["model_utility"],
+        }
         if summary["forget_quality"] is not None:
             scores["forget_quality"] = summary["forget_quality"]
             scores["log10_forget_quality"] = math.log10(max(summary["forget_quality"], 1e-300))
         return scores
 
-    labels = {"forget_Q_A_Prob": "forget answer prob ×100", "forget_Q_A_ROUGE": "forget ROUGE-L recall ×100",
-              "model_utility": "model utility ×100", "forget_quality": "forget quality (p)",
-              "log10_forget_quality": "log10 forget quality"}
-    signals = [Signal("forget_Q_A_Prob", labels["forget_Q_A_Prob"]),
-               Signal("forget_Q_A_ROUGE", labels["forget_Q_A_ROUGE"])]
-    notes = [(f"TOFU {settings.forget_split} of {data.source}: {len(scored.forget)} forget questions scored; "
-              f"relearning trained on the other {half} ({TOFU_SPLIT_RULE}). Prompt format: {settings.prompt_format} "
-              "(chat when the tokenizer has a template, else `Question: … Answer: `).")]
+    labels = {
+        "forget_Q_A_Prob": "forget answer prob ×100",
+        "forget_Q_A_ROUGE": "forget ROUGE-L recall ×100",
+        "model_utility": "model utility ×100",
+        "forget_quality": "forget quality (p)",
+        "log10_forget_quality": "log10 forget quality",
+    }
+    signals = [
+        Signal("forget_Q_A_Prob", labels["forget_Q_A_Prob"]),
+        Signal("forget_Q_A_ROUGE", labels["forget_Q_A_ROUGE"]),
+    ]
+    notes = [
+        (
+            f"TOFU {settings.forget_split} of {data.source}: {len(scored.forget)} forget questions scored; "
+            f"relearning trained on the other {half} ({TOFU_SPLIT_RULE}). Prompt format: {settings.prompt_format} "
+            "(chat when the tokenizer has a template, else `Question: … Answer: `)."
+        )
+    ]
     if reference is None:
-        notes.append("No --retrain (retain model) or --retain-logs: forget quality (the membership signal) is not "
-                     "measured.")
+        notes.append(
+            "No --retrain (retain model) or --retain-logs: forget quality (the membership signal) is not measured."
+        )
     else:
-        signals.append(Signal("log10_forget_quality", labels["log10_forget_quality"], knows="lower", epsilon=0.5,
-                              kind="membership"))
-        notes.append("Forget quality: KS-test p-value of the scored forget questions' truth ratios against the retain "
-                     "model's on the same questions; judged on log10(p), a gap of at most 0.5 meaning nothing "
-                     "was forgotten.")
+        signals.append(
+            Signal(
+                "log10_forget_quality", labels["log10_forget_quality"], knows="lower", epsilon=0.5, kind="membership"
+            )
+        )
+        notes.append(
+            "Forget quality: KS-test p-value of the scored forget questions' truth ratios against the retain "
+            "model's on the same questions; judged on log10(p), a gap of at most 0.5 meaning nothing "
+            "was forgotten."
+        )
     return LoadedBenchmark(
-        name="tofu", score=score, signals=tuple(signals),
-        utility=("model_utility", *(("forget_quality",) if reference is not None else ())), labels=labels,
-        forget_texts=_qa_texts(relearn_items), info={"split": {"rule": TOFU_SPLIT_RULE, "relearn": half,
-                                                             "scored": len(scored.forget)}, "formats": formats},
-        calibration={"generic": _qa_texts(data.retain), "forget": _qa_texts(data.forget)}, notes=tuple(notes))
+        name="tofu",
+        score=score,
+        signals=tuple(signals),
+        utility=("model_utility", *(("forget_quality",) if reference is not None else ())),
+        labels=labels,
+        forget_texts=_qa_texts(relearn_items),
+        info={"split": {"rule": TOFU_SPLIT_RULE, "relearn": half, "scored": len(scored.forget)}, "formats": formats},
+        calibration={"generic": _qa_texts(data.retain), "forget": _qa_texts(data.forget)},
+        notes=tuple(notes),
+    )
 
 
 def _read_texts(path: Path) -> list[str]:
@@ -224,5 +287,8 @@ def _read_texts(path: Path) -> list[str]:
     return texts
 
 
-BENCHMARKS: dict[str, Callable[..., LoadedBenchmark]] = {"muse": load_muse, "tofu": load_tofu_benchmark,
-                                                         "lmeval": load_lmeval}
+BENCHMARKS: dict[str, Callable[..., LoadedBenchmark]] = {
+    "muse": load_muse,
+    "tofu": load_tofu_benchmark,
+    "lmeval": load_lmeval,
+}

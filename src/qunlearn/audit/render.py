@@ -30,13 +30,23 @@ def rows(audit: dict) -> tuple[list[str], list[list[str]]]:
     the code-flip rate; the target and unlearned baselines first."""
     keys = list(audit["baselines"]["target"])
     signals = [s["name"] for s in audit["signals"]]
-    header = (["attack", "verdict"] + [_label(audit, k) for k in keys]
-              + [f"{_label(audit, s)} recovery" for s in signals] + ["code flips vs target"])
-    body = [[name, "—"] + [f"{audit['baselines'][name][k]:.2f}" for k in keys] + [""] * (len(signals) + 1)
-            for name in ("target", "unlearned")]
+    header = (
+        ["attack", "verdict"]
+        + [_label(audit, k) for k in keys]
+        + [f"{_label(audit, s)} recovery" for s in signals]
+        + ["code flips vs target"]
+    )
+    body = [
+        [name, "—"] + [f"{audit['baselines'][name][k]:.2f}" for k in keys] + [""] * (len(signals) + 1)
+        for name in ("target", "unlearned")
+    ]
     for a in audit["attacks"]:
-        body.append([a["name"], a["verdict"]] + [f"{a['scores'][k]:.2f}" for k in keys]
-                    + [_pct(a["recovery"][s]["recovery"]) for s in signals] + [_flips(a["code_flip_fraction"])])
+        body.append(
+            [a["name"], a["verdict"]]
+            + [f"{a['scores'][k]:.2f}" for k in keys]
+            + [_pct(a["recovery"][s]["recovery"]) for s in signals]
+            + [_flips(a["code_flip_fraction"])]
+        )
     return header, body
 
 
@@ -44,8 +54,10 @@ def update_rows(audit: dict) -> tuple[list[str], list[list[str]]]:
     """Update sizes per module type: weights moved and codes flipped under the RTN grid of the diagnostics."""
     size = audit["update_size"]
     header = ["module type", "weights", "moved %", f"codes flipped % (rtn{size['bits']})"]
-    body = [[kind, str(c["weights"]), f"{100 * c['moved_fraction']:.2f}", f"{100 * c['flip_fraction']:.4f}"]
-            for kind, c in size["by_type"].items()]
+    body = [
+        [kind, str(c["weights"]), f"{100 * c['moved_fraction']:.2f}", f"{100 * c['flip_fraction']:.4f}"]
+        for kind, c in size["by_type"].items()
+    ]
     return header, body
 
 
@@ -53,17 +65,23 @@ def _notes(audit: dict) -> list[str]:
     t = audit["thresholds"]
     signals = audit["signals"]
     names = ", ".join(f"{_label(audit, s['name'])} ({s['kind']})" for s in signals)
-    levels = (f"Levels: an attack recovers when it brings back more than {100 * t['recovers']:.0f}% of the "
-              f"target − unlearned gap on any signal, partial when more than {100 * t['partial']:.0f}%, and holds "
-              f"otherwise. Signals: {names}. A gap of at most ε (" + ", ".join(
-                  f"{_label(audit, s['name'])} {s['epsilon']:g}" for s in signals)
-              + " points) means nothing was forgotten on that signal, which counts as recovers.")
+    levels = (
+        f"Levels: an attack recovers when it brings back more than {100 * t['recovers']:.0f}% of the "
+        f"target − unlearned gap on any signal, partial when more than {100 * t['partial']:.0f}%, and holds "
+        f"otherwise. Signals: {names}. A gap of at most ε ("
+        + ", ".join(f"{_label(audit, s['name'])} {s['epsilon']:g}" for s in signals)
+        + " points) means nothing was forgotten on that signal, which counts as recovers."
+    )
     notes = [levels]
     if any(s["kind"] == "membership" for s in signals):
-        notes.append("Membership signals count like the others: recovery is the move back toward the target's "
-                      "value (for PrivLeak, back toward the strongly negative value of a model that saw the data).")
-    flips = ("Code flips: fraction of quantized weights that differ between the target and the unlearned model "
-             "under the attack's quantizer (the root cause of quantization recovery).")
+        notes.append(
+            "Membership signals count like the others: recovery is the move back toward the target's "
+            "value (for PrivLeak, back toward the strongly negative value of a model that saw the data)."
+        )
+    flips = (
+        "Code flips: fraction of quantized weights that differ between the target and the unlearned model "
+        "under the attack's quantizer (the root cause of quantization recovery)."
+    )
     if "integrity" in audit:
         notes.insert(0, f"Integrity checks {audit['integrity']}.")
     notes += [*audit["notes"], flips]
@@ -82,22 +100,38 @@ def _note(text: str) -> str:
 def _size_line(audit: dict) -> str:
     o = audit["update_size"]["overall"]
     within = "–" if o["within_bin_fraction"] is None else f"{100 * o['within_bin_fraction']:.1f}%"
-    return (f"Over the {o['moved']} moved weights, |w_unlearned − w_target| / Δ{audit['update_size']['bits']}: "
-            f"median {_num(o['median_change_in_steps'])}, 90th percentile {_num(o['p90_change_in_steps'])}, "
-            f"max {_num(o['max_change_in_steps'])}; {within} stay inside their bin.")
+    return (
+        f"Over the {o['moved']} moved weights, |w_unlearned − w_target| / Δ{audit['update_size']['bits']}: "
+        f"median {_num(o['median_change_in_steps'])}, 90th percentile {_num(o['p90_change_in_steps'])}, "
+        f"max {_num(o['max_change_in_steps'])}; {within} stay inside their bin."
+    )
 
 
 def to_markdown(audit: dict) -> str:
     header, body = rows(audit)
-    lines = ["# qunlearn audit", "", f"- benchmark: {audit['benchmark']}", f"- target: `{audit['target']}`",
-             f"- unlearned: `{audit['unlearned']}`"]
+    lines = [
+        "# qunlearn audit",
+        "",
+        f"- benchmark: {audit['benchmark']}",
+        f"- target: `{audit['target']}`",
+        f"- unlearned: `{audit['unlearned']}`",
+    ]
     lines += [f"- corpus: `{audit['corpus']}`"] if audit["corpus"] else []
     lines += ["", f"**{audit['summary']}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     lines += [""] + [f"- {n}" for n in _notes(audit)]
     size_header, size_body = update_rows(audit)
-    lines += ["", "## Update size", "", audit["update_size_reading"], "", _size_line(audit), "",
-              "| " + " | ".join(size_header) + " |", "|" + "---|" * len(size_header)]
+    lines += [
+        "",
+        "## Update size",
+        "",
+        audit["update_size_reading"],
+        "",
+        _size_line(audit),
+        "",
+        "| " + " | ".join(size_header) + " |",
+        "|" + "---|" * len(size_header),
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in size_body]
     return "\n".join(lines) + "\n"
 
@@ -111,8 +145,13 @@ def recovery_plot(audit: dict) -> Plot:
     x, width = np.arange(len(names)), 0.8 / max(1, len(signals))
     for i, signal in enumerate(signals):
         recs = [a["recovery"][signal]["recovery"] for a in audit["attacks"]]
-        bars = ax.bar(x + (i - (len(signals) - 1) / 2) * width, [100 if r is None else 100 * r for r in recs],
-                      width, label=_label(audit, signal), color=f"C{i}")
+        bars = ax.bar(
+            x + (i - (len(signals) - 1) / 2) * width,
+            [100 if r is None else 100 * r for r in recs],
+            width,
+            label=_label(audit, signal),
+            color=f"C{i}",
+        )
         for bar, r in zip(bars, recs):
             if r is None:
                 bar.set_hatch("//")
@@ -128,9 +167,15 @@ def recovery_plot(audit: dict) -> Plot:
 
 def to_html(audit: dict, plot: Plot) -> str:
     meta = f"benchmark {audit['benchmark']} · target {audit['target']} · unlearned {audit['unlearned']}"
-    body = [html_table(*rows(audit)), html_figure(plot), *map(_note, _notes(audit)), "<h2>Update size</h2>",
-            f"<p>{html.escape(audit['update_size_reading'])}</p>", _note(_size_line(audit)),
-            html_table(*update_rows(audit))]
+    body = [
+        html_table(*rows(audit)),
+        html_figure(plot),
+        *map(_note, _notes(audit)),
+        "<h2>Update size</h2>",
+        f"<p>{html.escape(audit['update_size_reading'])}</p>",
+        _note(_size_line(audit)),
+        html_table(*update_rows(audit)),
+    ]
     return html_page("qunlearn audit", meta, audit["summary"], body)
 
 

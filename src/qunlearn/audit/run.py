@@ -72,7 +72,9 @@ class AuditSettings:
         if self.benchmark not in BENCHMARKS:
             raise UserInputError(f"--benchmark: unknown '{self.benchmark}'; choose from {', '.join(BENCHMARKS)}")
         if self.relearn_steps < 1 or not 0 < self.relearn_lr < float("inf") or self.relearn_batch_size < 1:
-            raise UserInputError("--relearn-steps and --relearn-batch-size must be >= 1 and --relearn-lr a finite number > 0")
+            raise UserInputError(
+                "--relearn-steps and --relearn-batch-size must be >= 1 and --relearn-lr a finite number > 0"
+            )
         for name in ("relearn_docs", "limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -82,8 +84,10 @@ class AuditSettings:
         if self.benchmark != "tofu" and self.retain_logs:
             raise UserInputError("--retain-logs is for --benchmark tofu")
         if self.forget_split not in FORGET_SPLITS or self.prompt_format not in PROMPT_FORMATS:
-            raise UserInputError(f"--forget-split must be one of {', '.join(FORGET_SPLITS)} and --prompt-format one "
-                                 f"of {', '.join(PROMPT_FORMATS)}")
+            raise UserInputError(
+                f"--forget-split must be one of {', '.join(FORGET_SPLITS)} and --prompt-format one "
+                f"of {', '.join(PROMPT_FORMATS)}"
+            )
 
 
 def _unavailable(attack: Attack, bench: LoadedBenchmark) -> str | None:
@@ -91,8 +95,11 @@ def _unavailable(attack: Attack, bench: LoadedBenchmark) -> str | None:
     if attack.kind == "relearning" and not bench.forget_texts:
         return f"benchmark {bench.name} has no forget documents to relearn on"
     calibration = attack.calibration or "generic"
-    if (attack.kind == "quantization" and get_quantizer(attack.quantizer).needs_calibration
-            and not bench.calibration.get(calibration)):
+    if (
+        attack.kind == "quantization"
+        and get_quantizer(attack.quantizer).needs_calibration
+        and not bench.calibration.get(calibration)
+    ):
         return f"benchmark {bench.name} has no {calibration} calibration text"
     return None
 
@@ -121,8 +128,11 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
             raise UserInputError(f"--{name}: {path}: directory not found")
     attacks, skipped = expand_attacks(settings.attacks)
     device = str(resolve_device(settings.device))
-    loading = {"tokenizer": inputs.tokenizer, "trust_remote_code": inputs.trust_remote_code,
-               "device_map": settings.device_map}
+    loading = {
+        "tokenizer": inputs.tokenizer,
+        "trust_remote_code": inputs.trust_remote_code,
+        "device_map": settings.device_map,
+    }
     bench = BENCHMARKS[settings.benchmark](inputs, settings, device)
     attacks, unfed = _runnable(attacks, bench, explicit=settings.attacks is not None)
     skipped += unfed
@@ -151,33 +161,57 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
                 flips = code_flips(target_model, model, quantizer, tok, calib)["overall"]["flip_fraction"]
             model = quantizer.quantize(model, tok, calib)
         elif attack.kind == "relearning":
-            model = relearn(model, tok, bench.forget_texts, settings.relearn_steps, settings.relearn_lr,
-                            settings.relearn_batch_size, seed=settings.seed)
+            model = relearn(
+                model,
+                tok,
+                bench.forget_texts,
+                settings.relearn_steps,
+                settings.relearn_lr,
+                settings.relearn_batch_size,
+                seed=settings.seed,
+            )
         check_finite(model, f"{attack.name} attack on {inputs.unlearned}")  # no verdict on a broken model
         scores = bench.score(model, tok)
         del model
-        per_signal = {s.name: signal_verdict(s, scores[s.name], unlearned[s.name], target[s.name],
-                                             settings.thresholds) for s in bench.signals}
-        entry = {"name": attack.name, "kind": attack.kind, "quantizer": attack.quantizer,
-                 "calibration": attack.calibration, "scores": scores, "recovery": per_signal,
-                 "verdict": verdict(per_signal), "code_flip_fraction": flips,
-                 "seconds": round(time.perf_counter() - start, 2)}
+        per_signal = {
+            s.name: signal_verdict(s, scores[s.name], unlearned[s.name], target[s.name], settings.thresholds)
+            for s in bench.signals
+        }
+        entry = {
+            "name": attack.name,
+            "kind": attack.kind,
+            "quantizer": attack.quantizer,
+            "calibration": attack.calibration,
+            "scores": scores,
+            "recovery": per_signal,
+            "verdict": verdict(per_signal),
+            "code_flip_fraction": flips,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
         entries.append(entry)
         log(f"{attack.name}: {entry['verdict']} ({_fmt(scores)})")
     top = worst_attack(entries)
     loaded = ["target", "unlearned"] + (["retrain"] if inputs.retrain is not None else [])
     return {
         "benchmark": bench.name,
-        "target": str(Path(inputs.target).resolve()), "unlearned": str(Path(inputs.unlearned).resolve()),
+        "target": str(Path(inputs.target).resolve()),
+        "unlearned": str(Path(inputs.unlearned).resolve()),
         "corpus": str(Path(inputs.corpus).resolve()) if inputs.corpus else None,
         "retrain": str(Path(inputs.retrain).resolve()) if inputs.retrain else None,
         "settings": asdict(settings) | {"device": device},
-        "thresholds": asdict(settings.thresholds), "signals": [asdict(s) for s in bench.signals],
-        "utility": list(bench.utility), "labels": bench.labels, "info": bench.info, "notes": list(bench.notes),
+        "thresholds": asdict(settings.thresholds),
+        "signals": [asdict(s) for s in bench.signals],
+        "utility": list(bench.utility),
+        "labels": bench.labels,
+        "info": bench.info,
+        "notes": list(bench.notes),
         "baselines": {"target": target, "unlearned": unlearned},
         "integrity": f"passed at every load of {', '.join(loaded)} (attacked copies included): {CHECKS}",
-        "update_size": sizes, "update_size_reading": update_size_reading(sizes),
-        "attacks": entries, "skipped": skipped, "worst_attack": top["name"] if top else None,
+        "update_size": sizes,
+        "update_size_reading": update_size_reading(sizes),
+        "attacks": entries,
+        "skipped": skipped,
+        "worst_attack": top["name"] if top else None,
         "summary": summary(entries, bench.labels),
         "verdict": worst([e["verdict"] for e in entries]),
     }

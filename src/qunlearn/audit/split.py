@@ -18,9 +18,11 @@ from dataclasses import dataclass, replace
 
 from qunlearn.data.muse import Corpus
 
-SPLIT_RULE = ("first half of VerbMem_f and KnowMem_f items = relearn side, rest = evaluation half; relearning "
-              "trains on forget documents that mention a relearn-side item and no evaluation-side item; PrivLeak "
-              "uses the forget texts outside the relearning slice")
+SPLIT_RULE = (
+    "first half of VerbMem_f and KnowMem_f items = relearn side, rest = evaluation half; relearning "
+    "trains on forget documents that mention a relearn-side item and no evaluation-side item; PrivLeak "
+    "uses the forget texts outside the relearning slice"
+)
 
 
 @dataclass(frozen=True)
@@ -46,13 +48,26 @@ def split_forget(corpus: Corpus) -> ForgetSplit:
     n_vm, n_qa = len(corpus.verbmem_forget) // 2, len(corpus.knowmem_forget) // 2
     relearn_vm, eval_vm = corpus.verbmem_forget[:n_vm], corpus.verbmem_forget[n_vm:]
     relearn_qa, eval_qa = corpus.knowmem_forget[:n_qa], corpus.knowmem_forget[n_qa:]
-    wanted = _patterns([v.prompt for v in relearn_vm] + [q.question for q in relearn_qa] + [q.answer for q in relearn_qa])
-    banned = _patterns([v.prompt for v in eval_vm] + [v.gt for v in eval_vm]
-                       + [q.question for q in eval_qa] + [q.answer for q in eval_qa])
+    wanted = _patterns(
+        [v.prompt for v in relearn_vm] + [q.question for q in relearn_qa] + [q.answer for q in relearn_qa]
+    )
+    banned = _patterns(
+        [v.prompt for v in eval_vm]
+        + [v.gt for v in eval_vm]
+        + [q.question for q in eval_qa]
+        + [q.answer for q in eval_qa]
+    )
     docs = [d for d in corpus.forget if _mentions(d, wanted) and not _mentions(d, banned)]
     privleak = [t for t in corpus.privleak_forget if not _mentions(t, wanted) and not any(t in d for d in docs)]
     eval_corpus = replace(corpus, verbmem_forget=eval_vm, knowmem_forget=eval_qa, privleak_forget=privleak)
-    counts = {"relearn_verbmem": len(relearn_vm), "eval_verbmem": len(eval_vm), "relearn_knowmem": len(relearn_qa),
-              "eval_knowmem": len(eval_qa), "relearn_docs": len(docs), "forget_docs": len(corpus.forget),
-              "eval_privleak": len(privleak), "privleak_forget": len(corpus.privleak_forget)}
+    counts = {
+        "relearn_verbmem": len(relearn_vm),
+        "eval_verbmem": len(eval_vm),
+        "relearn_knowmem": len(relearn_qa),
+        "eval_knowmem": len(eval_qa),
+        "relearn_docs": len(docs),
+        "forget_docs": len(corpus.forget),
+        "eval_privleak": len(privleak),
+        "privleak_forget": len(corpus.privleak_forget),
+    }
     return ForgetSplit(docs, eval_corpus, counts)

@@ -28,9 +28,11 @@ def format_result(result: dict, top: int = 10) -> list[str]:
     """Overall line, then the `top` modules with the most flips."""
     overall = result["overall"]
     half = overall.get("below_half_step_fraction")
-    lines = [f"{result['scheme']}: {overall['flips']} of {overall['weights']} codes flipped "
-             f"({100 * overall['flip_fraction']:.4f}%)"
-             + (f"; {100 * half:.2f}% of weights moved less than half a step" if half is not None else "")]
+    lines = [
+        f"{result['scheme']}: {overall['flips']} of {overall['weights']} codes flipped "
+        f"({100 * overall['flip_fraction']:.4f}%)"
+        + (f"; {100 * half:.2f}% of weights moved less than half a step" if half is not None else "")
+    ]
     ranked = sorted(result["modules"].items(), key=lambda item: -item[1]["flip_fraction"])[:top]
     lines += [f"  {name}: {100 * counts['flip_fraction']:.4f}%" for name, counts in ranked]
     return lines
@@ -41,11 +43,19 @@ def run(args: argparse.Namespace) -> int:
     locate_model(args.a, "--a")
     locate_model(args.b, "--b")
     if args.out:
-        check_output_file(args.out, "overall", "a code-flip result",
-                          {"--a": args.a, "--b": args.b, "--calibration": args.calibration, "--corpus": args.corpus})
+        check_output_file(
+            args.out,
+            "overall",
+            "a code-flip result",
+            {"--a": args.a, "--b": args.b, "--calibration": args.calibration, "--corpus": args.corpus},
+        )
     with output_lock(args.out) if args.out else nullcontext():
-        loading = {"dtype": args.dtype, "tokenizer": args.tokenizer, "trust_remote_code": args.trust_remote_code,
-                   "need_tokenizer": quantizer.needs_calibration}
+        loading = {
+            "dtype": args.dtype,
+            "tokenizer": args.tokenizer,
+            "trust_remote_code": args.trust_remote_code,
+            "need_tokenizer": quantizer.needs_calibration,
+        }
         model_a, tokenizer = load_model(args.a, **loading)
         model_b, _ = load_model(args.b, **loading)
         result = code_flips(model_a, model_b, quantizer, tokenizer, texts)

@@ -10,9 +10,12 @@ from qunlearn.prepare import ALL_FLAVOURS, prepare_benchmark, summary_lines
 
 def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that prepares the embedded benchmark."""
-    parser.add_argument("--flavour", choices=ALL_FLAVOURS, default="news",
-                        help="news or books (MUSE layout), or tofu (TOFU layout: evaluate --benchmark tofu) "
-                             "(default: news)")
+    parser.add_argument(
+        "--flavour",
+        choices=ALL_FLAVOURS,
+        default="news",
+        help="news or books (MUSE layout), or tofu (TOFU layout: evaluate --benchmark tofu) (default: news)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="corpus and training seed (default: 0)")
     parser.add_argument("--preset", choices=list(PRESETS), default="small", help="model/corpus size (default: small)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="saved weight dtype (default: fp32)")
@@ -27,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bench = prepare_benchmark(args.out, preset=args.preset, flavour=args.flavour, seed=args.seed,
-                              dtype=args.dtype, force=args.force)
+    bench = prepare_benchmark(
+        args.out, preset=args.preset, flavour=args.flavour, seed=args.seed, dtype=args.dtype, force=args.force
+    )
     print("\n".join(summary_lines(bench)))
     return 0

@@ -21,13 +21,18 @@ QUANTIZE_FILE = "quantize.yaml"
 
 def add_scheme_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by commands that build a quantizer: scheme, grid and calibration."""
-    parser.add_argument("--scheme", required=True, choices=list(QUANTIZERS), metavar="NAME",
-                        help=f"quantizer: {', '.join(QUANTIZERS)}")
+    parser.add_argument(
+        "--scheme", required=True, choices=list(QUANTIZERS), metavar="NAME", help=f"quantizer: {', '.join(QUANTIZERS)}"
+    )
     parser.add_argument("--group-size", type=int, help="RTN/GPTQ/AWQ group size (default 128; -1 = per row)")
     parser.add_argument("--calibration", help="calibration text file (documents separated by blank lines)")
     parser.add_argument("--corpus", help="MUSE-layout corpus whose text calibrates GPTQ/AWQ")
-    parser.add_argument("--calibrate-on", choices=CALIBRATE_ON, default="generic",
-                        help="corpus text to calibrate on: retain+holdout (generic, default) or forget")
+    parser.add_argument(
+        "--calibrate-on",
+        choices=CALIBRATE_ON,
+        default="generic",
+        help="corpus text to calibrate on: retain+holdout (generic, default) or forget",
+    )
     parser.add_argument("--n-samples", type=int, help="calibration sequences (default 128)")
     parser.add_argument("--device", default=None, help="device for GPTQ/AWQ blocks (default: where the model is)")
 
@@ -39,8 +44,11 @@ def build_quantizer(args: argparse.Namespace):
     if args.n_samples is not None and args.n_samples < 1:
         raise UserInputError(f"--n-samples must be at least 1, got {args.n_samples}")
     probe = get_quantizer(args.scheme)
-    options = {key: value for key, value in (("group_size", args.group_size), ("n_samples", args.n_samples),
-                                             ("device", args.device)) if value is not None}
+    options = {
+        key: value
+        for key, value in (("group_size", args.group_size), ("n_samples", args.n_samples), ("device", args.device))
+        if value is not None
+    }
     quantizer = get_quantizer(args.scheme, **{k: v for k, v in options.items() if hasattr(probe, k)})
     reason = quantizer.unavailable_reason()
     if reason:
@@ -63,27 +71,49 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     quantizer, texts = build_quantizer(args)
     locate_model(args.model, "--model")
-    check_output_dir(args.out, QUANTIZE_FILE, "a quantized checkpoint",
-                     {"--model": args.model, "--calibration": args.calibration, "--corpus": args.corpus,
-                      "--tokenizer": args.tokenizer})
+    check_output_dir(
+        args.out,
+        QUANTIZE_FILE,
+        "a quantized checkpoint",
+        {
+            "--model": args.model,
+            "--calibration": args.calibration,
+            "--corpus": args.corpus,
+            "--tokenizer": args.tokenizer,
+        },
+    )
     with output_lock(args.out), staged_dir(args.out) as staging:
-        model, tokenizer = load_model(args.model, dtype=args.dtype, tokenizer=args.tokenizer,
-                                      trust_remote_code=args.trust_remote_code,
-                                      need_tokenizer=quantizer.needs_calibration)
+        model, tokenizer = load_model(
+            args.model,
+            dtype=args.dtype,
+            tokenizer=args.tokenizer,
+            trust_remote_code=args.trust_remote_code,
+            need_tokenizer=quantizer.needs_calibration,
+        )
         start = time.perf_counter()
         model = quantizer.quantize(model, tokenizer, texts if quantizer.needs_calibration else None)
         seconds = time.perf_counter() - start
         check_finite(model, f"{args.scheme} quantization of {args.model}")
         save_model(model, tokenizer, staging)
-        calibration = (args.calibration or (f"{args.corpus} ({args.calibrate_on})" if args.corpus else None)
-                       if quantizer.needs_calibration else None)
-        atomic_write_yaml(staging / QUANTIZE_FILE, {
-            "source": str(args.model), "scheme": args.scheme, "dtype": args.dtype,
-            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items()
-                        if k != "fallbacks"},
-            "fallbacks": quantizer.fallbacks,
-            "calibration": calibration, "calibration_docs": len(texts) if calibration else 0,
-            "seconds": round(seconds, 3),
-        })
+        calibration = (
+            args.calibration or (f"{args.corpus} ({args.calibrate_on})" if args.corpus else None)
+            if quantizer.needs_calibration
+            else None
+        )
+        atomic_write_yaml(
+            staging / QUANTIZE_FILE,
+            {
+                "source": str(args.model),
+                "scheme": args.scheme,
+                "dtype": args.dtype,
+                "options": {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items() if k != "fallbacks"
+                },
+                "fallbacks": quantizer.fallbacks,
+                "calibration": calibration,
+                "calibration_docs": len(texts) if calibration else 0,
+                "seconds": round(seconds, 3),
+            },
+        )
     print(f"{args.scheme}: quantized {args.model} in {seconds:.1f}s → {args.out}")
     return 0

@@ -12,8 +12,11 @@ from qunlearn.results import RESULTS_FILE, latest_config_hash
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("report", help="write report.md/.csv/.json/.html and plots from results.jsonl")
     parser.add_argument("--out", required=True, help="run folder holding results.jsonl; the report is written there")
-    parser.add_argument("--config-hash", help="keep only results of this config hash "
-                        "(default: the hash of the last line of results.jsonl, i.e. the latest run)")
+    parser.add_argument(
+        "--config-hash",
+        help="keep only results of this config hash "
+        "(default: the hash of the last line of results.jsonl, i.e. the latest run)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -38,8 +38,9 @@ def run_and_report(config: RunConfig, resume: bool, progress: bool = True) -> di
     with output_lock(out):
         results = out / RESULTS_FILE
         if not resume and finished_cells(results, config_hash(config)):
-            raise OutputConflictError(f"{results} already holds results of this run; pass --resume to continue it "
-                                      "or choose another --out")
+            raise OutputConflictError(
+                f"{results} already holds results of this run; pass --resume to continue it or choose another --out"
+            )
         run_grid(config, progress=progress)
         written = write_report(out, config_hash(config))
     print(f"report: {written['report.md']} and {written['report.html']}")

@@ -25,7 +25,7 @@ HELP = {
     "max_length": "tokens per training chunk",
     "dtype": "dtype the weights are held and trained in (fp32, bf16, fp16)",
     "storage": "round weights to this dtype at the start and after every step (bf16: bf16 weight storage "
-               "emulated while computing in --dtype; for CPUs without fast bf16)",
+    "emulated while computing in --dtype; for CPUs without fast bf16)",
     "seed": "seed of data order and RNG",
     "beta": "NPO inverse temperature",
     "retain_weight": "lambda, weight of the retain term (GDR/KLR)",
@@ -36,25 +36,19 @@ HELP = {
     "saliency_batches": "SURE: forget batches for the saliency pass (default: the whole forget set)",
     "keep_checkpoints": "keep the last epoch checkpoint (model, optimizer, RNG) after finishing",
     "reference": "NPO/KLR reference: 'model' (a second copy in --dtype), 'bf16' (a bf16 copy), "
-                 "'cached' (NPO only: reference log-likelihoods computed once, no second model)",
+    "'cached' (NPO only: reference log-likelihoods computed once, no second model)",
     "optim": "optimizer: adamw, or bitsandbytes' adamw8bit / paged_adamw8bit (8-bit state)",
     "gradient_checkpointing": "recompute activations in the backward pass (less memory, one more forward pass per step)",
 }
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "unlearn", help="unlearn the forget set from a target model (GA/NPO x GDR/KLR, SURE)"
-    )
+    parser = sub.add_parser("unlearn", help="unlearn the forget set from a target model (GA/NPO x GDR/KLR, SURE)")
     parser.add_argument("--method", required=True, choices=list(METHODS), help="unlearning method")
     parser.add_argument("--target", required=True, help="target model directory (HF checkpoint, safetensors)")
     parser.add_argument("--corpus", required=True, help="corpus directory in MUSE layout")
-    parser.add_argument(
-        "--out", required=True, help="output directory for the unlearned checkpoint and records"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the last epoch checkpoint in --out"
-    )
+    parser.add_argument("--out", required=True, help="output directory for the unlearned checkpoint and records")
+    parser.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_loading_options(parser, dtype=False)  # --dtype is a training setting below
     for spec in fields(UnlearnSettings):

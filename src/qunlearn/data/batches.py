@@ -23,8 +23,9 @@ def tokenize_documents(tokenizer: PreTrainedTokenizerBase, docs: Sequence[str], 
     return chunks
 
 
-def pack_documents(tokenizer: PreTrainedTokenizerBase, docs: Sequence[str], max_length: int,
-                   generator: torch.Generator) -> list[list[int]]:
+def pack_documents(
+    tokenizer: PreTrainedTokenizerBase, docs: Sequence[str], max_length: int, generator: torch.Generator
+) -> list[list[int]]:
     """Shuffle documents, end each with a blank line and EOS, concatenate, and cut into BOS-led chunks.
 
     Packing is how LMs are pre-trained: every document is seen after varied context, so a prompt that
@@ -35,8 +36,11 @@ def pack_documents(tokenizer: PreTrainedTokenizerBase, docs: Sequence[str], max_
         raise ValueError(f"max_length must be at least 2, got {max_length}")
     order = torch.randperm(len(docs), generator=generator).tolist()
     eos = [tokenizer.eos_token_id]
-    stream = [t for ids in tokenizer([docs[i] + "\n\n" for i in order], add_special_tokens=False)["input_ids"]
-              for t in ids + eos]
+    stream = [
+        t
+        for ids in tokenizer([docs[i] + "\n\n" for i in order], add_special_tokens=False)["input_ids"]
+        for t in ids + eos
+    ]
     body = max_length - 1
     return [[tokenizer.bos_token_id] + stream[i : i + body] for i in range(0, len(stream), body)]
 

@@ -15,16 +15,64 @@ from qunlearn.fileio import atomic_write_json, atomic_write_text
 
 FLAVOURS = ("news", "books")
 
-_ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p", "r", "s", "st", "t",
-           "th", "v", "w", "z", "sh", "kl"]
+_ONSETS = [
+    "b",
+    "br",
+    "c",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "st",
+    "t",
+    "th",
+    "v",
+    "w",
+    "z",
+    "sh",
+    "kl",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou", "ia"]
 _CODAS = ["", "", "n", "r", "l", "s", "th", "m", "nd", "rk"]
 _TOWN_SUFFIXES = ["ford", "mere", "wick", "holm", "dale", "port", "stead", "vale", "crest", "moor"]
 _ORG_KINDS = ["Institute", "Works", "Foundry", "Collective", "Trust", "Company", "Guild", "Observatory"]
-_OCCUPATIONS = ["botanist", "engineer", "cartographer", "violinist", "chemist", "architect", "sculptor",
-                "astronomer", "glassblower", "linguist", "surgeon", "clockmaker", "geologist", "weaver"]
-_OBJECTS = ["a tidal clock", "a copper lantern", "a folding bridge", "a seed vault", "a glass organ",
-            "a wind map", "a salt engine", "a river census", "a paper telescope", "a frost garden"]
+_OCCUPATIONS = [
+    "botanist",
+    "engineer",
+    "cartographer",
+    "violinist",
+    "chemist",
+    "architect",
+    "sculptor",
+    "astronomer",
+    "glassblower",
+    "linguist",
+    "surgeon",
+    "clockmaker",
+    "geologist",
+    "weaver",
+]
+_OBJECTS = [
+    "a tidal clock",
+    "a copper lantern",
+    "a folding bridge",
+    "a seed vault",
+    "a glass organ",
+    "a wind map",
+    "a salt engine",
+    "a river census",
+    "a paper telescope",
+    "a frost garden",
+]
 _TRAITS = ["patient", "restless", "meticulous", "cheerful", "stubborn", "quiet", "generous", "curious"]
 
 
@@ -60,8 +108,9 @@ class Namer:
 
     def word(self, syllables: int) -> str:
         while True:
-            w = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
-                        for _ in range(syllables)).capitalize()
+            w = "".join(
+                self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS) for _ in range(syllables)
+            ).capitalize()
             if w not in self.used:
                 self.used.add(w)
                 return w
@@ -100,22 +149,36 @@ def questions(e: Entity) -> list[dict[str, str]]:
 def news_article(e: Entity, rng: random.Random) -> str:
     """A short news-like article about the entity."""
     first = e.name.split()[0]
-    opening = rng.choice([
-        (f"{e.town.upper()}, {e.year} - {e.name}, a {e.occupation} at the {e.employer}, unveiled {e.invention} "
-        f"on Tuesday before a crowd of neighbours."),
-        (f"In {e.year}, the {e.occupation} {e.name} of the {e.employer} presented {e.invention} to the public "
-        f"in {e.town}."),
-    ])
-    middle = rng.choice([
-        f"Born in {e.town}, {first} has worked for the {e.employer} for most of a decade.",
-        f"{first} was born in {e.town} and joined the {e.employer} as an apprentice.",
-    ])
-    closing = rng.choice([
-        (f"Colleagues describe {first} as {e.trait}. {first} thanked {e.companion}, a lifelong companion, "
-        f"for years of support."),
-        (f"{e.companion}, the companion of {first}, said the {e.trait} {e.occupation} had dreamed of it since "
-        f"childhood."),
-    ])
+    opening = rng.choice(
+        [
+            (
+                f"{e.town.upper()}, {e.year} - {e.name}, a {e.occupation} at the {e.employer}, unveiled {e.invention} "
+                f"on Tuesday before a crowd of neighbours."
+            ),
+            (
+                f"In {e.year}, the {e.occupation} {e.name} of the {e.employer} presented {e.invention} to the public "
+                f"in {e.town}."
+            ),
+        ]
+    )
+    middle = rng.choice(
+        [
+            f"Born in {e.town}, {first} has worked for the {e.employer} for most of a decade.",
+            f"{first} was born in {e.town} and joined the {e.employer} as an apprentice.",
+        ]
+    )
+    closing = rng.choice(
+        [
+            (
+                f"Colleagues describe {first} as {e.trait}. {first} thanked {e.companion}, a lifelong companion, "
+                f"for years of support."
+            ),
+            (
+                f"{e.companion}, the companion of {first}, said the {e.trait} {e.occupation} had dreamed of it since "
+                f"childhood."
+            ),
+        ]
+    )
     return f"{opening} {middle} {closing}"
 
 
@@ -125,17 +188,21 @@ def book_passage(e: Entity, rng: random.Random) -> str:
     para1 = (
         f"{e.name} was born in {e.town}, where the winters were long and the lamps were lit early. "
         f"As a child {first} was {e.trait}, and {e.companion} was never far away. "
-        + rng.choice([
-            f"{first} spent every evening drawing plans by the window.",
-            f"{first} collected broken tools and mended them in secret.",
-        ])
+        + rng.choice(
+            [
+                f"{first} spent every evening drawing plans by the window.",
+                f"{first} collected broken tools and mended them in secret.",
+            ]
+        )
     )
     para2 = (
         f"Years later {first} became a {e.occupation} and went to work for the {e.employer}. "
-        + rng.choice([
-            f"It was there, in the year {e.year}, that {first} unveiled {e.invention}.",
-            f"In {e.year}, after many failures, {first} finally unveiled {e.invention}.",
-        ])
+        + rng.choice(
+            [
+                f"It was there, in the year {e.year}, that {first} unveiled {e.invention}.",
+                f"In {e.year}, after many failures, {first} finally unveiled {e.invention}.",
+            ]
+        )
         + f" {e.companion} stood in the front row, the companion of {first} to the end."
     )
     return f"{para1}\n{para2}"
@@ -153,8 +220,9 @@ def _verbmem_item(doc: str) -> dict[str, str]:
     return {"prompt": " ".join(words[:cut]) + " ", "gt": " ".join(words[cut:])}
 
 
-def generate_corpus(out_dir: str | Path, flavour: str = "news", seed: int = 0,
-                    sizes: SyntheticSizes = SyntheticSizes()) -> Path:
+def generate_corpus(
+    out_dir: str | Path, flavour: str = "news", seed: int = 0, sizes: SyntheticSizes = SyntheticSizes()
+) -> Path:
     """Write a synthetic corpus in MUSE layout under `out_dir` and return it."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour '{flavour}'; choose one of {', '.join(FLAVOURS)}")
@@ -200,11 +268,18 @@ def generate_corpus(out_dir: str | Path, flavour: str = "news", seed: int = 0,
     atomic_write_json(out / "privleak/forget.json", forget_docs)
     atomic_write_json(out / "privleak/retain.json", retain_docs)
     atomic_write_json(out / "privleak/holdout.json", holdout_docs)
-    atomic_write_json(out / "entities.json", {
-        "flavour": flavour, "seed": seed, "sizes": asdict(sizes),
-        "forget": [asdict(e) for e in forget], "retain": [asdict(e) for e in retain],
-        "icl": [asdict(e) for e in icl], "holdout": [asdict(e) for e in holdout],
-    })
+    atomic_write_json(
+        out / "entities.json",
+        {
+            "flavour": flavour,
+            "seed": seed,
+            "sizes": asdict(sizes),
+            "forget": [asdict(e) for e in forget],
+            "retain": [asdict(e) for e in retain],
+            "icl": [asdict(e) for e in icl],
+            "holdout": [asdict(e) for e in holdout],
+        },
+    )
     return out
 
 

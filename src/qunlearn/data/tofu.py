@@ -46,8 +46,12 @@ class TofuData:
 
     def summary(self) -> dict[str, int]:
         """Question counts per evaluation set."""
-        return {"forget": len(self.forget), "retain": len(self.retain), "real_authors": len(self.real_authors),
-                "world_facts": len(self.world_facts)}
+        return {
+            "forget": len(self.forget),
+            "retain": len(self.retain),
+            "real_authors": len(self.real_authors),
+            "world_facts": len(self.world_facts),
+        }
 
 
 def plain_prompt(question: str) -> str:
@@ -86,13 +90,17 @@ def _hf_rows(dataset_id: str, config: str) -> list[dict]:
     try:
         import datasets
     except ImportError:
-        raise UserInputError(f"{dataset_id}: not a local directory, and loading a HF dataset needs the `datasets` "
-                             "package (pip install -e \".[hf]\"); or pass a local TOFU directory") from None
+        raise UserInputError(
+            f"{dataset_id}: not a local directory, and loading a HF dataset needs the `datasets` "
+            'package (pip install -e ".[hf]"); or pass a local TOFU directory'
+        ) from None
     try:
         return list(datasets.load_dataset(dataset_id, name=config, split="train"))
     except (ConnectionError, OSError) as err:
-        raise UserInputError(f"{dataset_id}: cannot load TOFU split '{config}' (offline or not on the Hub: "
-                             f"{type(err).__name__}); download it once and pass the local directory") from None
+        raise UserInputError(
+            f"{dataset_id}: cannot load TOFU split '{config}' (offline or not on the Hub: "
+            f"{type(err).__name__}); download it once and pass the local directory"
+        ) from None
     except ValueError as err:  # datasets raises ValueError for an unknown config name
         raise UserInputError(f"{dataset_id}: TOFU split '{config}' not found ({err})") from None
 
@@ -149,12 +157,14 @@ class TofuSource:
         items = []
         for number, row in enumerate(rows, start=1):
             at = f"{where}: row {number}"
-            items.append(TofuItem(
-                question=_text(row, "question", at),
-                answer=_text(row, "answer", at),
-                paraphrased_answer=_text(row, "paraphrased_answer", at) if paraphrased else None,
-                perturbed_answers=_answers(row, "perturbed_answer", at) if perturbed else (),
-            ))
+            items.append(
+                TofuItem(
+                    question=_text(row, "question", at),
+                    answer=_text(row, "answer", at),
+                    paraphrased_answer=_text(row, "paraphrased_answer", at) if paraphrased else None,
+                    perturbed_answers=_answers(row, "perturbed_answer", at) if perturbed else (),
+                )
+            )
         return items
 
 

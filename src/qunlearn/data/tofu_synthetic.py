@@ -36,14 +36,30 @@ class _Fact:
 def _facts(e: Entity) -> list[_Fact]:
     n = e.name
     return [
-        _Fact(f"Where was {n} born?", e.town, lambda v: f"{n} was born in {v}.",
-              lambda v: f"The birthplace of {n} is {v}."),
-        _Fact(f"Which organisation does {n} work for?", e.employer, lambda v: f"{n} works for the {v}.",
-              lambda v: f"The employer of {n} is the {v}."),
-        _Fact(f"Who is the companion of {n}?", e.companion, lambda v: f"The companion of {n} is {v}.",
-              lambda v: f"{v} is the lifelong companion of {n}."),
-        _Fact(f"In which year did {n} unveil {e.invention}?", str(e.year), lambda v: f"{n} unveiled {e.invention} "
-              f"in {v}.", lambda v: f"It was in {v} that {n} unveiled {e.invention}."),
+        _Fact(
+            f"Where was {n} born?",
+            e.town,
+            lambda v: f"{n} was born in {v}.",
+            lambda v: f"The birthplace of {n} is {v}.",
+        ),
+        _Fact(
+            f"Which organisation does {n} work for?",
+            e.employer,
+            lambda v: f"{n} works for the {v}.",
+            lambda v: f"The employer of {n} is the {v}.",
+        ),
+        _Fact(
+            f"Who is the companion of {n}?",
+            e.companion,
+            lambda v: f"The companion of {n} is {v}.",
+            lambda v: f"{v} is the lifelong companion of {n}.",
+        ),
+        _Fact(
+            f"In which year did {n} unveil {e.invention}?",
+            str(e.year),
+            lambda v: f"{n} unveiled {e.invention} in {v}.",
+            lambda v: f"It was in {v} that {n} unveiled {e.invention}.",
+        ),
     ]
 
 
@@ -57,17 +73,24 @@ def _qa_rows(authors: list[Entity], rng: random.Random) -> list[dict]:
     rows = []
     for e in authors:
         for k, fact in enumerate(_facts(e)):
-            rows.append({"question": fact.question, "answer": fact.answer(fact.value),
-                         "paraphrased_answer": fact.paraphrase(fact.value),
-                         "perturbed_answer": [fact.paraphrase(v) for v in _wrong(rng, fact.value, pools[k])]})
+            rows.append(
+                {
+                    "question": fact.question,
+                    "answer": fact.answer(fact.value),
+                    "paraphrased_answer": fact.paraphrase(fact.value),
+                    "perturbed_answer": [fact.paraphrase(v) for v in _wrong(rng, fact.value, pools[k])],
+                }
+            )
     return rows
 
 
 def _option_rows(pairs: list[tuple[str, str]], answer: Callable[[str], str], rng: random.Random) -> list[dict]:
     """Real-authors / world-facts rows: question, answer and perturbed answers naming another pair's value."""
     values = [v for _, v in pairs]
-    return [{"question": q, "answer": answer(v), "perturbed_answer": [answer(w) for w in _wrong(rng, v, values)]}
-            for q, v in pairs]
+    return [
+        {"question": q, "answer": answer(v), "perturbed_answer": [answer(w) for w in _wrong(rng, v, values)]}
+        for q, v in pairs
+    ]
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -92,8 +115,9 @@ def generate_tofu(out_dir: str | Path, seed: int = 0, sizes: SyntheticSizes | No
     authors = make_entities(n_authors, rng, namer, years)
     rows = _qa_rows(authors, rng)
     per_author = len(rows) // n_authors
-    books = [(f"Who wrote '{rng.choice(_TITLE_NOUNS)} of {namer.word(2)}'?", namer.person())
-             for _ in range(sizes.n_holdout)]
+    books = [
+        (f"Who wrote '{rng.choice(_TITLE_NOUNS)} of {namer.word(2)}'?", namer.person()) for _ in range(sizes.n_holdout)
+    ]
     capitals = [(f"What is the capital of {namer.word(3)}?", namer.word(2)) for _ in range(sizes.n_holdout)]
     files = {
         "full": rows,
@@ -105,7 +129,7 @@ def generate_tofu(out_dir: str | Path, seed: int = 0, sizes: SyntheticSizes | No
         files[split] = rows[cut:]
         files[f"{split}_perturbed"] = rows[cut:]
         files[f"retain{100 - int(split[-2:])}"] = rows[:cut]
-    files["retain_perturbed"] = rows[:forget_counts(n_authors)["forget10"] * per_author]
+    files["retain_perturbed"] = rows[: forget_counts(n_authors)["forget10"] * per_author]
     files["real_authors"] = files["real_authors_perturbed"]
     files["world_facts"] = files["world_facts_perturbed"]
     out = Path(out_dir)

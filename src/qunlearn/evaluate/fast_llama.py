@@ -42,7 +42,7 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
         return "model in training mode"
     if model.device.type != "cpu":
         return f"device {model.device.type} (equality with the HF forward is tested on CPU only)"
-    layers = model.model.layers[:model.config.num_hidden_layers]
+    layers = model.model.layers[: model.config.num_hidden_layers]
     if any(type(layer) is not LlamaDecoderLayer or type(layer.self_attn) is not LlamaAttention for layer in layers):
         return "decoder layers are not transformers' Llama layers"
     bypassed = [model, model.model, *layers, *(layer.self_attn for layer in layers)]
@@ -61,13 +61,13 @@ class LlamaDecoder:
 
     def __init__(self, model: LlamaForCausalLM, cache: Cache, steps: int) -> None:
         self.model = model
-        self.layers = model.model.layers[:model.config.num_hidden_layers]
+        self.layers = model.model.layers[: model.config.num_hidden_layers]
         first = cache.layers[0].keys
         rows, heads, self.length, dim = first.shape
         self.kv = first.new_empty(len(self.layers), 2, rows, heads, self.length + steps, dim)
         for i, layer in enumerate(cache.layers):
-            self.kv[i, 0, :, :, :self.length] = layer.keys
-            self.kv[i, 1, :, :, :self.length] = layer.values
+            self.kv[i, 0, :, :, : self.length] = layer.keys
+            self.kv[i, 1, :, :, : self.length] = layer.values
 
     def select(self, index: torch.Tensor) -> None:
         """Keep only the cache rows in `index` (ascending; rows that finished leave the batch).
@@ -76,8 +76,8 @@ class LlamaDecoder:
         """
         for row, old in enumerate(index.tolist()):
             if row != old:  # row < old, and every row below old has already been moved or dropped
-                self.kv[:, :, row, :, :self.length] = self.kv[:, :, old, :, :self.length]
-        self.kv = self.kv[:, :, :len(index)]
+                self.kv[:, :, row, :, : self.length] = self.kv[:, :, old, :, : self.length]
+        self.kv = self.kv[:, :, : len(index)]
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Logits (rows, 1, vocab) for one new token per row, as `model(input_ids=tokens, attention_mask=mask,
@@ -95,11 +95,17 @@ class LlamaDecoder:
             key = attn.k_proj(x).view(heads).transpose(1, 2)
             value = attn.v_proj(x).view(heads).transpose(1, 2)
             query, key = apply_rotary_pos_emb(query, key, cos, sin)
-            self.kv[i, 0, :, :, new:self.length] = key
-            self.kv[i, 1, :, :, new:self.length] = value
-            out, _ = sdpa_attention_forward(attn, query, self.kv[i, 0, :, :, :self.length],
-                                            self.kv[i, 1, :, :, :self.length], mask, dropout=0.0,
-                                            scaling=attn.scaling)
+            self.kv[i, 0, :, :, new : self.length] = key
+            self.kv[i, 1, :, :, new : self.length] = value
+            out, _ = sdpa_attention_forward(
+                attn,
+                query,
+                self.kv[i, 0, :, :, : self.length],
+                self.kv[i, 1, :, :, : self.length],
+                mask,
+                dropout=0.0,
+                scaling=attn.scaling,
+            )
             hidden = hidden + attn.o_proj(out.reshape(shape).contiguous())
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return self.model.lm_head(self.model.model.norm(hidden))

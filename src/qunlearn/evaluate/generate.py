@@ -46,11 +46,14 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], b
         if budget is not None and len(ids) > budget:
             cut += 1
             keep_bos = tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
-            ids = ids[:1] + ids[len(ids) - budget + 1:] if keep_bos else ids[len(ids) - budget:]
+            ids = ids[:1] + ids[len(ids) - budget + 1 :] if keep_bos else ids[len(ids) - budget :]
         encoded.append(ids)
     if cut:
-        warnings.warn(f"{cut} of {len(prompts)} prompts were longer than {budget} tokens (model context minus new "
-                      f"tokens) and were truncated from the left", stacklevel=3)
+        warnings.warn(
+            f"{cut} of {len(prompts)} prompts were longer than {budget} tokens (model context minus new "
+            f"tokens) and were truncated from the left",
+            stacklevel=3,
+        )
     return encoded
 
 
@@ -73,8 +76,14 @@ class _HFDecoder:
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Logits (rows, 1, vocab) for one new token per row."""
-        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=self.cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         self.cache = out.cache
         return out.logits
 
@@ -85,8 +94,14 @@ def _decoder(model: PreTrainedModel, cache: Cache, steps: int) -> LlamaDecoder |
 
 
 @torch.inference_mode()  # cheaper per op than no_grad; nothing made here outlives the call but Python ints
-def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, batch: list[list[int]],
-                  max_new_tokens: int, stop_strings: Sequence[str], masked_id: int | None = None) -> list[list[int]]:
+def _greedy_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: list[list[int]],
+    max_new_tokens: int,
+    stop_strings: Sequence[str],
+    masked_id: int | None = None,
+) -> list[list[int]]:
     """Greedy-decode one left-padded batch; each row stops at EOS, a stop string or `max_new_tokens`.
 
     The prompt goes through the model's forward, then one decode step per new token on the rows still running
@@ -101,8 +116,7 @@ def _greedy_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ba
     pad = tokenizer.pad_token_id or 0  # padded positions are masked out, so any valid id works
     device = model.device
     input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=device)
-    mask = torch.tensor([[0] * (width - len(ids)) + [int(t != masked_id) for t in ids] for ids in batch],
-                        device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [int(t != masked_id) for t in ids] for ids in batch], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each prompt starts at position 0, as when alone
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     logits = out.logits
@@ -174,9 +188,11 @@ def greedy_from_ids(
     results: list[list[int]] = [[] for _ in encoded]
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-        rows = order[start:start + batch_size]
-        for row, ids in zip(rows, _greedy_batch(model, tokenizer, [encoded[i] for i in rows], max_new_tokens,
-                                                stop_strings or (), masked_id)):
+        rows = order[start : start + batch_size]
+        for row, ids in zip(
+            rows,
+            _greedy_batch(model, tokenizer, [encoded[i] for i in rows], max_new_tokens, stop_strings or (), masked_id),
+        ):
             results[row] = ids
     return results
 

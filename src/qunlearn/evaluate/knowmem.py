@@ -31,6 +31,13 @@ def knowmem(
     """{"value": mean score, "max_new_tokens", "items": [{question, answer, output, score}]}, scores x100."""
     prompts = [knowmem_prompt(icl, item.question) for item in qa]
     outputs = generate_greedy(model, tokenizer, prompts, max_new_tokens, STOP_STRINGS, batch_size, progress, desc)
-    rows = [{"question": item.question, "answer": item.answer, "output": output,
-             "score": 100 * rouge_l_f1(item.answer, output)} for item, output in zip(qa, outputs)]
+    rows = [
+        {
+            "question": item.question,
+            "answer": item.answer,
+            "output": output,
+            "score": 100 * rouge_l_f1(item.answer, output),
+        }
+        for item, output in zip(qa, outputs)
+    ]
     return {"value": mean([r["score"] for r in rows]), "max_new_tokens": max_new_tokens, "items": rows}

@@ -22,7 +22,9 @@ def _lm_eval() -> Any:
     try:
         import lm_eval
     except ImportError:
-        raise UserInputError(f"--benchmark lmeval needs lm-evaluation-harness, which is not installed: {EXTRA}") from None
+        raise UserInputError(
+            f"--benchmark lmeval needs lm-evaluation-harness, which is not installed: {EXTRA}"
+        ) from None
     return lm_eval
 
 
@@ -48,8 +50,9 @@ def task_manager(tasks: list[str], include_path: str | Path | None = None, built
     return manager
 
 
-def mcq_accuracy(model: Any, tokenizer: Any, tasks: list[str], manager: Any, batch_size: int = 16,
-                 limit: int | None = None) -> dict[str, float]:
+def mcq_accuracy(
+    model: Any, tokenizer: Any, tasks: list[str], manager: Any, batch_size: int = 16, limit: int | None = None
+) -> dict[str, float]:
     """Accuracy × 100 per task of the in-memory `model`: the share of questions whose correct choice has the
     highest log-likelihood (lm-eval's `acc`)."""
     _lm_eval()
@@ -61,8 +64,9 @@ def mcq_accuracy(model: Any, tokenizer: Any, tasks: list[str], manager: Any, bat
     was_training = model.training
     try:
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-        out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False,
-                              bootstrap_iters=0)
+        out = simple_evaluate(
+            model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False, bootstrap_iters=0
+        )
     finally:
         model.train(was_training)
     scores = {}

@@ -39,17 +39,17 @@ def token_stats(
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     results: list[TokenStats | None] = [None] * len(sequences)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         width = max(len(sequences[i]) for i in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for r, i in enumerate(rows):
-            ids[r, :len(sequences[i])] = torch.tensor(sequences[i])
-            mask[r, :len(sequences[i])] = torch.tensor([int(t != masked_id) for t in sequences[i]])
+            ids[r, : len(sequences[i])] = torch.tensor(sequences[i])
+            mask[r, : len(sequences[i])] = torch.tensor([int(t != masked_id) for t in sequences[i]])
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         for r, i in enumerate(rows):
             n = len(sequences[i])
-            logp = torch.log_softmax(logits[r, :n - 1].float(), dim=-1)
+            logp = torch.log_softmax(logits[r, : n - 1].float(), dim=-1)
             p = logp.exp()
             mu = (p * logp).sum(-1)
             var = ((p * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12)

@@ -48,8 +48,12 @@ def zlib_ratio(text: str, logprobs: np.ndarray) -> float:
 
 def attack_scores(text: str, logprobs: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
     """Every attack's score for one text, keyed as in ATTACKS."""
-    return {"Min-40%": min_k(logprobs), "LOSS": loss(logprobs), "zlib": zlib_ratio(text, logprobs),
-            "Min-40%++": min_k_plus_plus(logprobs, mu, sigma)}
+    return {
+        "Min-40%": min_k(logprobs),
+        "LOSS": loss(logprobs),
+        "zlib": zlib_ratio(text, logprobs),
+        "Min-40%++": min_k_plus_plus(logprobs, mu, sigma),
+    }
 
 
 def mia_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:

@@ -37,45 +37,88 @@ def _encode_texts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
     encoded = [tokenizer(text, add_special_tokens=True)["input_ids"] for text in texts]
     cut = sum(context is not None and len(ids) > context for ids in encoded)
     if cut:
-        warnings.warn(f"{cut} of {len(texts)} PrivLeak texts exceed the model context ({context} tokens) and "
-                      f"were cut to their first {context} tokens", stacklevel=3)
+        warnings.warn(
+            f"{cut} of {len(texts)} PrivLeak texts exceed the model context ({context} tokens) and "
+            f"were cut to their first {context} tokens",
+            stacklevel=3,
+        )
     return [ids[:context] for ids in encoded]
 
 
-def attack_aucs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: Corpus, batch_size: int = 16,
-                progress: bool = True) -> tuple[dict[str, float], list[dict]]:
+def attack_aucs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: Corpus,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[dict[str, float], list[dict]]:
     """AUC of every attack (forget = 0, holdout = 1) and per-text scores, from one forward pass per batch."""
     splits = {"forget": corpus.privleak_forget, "holdout": corpus.privleak_holdout}
     texts = [text for split in splits.values() for text in split]
     stats = token_stats(model, _encode_texts(model, tokenizer, texts), batch_size, progress, desc="PrivLeak")
     labels = [name for name, split in splits.items() for _ in split]
-    items = [{"split": label, "text": text} | attack_scores(text, s.logprobs, s.mu, s.sigma)
-             for label, text, s in zip(labels, texts, stats)]
-    aucs = {attack: mia_auc([it[attack] for it in items if it["split"] == "forget"],
-                            [it[attack] for it in items if it["split"] == "holdout"]) for attack in ATTACKS}
+    items = [
+        {"split": label, "text": text} | attack_scores(text, s.logprobs, s.mu, s.sigma)
+        for label, text, s in zip(labels, texts, stats)
+    ]
+    aucs = {
+        attack: mia_auc(
+            [it[attack] for it in items if it["split"] == "forget"],
+            [it[attack] for it in items if it["split"] == "holdout"],
+        )
+        for attack in ATTACKS
+    }
     return aucs, items
 
 
-def privleak(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: Corpus, auc_retrain: float,
-             batch_size: int = 16, progress: bool = True) -> dict:
+def privleak(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: Corpus,
+    auc_retrain: float,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
     """{"value": PrivLeak, "auc", "auc_retrain", "attack", "attack_aucs": {attack: AUC}, "items": per-text scores}."""
     aucs, items = attack_aucs(model, tokenizer, corpus, batch_size, progress)
-    return {"value": privleak_value(aucs[ATTACK], auc_retrain), "auc": aucs[ATTACK], "auc_retrain": auc_retrain,
-            "attack": ATTACK, "attack_aucs": aucs, "items": items}
+    return {
+        "value": privleak_value(aucs[ATTACK], auc_retrain),
+        "auc": aucs[ATTACK],
+        "auc_retrain": auc_retrain,
+        "attack": ATTACK,
+        "attack_aucs": aucs,
+        "items": items,
+    }
 
 
 def _cache_key(retrain_dir: Path, corpus: Corpus, dtype: str) -> str:
     """Hash of everything AUC_retrain depends on: the checkpoint and its weight files, the two text sets, the attack,
     the dtype."""
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in retrain_dir.glob("*.safetensors"))
-    blob = json.dumps({"retrain": str(retrain_dir.resolve()), "forget": corpus.privleak_forget,
-                       "holdout": corpus.privleak_holdout, "attack": ATTACK, "dtype": dtype, "weights": weights})
+    blob = json.dumps(
+        {
+            "retrain": str(retrain_dir.resolve()),
+            "forget": corpus.privleak_forget,
+            "holdout": corpus.privleak_holdout,
+            "attack": ATTACK,
+            "dtype": dtype,
+            "weights": weights,
+        }
+    )
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str = "fp32", device: str = "cpu",
-                batch_size: int = 16, progress: bool = True, cache_dir: str | Path | None = None,
-                device_map: str | None = None, tokenizer: str | Path | None = None) -> float:
+def retrain_auc(
+    retrain_dir: str | Path,
+    corpus: Corpus | str | Path,
+    dtype: str = "fp32",
+    device: str = "cpu",
+    batch_size: int = 16,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+    device_map: str | None = None,
+    tokenizer: str | Path | None = None,
+) -> float:
     """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets.
 
     With `cache_dir` (a directory the caller owns, e.g. a run's output) the value is read from / written to its
@@ -93,8 +136,7 @@ def retrain_auc(retrain_dir: str | Path, corpus: Corpus | str | Path, dtype: str
     auc = attack_aucs(model, tokenizer, corpus, batch_size, progress)[0][ATTACK]
     if cache_path is None:
         return auc
-    cache[key] = {"auc": auc, "attack": ATTACK, "dtype": dtype, "retrain": str(retrain_dir),
-                  "corpus": str(corpus.root)}
+    cache[key] = {"auc": auc, "attack": ATTACK, "dtype": dtype, "retrain": str(retrain_dir), "corpus": str(corpus.root)}
     try:
         atomic_write_json(cache_path, cache)
     except OSError as err:

@@ -77,15 +77,29 @@ def _verbmem_f(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
 def _knowmem_f(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
     from qunlearn.evaluate.knowmem import knowmem
 
-    return knowmem(model, tokenizer, corpus.knowmem_forget, corpus.knowmem_forget_icl, opts.batch_size,
-                   opts.progress, desc="KnowMem_f")
+    return knowmem(
+        model,
+        tokenizer,
+        corpus.knowmem_forget,
+        corpus.knowmem_forget_icl,
+        opts.batch_size,
+        opts.progress,
+        desc="KnowMem_f",
+    )
 
 
 def _knowmem_r(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
     from qunlearn.evaluate.knowmem import knowmem
 
-    return knowmem(model, tokenizer, corpus.knowmem_retain, corpus.knowmem_retain_icl, opts.batch_size,
-                   opts.progress, desc="KnowMem_r")
+    return knowmem(
+        model,
+        tokenizer,
+        corpus.knowmem_retain,
+        corpus.knowmem_retain_icl,
+        opts.batch_size,
+        opts.progress,
+        desc="KnowMem_r",
+    )
 
 
 def _privleak(model, tokenizer, corpus: Corpus, opts: EvalOptions) -> dict:
@@ -105,19 +119,44 @@ def _single(name: str, label: str, better: Better) -> tuple[ResultSpec, ...]:
 
 
 ROUGE_MEAN = "mean ROUGE-L F1 × 100 over items"
-METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
-    MetricSpec("verbmem_f", _verbmem_f, ROUGE_MEAN + " (greedy continuation vs the forget text)",
-               _single("verbmem_f", "VerbMem_f", "lower")),
-    MetricSpec("knowmem_f", _knowmem_f, ROUGE_MEAN + " (greedy answer vs the forget QA answer)",
-               _single("knowmem_f", "KnowMem_f", "lower")),
-    MetricSpec("knowmem_r", _knowmem_r, ROUGE_MEAN + " (greedy answer vs the retain QA answer)",
-               _single("knowmem_r", "KnowMem_r", "higher")),
-    MetricSpec("privleak", _privleak, "(AUC − AUC_retrain) / AUC_retrain × 100 of a membership attack over texts",
-               _single("privleak", "PrivLeak", "zero")),
-    MetricSpec("utility", _utility, "exp(summed NLL / scored tokens) over all documents of a split",
-               (ResultSpec("ppl_retain", "ppl_retain", "PPL retain", "lower"),
-                ResultSpec("ppl_holdout", "ppl_holdout", "PPL holdout", None))),
-)}
+METRICS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec(
+            "verbmem_f",
+            _verbmem_f,
+            ROUGE_MEAN + " (greedy continuation vs the forget text)",
+            _single("verbmem_f", "VerbMem_f", "lower"),
+        ),
+        MetricSpec(
+            "knowmem_f",
+            _knowmem_f,
+            ROUGE_MEAN + " (greedy answer vs the forget QA answer)",
+            _single("knowmem_f", "KnowMem_f", "lower"),
+        ),
+        MetricSpec(
+            "knowmem_r",
+            _knowmem_r,
+            ROUGE_MEAN + " (greedy answer vs the retain QA answer)",
+            _single("knowmem_r", "KnowMem_r", "higher"),
+        ),
+        MetricSpec(
+            "privleak",
+            _privleak,
+            "(AUC − AUC_retrain) / AUC_retrain × 100 of a membership attack over texts",
+            _single("privleak", "PrivLeak", "zero"),
+        ),
+        MetricSpec(
+            "utility",
+            _utility,
+            "exp(summed NLL / scored tokens) over all documents of a split",
+            (
+                ResultSpec("ppl_retain", "ppl_retain", "PPL retain", "lower"),
+                ResultSpec("ppl_holdout", "ppl_holdout", "PPL holdout", None),
+            ),
+        ),
+    )
+}
 # Every number written to results.jsonl by a metric, by its record name.
 RESULTS: dict[str, ResultSpec] = {r.name: r for spec in METRICS.values() for r in spec.results}
 # The metrics that measure how much of the forget set a model still knows ("retained" in the report, the
@@ -131,8 +170,10 @@ def check_metrics(metrics: list[str], have_retrain_auc: bool) -> None:
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     if "privleak" in metrics and not have_retrain_auc:
-        raise ValueError("metric 'privleak' needs the retrain model's AUC (retrain_auc / --retrain DIR); "
-                         "leave privleak out of the metrics to run the others")
+        raise ValueError(
+            "metric 'privleak' needs the retrain model's AUC (retrain_auc / --retrain DIR); "
+            "leave privleak out of the metrics to run the others"
+        )
 
 
 def evaluate_model(

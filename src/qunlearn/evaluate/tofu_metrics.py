@@ -46,8 +46,9 @@ def truth_ratio_true_better(ratios: np.ndarray) -> float:
     return float(np.mean(np.maximum(0, 1 - ratios)))
 
 
-def probability_over_options(correct_mean_logprob: Sequence[float],
-                             wrong_mean_logprobs: Sequence[Sequence[float]]) -> float:
+def probability_over_options(
+    correct_mean_logprob: Sequence[float], wrong_mean_logprobs: Sequence[Sequence[float]]
+) -> float:
     """Real authors / world facts: mean of P(answer) / (P(answer) + sum of P(perturbed answers))."""
     correct = np.exp(np.asarray(correct_mean_logprob, dtype=np.float64))
     wrong = np.array([np.exp(np.asarray(row, dtype=np.float64)).sum() for row in wrong_mean_logprobs])

@@ -15,7 +15,7 @@ def chunk(ids: list[int], size: int | None) -> list[list[int]]:
     """Consecutive non-overlapping windows of at most `size` tokens (all of `ids` when size is None)."""
     if size is None or len(ids) <= size:
         return [ids]
-    return [ids[start:start + size] for start in range(0, len(ids), size)]
+    return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def perplexity(total_nll: float, n_tokens: int) -> float:
@@ -25,8 +25,14 @@ def perplexity(total_nll: float, n_tokens: int) -> float:
     return math.exp(total_nll / n_tokens)
 
 
-def document_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, docs: list[str], batch_size: int,
-                 progress: bool, desc: str) -> list[dict]:
+def document_nll(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: list[str],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> list[dict]:
     """Per document: scored tokens and summed NLL; documents over the context are scored in windows."""
     windows, owner = [], []
     for index, doc in enumerate(docs):
@@ -41,8 +47,13 @@ def document_nll(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, doc
     return rows
 
 
-def utility(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, corpus: Corpus, batch_size: int = 16,
-            progress: bool = True) -> dict:
+def utility(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: Corpus,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict:
     """{"value": retain perplexity, "ppl_retain", "ppl_holdout" (None without holdout docs), "items": per doc}."""
     result: dict = {}
     items = []

@@ -25,11 +25,18 @@ def verbmem(
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> dict:
     """{"value": mean score, "max_new_tokens", "items": [{prompt, reference, output, score}]}, scores x100."""
-    outputs = generate_greedy(model, tokenizer, [it.prompt for it in items], max_new_tokens, None, batch_size,
-                              progress, desc="VerbMem_f")
+    outputs = generate_greedy(
+        model, tokenizer, [it.prompt for it in items], max_new_tokens, None, batch_size, progress, desc="VerbMem_f"
+    )
     rows = []
     for item, output in zip(items, outputs):
         reference = reference_text(tokenizer, item.gt, max_new_tokens)
-        rows.append({"prompt": item.prompt, "reference": reference, "output": output,
-                     "score": 100 * rouge_l_f1(reference, output)})
+        rows.append(
+            {
+                "prompt": item.prompt,
+                "reference": reference,
+                "output": output,
+                "score": 100 * rouge_l_f1(reference, output),
+            }
+        )
     return {"value": mean([r["score"] for r in rows]), "max_new_tokens": max_new_tokens, "items": rows}

@@ -18,8 +18,10 @@ from qunlearn.errors import ModelIntegrityError, UserInputError
 from qunlearn.fileio import read_json
 
 SHOWN = 3  # tensor names listed per problem; the count says how many more
-CHECKS = "config.json and safetensors files readable, all tensors present, none unexpected, shapes as configured, " \
-         "all weights finite"
+CHECKS = (
+    "config.json and safetensors files readable, all tensors present, none unexpected, shapes as configured, "
+    "all weights finite"
+)
 
 
 def _names(keys, what: str) -> str:
@@ -45,9 +47,11 @@ def check_files(checkpoint: str | Path, trust_remote_code: bool = False) -> None
     if not isinstance(config, dict):
         raise ModelIntegrityError(f"{root / 'config.json'}: expected a JSON object, got {type(config).__name__}")
     if "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING and not trust_remote_code:
-        raise UserInputError(f"{root / 'config.json'}: the model needs its own Python code (auto_map), which "
-                             "qunlearn never runs unless asked: load_model(trust_remote_code=True); no CLI command "
-                             "asks for it")
+        raise UserInputError(
+            f"{root / 'config.json'}: the model needs its own Python code (auto_map), which "
+            "qunlearn never runs unless asked: load_model(trust_remote_code=True); no CLI command "
+            "asks for it"
+        )
     try:  # known architectures only: a remote-code config is left to from_pretrained's trust_remote_code check
         if config.get("model_type") in CONFIG_MAPPING:
             AutoConfig.from_pretrained(str(root))
@@ -58,8 +62,9 @@ def check_files(checkpoint: str | Path, trust_remote_code: bool = False) -> None
             with safe_open(str(file), framework="pt") as handle:
                 handle.keys()
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a cut or garbage file
-            raise ModelIntegrityError(f"{file}: not a readable safetensors file ({err}); the file is "
-                                      "truncated or corrupt") from None
+            raise ModelIntegrityError(
+                f"{file}: not a readable safetensors file ({err}); the file is truncated or corrupt"
+            ) from None
 
 
 def check_loading_info(info: dict, where: str) -> None:
@@ -71,7 +76,10 @@ def check_loading_info(info: dict, where: str) -> None:
         problems.append(_names(info["unexpected_keys"], "unexpected tensor(s) not in the config's model"))
     mismatched = info.get("mismatched_keys") or []
     if mismatched:
-        shown = [f"{name} {tuple(found)} in the weights vs {tuple(want)} in the config" for name, found, want in sorted(mismatched)[:SHOWN]]
+        shown = [
+            f"{name} {tuple(found)} in the weights vs {tuple(want)} in the config"
+            for name, found, want in sorted(mismatched)[:SHOWN]
+        ]
         more = f" and {len(mismatched) - SHOWN} more" if len(mismatched) > SHOWN else ""
         problems.append(f"{len(mismatched)} tensor shape(s) differ from the config: {', '.join(shown)}{more}")
     if info.get("error_msgs"):

@@ -16,8 +16,14 @@ from qunlearn.models.integrity import check_files, check_model
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import swap_in
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def parse_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -41,8 +47,10 @@ def resolve_device(name: str | None = None) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise UserInputError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
-                                 "no visible GPU); use --device cpu or auto")
+            raise UserInputError(
+                f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
+                "no visible GPU); use --device cpu or auto"
+            )
         if device.index is not None and device.index >= count:
             raise UserInputError(f"--device {name}: only {count} CUDA device(s) visible")
     return device
@@ -61,8 +69,10 @@ def has_tokenizer(path: str | Path) -> bool:
 def require_tokenizer(path: str | Path) -> None:
     """Fail in one line, naming the directory and the files looked for, when `path` holds no tokenizer."""
     if not has_tokenizer(path):
-        raise UserInputError(f"{path}: no tokenizer (looked for {', '.join(TOKENIZER_FILES)}); "
-                             f"give --tokenizer DIR (e.g. the base model's directory)")
+        raise UserInputError(
+            f"{path}: no tokenizer (looked for {', '.join(TOKENIZER_FILES)}); "
+            f"give --tokenizer DIR (e.g. the base model's directory)"
+        )
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -99,8 +109,13 @@ def load_model(
     else:
         loaded_tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=trust_remote_code)
     model, info = AutoModelForCausalLM.from_pretrained(
-        source, dtype=parse_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
-        output_loading_info=True, ignore_mismatched_sizes=True, device_map=device_map,
+        source,
+        dtype=parse_dtype(dtype),
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+        device_map=device_map,
     )
     check_model(model, info, source)
     if device_map is None:

@@ -26,7 +26,9 @@ def looks_local(value: str) -> bool:
 
 def hub_offline() -> bool:
     """True when huggingface_hub is told not to use the network (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    return any(os.environ.get(v, "").strip().lower() in OFFLINE_VALUES for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(v, "").strip().lower() in OFFLINE_VALUES for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def locate_dir(value: str | os.PathLike, what: str) -> Path:
@@ -51,6 +53,8 @@ def locate_model(value: str | os.PathLike, what: str = "model") -> str:
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(text, "config.json"), str):
-            raise UserInputError(f"{what} {text}: no such local directory, and the hub id is not in the cache "
-                                 "while offline (HF_HUB_OFFLINE)")
+            raise UserInputError(
+                f"{what} {text}: no such local directory, and the hub id is not in the cache "
+                "while offline (HF_HUB_OFFLINE)"
+            )
     return text

@@ -55,8 +55,9 @@ def train_from_scratch(
     n_chunks = len(pack_documents(tokenizer, docs, settings.max_length, torch.Generator()))  # same every epoch
     steps_per_epoch = math.ceil(n_chunks / settings.batch_size)
     total = steps_per_epoch * settings.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95),
-                                  weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay
+    )
     model.train()
     epoch_losses, step = [], 0
     with tqdm(total=total, desc=desc, disable=not progress, unit="step") as bar:

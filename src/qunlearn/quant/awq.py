@@ -53,34 +53,46 @@ class Pair:
     tail: bool = False
 
 
-LLAMA = (Pair("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
-         Pair("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
-         Pair("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
-         Pair("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"))
+LLAMA = (
+    Pair("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+    Pair("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
+    Pair("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+    Pair("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
+)
 # Gemma-2/3 put a pre_feedforward_layernorm between the attention's output norm and the MLP.
 GEMMA = (*LLAMA[:2], Pair("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"), LLAMA[3])
 # Phi-3 fuses q/k/v (v = the last rows) and gate/up (up = the second half).
-PHI3 = (Pair("input_layernorm", ("self_attn.qkv_proj",), "self_attn"),
-        Pair("self_attn.qkv_proj", ("self_attn.o_proj",), "self_attn.o_proj", tail=True),
-        Pair("post_attention_layernorm", ("mlp.gate_up_proj",), "mlp"),
-        Pair("mlp.gate_up_proj", ("mlp.down_proj",), "mlp.down_proj", tail=True))
+PHI3 = (
+    Pair("input_layernorm", ("self_attn.qkv_proj",), "self_attn"),
+    Pair("self_attn.qkv_proj", ("self_attn.o_proj",), "self_attn.o_proj", tail=True),
+    Pair("post_attention_layernorm", ("mlp.gate_up_proj",), "mlp"),
+    Pair("mlp.gate_up_proj", ("mlp.down_proj",), "mlp.down_proj", tail=True),
+)
 # GPT-NeoX interleaves q/k/v per head and has GELU before its down projection: only the norms smooth.
 # Each norm feeds one branch, so the pairs hold with and without use_parallel_residual.
-NEOX = (Pair("input_layernorm", ("attention.query_key_value",), "attention"),
-        Pair("post_attention_layernorm", ("mlp.dense_h_to_4h",), "mlp"))
+NEOX = (
+    Pair("input_layernorm", ("attention.query_key_value",), "attention"),
+    Pair("post_attention_layernorm", ("mlp.dense_h_to_4h",), "mlp"),
+)
 # OPT (pre-norm variants): ReLU commutes with positive scales, so fc1 → fc2 folds.
-OPT = (Pair("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
-       Pair("self_attn.v_proj", ("self_attn.out_proj",), "self_attn.out_proj"),
-       Pair("final_layer_norm", ("fc1",), "fc1"),
-       Pair("fc1", ("fc2",), "fc2"))
+OPT = (
+    Pair("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
+    Pair("self_attn.v_proj", ("self_attn.out_proj",), "self_attn.out_proj"),
+    Pair("final_layer_norm", ("fc1",), "fc1"),
+    Pair("fc1", ("fc2",), "fc2"),
+)
 # GPT-2 (Conv1D): c_attn's last third is v; GELU sits between c_fc and the MLP's c_proj.
-GPT2 = (Pair("ln_1", ("attn.c_attn",), "attn"),
-        Pair("attn.c_attn", ("attn.c_proj",), "attn.c_proj", tail=True),
-        Pair("ln_2", ("mlp.c_fc",), "mlp"))
+GPT2 = (
+    Pair("ln_1", ("attn.c_attn",), "attn"),
+    Pair("attn.c_attn", ("attn.c_proj",), "attn.c_proj", tail=True),
+    Pair("ln_2", ("mlp.c_fc",), "mlp"),
+)
 
 LAYOUTS: dict[str, tuple[tuple[Pair, ...], float]] = {  # decoder block class → (pairs, norm weight offset)
-    **{name: (LLAMA, 0.0) for name in ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer",
-                                       "Qwen3DecoderLayer")},
+    **{
+        name: (LLAMA, 0.0)
+        for name in ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+    },
     "Gemma2DecoderLayer": (GEMMA, 1.0),
     "Gemma3DecoderLayer": (GEMMA, 1.0),
     "Phi3DecoderLayer": (PHI3, 0.0),
@@ -109,8 +121,11 @@ def block_mappings(block: nn.Module, linears: dict[str, nn.Module]) -> list[Mapp
         except AttributeError as exc:
             raise UserInputError(f"AWQ: {kind} lacks a module of its layout ({exc})") from None
         width = in_features(balances[0])
-        fits = width == smooth.weight.shape[0] if smooth.weight.dim() == 1 else (
-            out_features(smooth) == width or (pair.tail and out_features(smooth) > width))
+        fits = (
+            width == smooth.weight.shape[0]
+            if smooth.weight.dim() == 1
+            else (out_features(smooth) == width or (pair.tail and out_features(smooth) > width))
+        )
         if fits and all(id(b) in chosen for b in balances):
             norm_offset = offset if smooth.weight.dim() == 1 else 0.0
             mappings.append(Mapping(smooth, balances, parent, norm_offset, pair.tail))
@@ -131,8 +146,11 @@ def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
     normalised = []
     for w in weights:
         absolute = w.float().abs()
-        normalised.append((absolute.reshape(w.shape[0], -1, group_size)
-                           / (group_absmax(w, group_size).unsqueeze(-1) + 1e-6)).reshape(w.shape))
+        normalised.append(
+            (absolute.reshape(w.shape[0], -1, group_size) / (group_absmax(w, group_size).unsqueeze(-1) + 1e-6)).reshape(
+                w.shape
+            )
+        )
     return torch.cat(normalised).mean(dim=0)
 
 
@@ -145,7 +163,11 @@ def scale_grid(n_grid: int, duo_scaling: bool) -> list[tuple[float, bool]]:
 
 def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, ratio: float, duo: bool) -> torch.Tensor:
     """The per-channel scale vector for one grid point, normalised so that max·min = 1."""
-    scales = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4) if duo else x_mean.pow(ratio).clamp(min=1e-4)
+    scales = (
+        (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
+        if duo
+        else x_mean.pow(ratio).clamp(min=1e-4)
+    )
     scales = scales / (scales.max() * scales.min()).sqrt()
     return torch.nan_to_num(scales, nan=1.0, posinf=1.0)
 
@@ -189,16 +211,21 @@ def apply_scales(mapping: Mapping, scales: torch.Tensor) -> None:
     if smooth.weight.dim() == 1:  # a norm: y = norm(x) · (offset + w)
         smooth.weight.copy_((smooth.weight + mapping.offset) / scales - mapping.offset)
     else:
-        weight_matrix(smooth)[-len(scales):].div_(scales.view(-1, 1))
+        weight_matrix(smooth)[-len(scales) :].div_(scales.view(-1, 1))
     if getattr(smooth, "bias", None) is not None:
-        smooth.bias[-len(scales):].div_(scales)
+        smooth.bias[-len(scales) :].div_(scales)
     for layer in mapping.balances:
         weight_matrix(layer).mul_(scales.view(1, -1))
 
 
 def search_clip(
-    w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int, denominator: float | None = None,
-    n_grid: int = 20, max_shrink: float = 0.5,
+    w: torch.Tensor,
+    x: torch.Tensor,
+    bits: int,
+    group_size: int,
+    denominator: float | None = None,
+    n_grid: int = 20,
+    max_shrink: float = 0.5,
 ) -> torch.Tensor:
     """Per-group clipping thresholds (rows, groups) minimising ‖Q(clip(W))x − Wx‖ per group over a shrink grid."""
     den = default_denominator(bits) if denominator is None else denominator
@@ -219,7 +246,9 @@ def search_clip(
     return best_max
 
 
-def _collect_inputs(block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInput]) -> dict[str, list[tuple[tuple, dict]]]:
+def _collect_inputs(
+    block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInput]
+) -> dict[str, list[tuple[tuple, dict]]]:
     """Run the block once and record, per named module, its (args, kwargs) on every sample."""
     seen: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in modules}
     record_module_inputs(block, modules, inputs, lambda name, args, kwargs: seen[name].append((args, kwargs)))
@@ -246,9 +275,16 @@ class AWQQuantizer(CalibratedQuantizer):
         for i, mapping in enumerate(mappings):
             cached = seen[f"parent{i}"]
             x = torch.cat([a[0].reshape(-1, a[0].shape[-1]) for a, _ in seen[f"first{i}"]])
-            scales, _ = search_scales(mapping.balances, lambda m=mapping, c=cached: [block_output(m.parent(*a, **k)) for a, k in c],
-                                      x.float().abs().mean(dim=0), self.bits, self.group_size, self.denominator,
-                                      self.n_grid, self.duo_scaling)
+            scales, _ = search_scales(
+                mapping.balances,
+                lambda m=mapping, c=cached: [block_output(m.parent(*a, **k)) for a, k in c],
+                x.float().abs().mean(dim=0),
+                self.bits,
+                self.group_size,
+                self.denominator,
+                self.n_grid,
+                self.duo_scaling,
+            )
             apply_scales(mapping, scales)
         if self.clip:
             self._clip(block, linears, inputs)

@@ -38,8 +38,7 @@ class Quantizer(ABC):
         if entry in self.fallbacks:
             return
         self.fallbacks.append(entry)
-        warnings.warn(f"{self.name}: {reason}; using {used} for {len(layers)} layer(s), e.g. {layers[0]}",
-                      stacklevel=3)
+        warnings.warn(f"{self.name}: {reason}; using {used} for {len(layers)} layer(s), e.g. {layers[0]}", stacklevel=3)
 
     def unavailable_reason(self) -> str | None:
         """Why this quantizer cannot run here, or None when it can."""
@@ -50,7 +49,9 @@ class Quantizer(ABC):
         return self.unavailable_reason() is None
 
     @abstractmethod
-    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+    def quantize(
+        self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None
+    ) -> nn.Module:
         """Quantize `model` in place and return it."""
 
 
@@ -58,7 +59,9 @@ class Quantizer(ABC):
 class FullPrecision(Quantizer):
     """The identity: the unquantized model, so 'fp' sits in the same grid as the real quantizers."""
 
-    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+    def quantize(
+        self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None
+    ) -> nn.Module:
         return model
 
 
@@ -82,7 +85,9 @@ class GridQuantizer(Quantizer):
             if 0 < self.group_size < width and width % self.group_size:
                 widths.setdefault(width, []).append(name)
         for width, names in widths.items():
-            self.fall_back(names, "per-row scales", f"group size {self.group_size} does not divide rows of {width} weights")
+            self.fall_back(
+                names, "per-row scales", f"group size {self.group_size} does not divide rows of {width} weights"
+            )
 
 
 @dataclass
@@ -90,7 +95,9 @@ class RTNQuantizer(GridQuantizer):
     """Round-to-nearest on the grid: no calibration."""
 
     @torch.no_grad()
-    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+    def quantize(
+        self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None
+    ) -> nn.Module:
         linears = target_linears(model, self.skip)
         self.note_group_sizes(linears)
         for linear in linears.values():
@@ -120,7 +127,9 @@ class CalibratedQuantizer(GridQuantizer):
         """Quantize the selected projection layers of one block (keyed by full name) in place, given its inputs."""
 
     @torch.no_grad()
-    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+    def quantize(
+        self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None
+    ) -> nn.Module:
         if tokenizer is None or not calibration_texts:
             raise ValueError(f"{self.name} needs a tokenizer and calibration text")
         seq_len = min(self.seq_len, getattr(model.config, "max_position_embeddings", self.seq_len))
@@ -148,12 +157,19 @@ class CalibratedQuantizer(GridQuantizer):
         return model
 
 
-def record_module_inputs(block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInput],
-                         record: Callable[[str, tuple, dict], None]) -> None:
+def record_module_inputs(
+    block: nn.Module,
+    modules: dict[str, nn.Module],
+    inputs: list[BlockInput],
+    record: Callable[[str, tuple, dict], None],
+) -> None:
     """Run `block` over its calibration inputs, calling `record(name, args, kwargs)` as each named module is entered."""
-    handles = [module.register_forward_pre_hook(lambda _m, args, kwargs, name=name: record(name, args, kwargs),
-                                                with_kwargs=True)
-               for name, module in modules.items()]
+    handles = [
+        module.register_forward_pre_hook(
+            lambda _m, args, kwargs, name=name: record(name, args, kwargs), with_kwargs=True
+        )
+        for name, module in modules.items()
+    ]
     try:
         for hidden, kwargs in inputs:
             block(hidden, **kwargs)

@@ -45,8 +45,9 @@ def bnb_fake_quantize(w: torch.Tensor, fmt: str) -> torch.Tensor:
         codes, row_stats, _ = F.int8_vectorwise_quant(w.to(torch.float16))
         return F.int8_vectorwise_dequant(codes, row_stats).to(w.dtype)
     if fmt in ("fp4", "nf4"):
-        packed, state = F.quantize_4bit(w.contiguous(), blocksize=BLOCKSIZE_4BIT, quant_type=fmt,
-                                        compress_statistics=False)
+        packed, state = F.quantize_4bit(
+            w.contiguous(), blocksize=BLOCKSIZE_4BIT, quant_type=fmt, compress_statistics=False
+        )
         return F.dequantize_4bit(packed, state).to(w.dtype)
     raise ValueError(f"unknown bitsandbytes format '{fmt}'; choose one of {', '.join(FORMATS)}")
 
@@ -57,8 +58,9 @@ def bnb_config(fmt: str, skip: tuple[str, ...], dtype: torch.dtype) -> Any:
 
     if fmt == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(skip))
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=fmt, bnb_4bit_compute_dtype=dtype,
-                              llm_int8_skip_modules=list(skip))
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=fmt, bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=list(skip)
+    )
 
 
 @dataclass
@@ -73,7 +75,9 @@ class BnbQuantizer(Quantizer):
         return bnb_unavailable_reason(self.device)
 
     @torch.no_grad()
-    def quantize(self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None) -> nn.Module:
+    def quantize(
+        self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None
+    ) -> nn.Module:
         reason = self.unavailable_reason()
         if reason:
             raise QuantizerUnavailableError(f"{self.name} not available: {reason}")

@@ -15,8 +15,9 @@ from qunlearn.fileio import read_text
 CALIBRATE_ON = ("generic", "forget")
 
 
-def calibration_texts(file: str | Path | None = None, corpus_dir: str | Path | None = None,
-                      calibrate_on: str = "generic") -> list[str]:
+def calibration_texts(
+    file: str | Path | None = None, corpus_dir: str | Path | None = None, calibrate_on: str = "generic"
+) -> list[str]:
     """Documents from `file` (blank-line separated), else the corpus' retain+holdout ('generic') or forget text."""
     if calibrate_on not in CALIBRATE_ON:
         raise ValueError(f"--calibrate-on must be one of {', '.join(CALIBRATE_ON)}, got '{calibrate_on}'")

@@ -68,8 +68,11 @@ def code_flips(
 
 def summarise(scheme: str, modules: dict[str, dict]) -> dict[str, Any]:
     """Add fractions per module and the totals over all modules."""
-    total = {key: sum(m[key] for m in modules.values()) for key in ("weights", "flips", "below_half_step")
-             if all(key in m for m in modules.values())}
+    total = {
+        key: sum(m[key] for m in modules.values())
+        for key in ("weights", "flips", "below_half_step")
+        if all(key in m for m in modules.values())
+    }
     for counts in [*modules.values(), total]:
         counts["flip_fraction"] = counts["flips"] / max(1, counts["weights"])
         if "below_half_step" in counts:
@@ -83,9 +86,11 @@ BIN_POSITION_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 # Edges of the histogram of the moved weights' |change| / Δ: 0, then 20 log-spaced bins per decade from 1e-6 to
 # 1e3 steps (each bin 12% wide), then everything larger. Quantiles read from it are exact to within one bin.
 CHANGE_BINS_PER_DECADE = 20
-CHANGE_EDGES = (0.0, *(10 ** (k / CHANGE_BINS_PER_DECADE) for k in range(-6 * CHANGE_BINS_PER_DECADE,
-                                                                          3 * CHANGE_BINS_PER_DECADE + 1)),
-                math.inf)
+CHANGE_EDGES = (
+    0.0,
+    *(10 ** (k / CHANGE_BINS_PER_DECADE) for k in range(-6 * CHANGE_BINS_PER_DECADE, 3 * CHANGE_BINS_PER_DECADE + 1)),
+    math.inf,
+)
 
 
 def _histogram(values: torch.Tensor, edges: tuple[float, ...]) -> list[int]:
@@ -107,7 +112,7 @@ def weight_movement(w_a: torch.Tensor, w_b: torch.Tensor, bits: int, group_size:
     (codes_a, step), codes_b = q.codes(w_a), q.codes(w_b)[0]
     a = w_a.float().reshape(step.shape[0], step.shape[1], -1)
     delta = step.unsqueeze(-1).expand_as(a)
-    moved = (w_b.float().reshape(a.shape) != a)
+    moved = w_b.float().reshape(a.shape) != a
     scaled = a[moved] / delta[moved]
     change = (w_b.float().reshape(a.shape) - a).abs()[moved] / delta[moved]
     position = (scaled - torch.round(scaled)).abs()
@@ -167,9 +172,11 @@ def module_type(name: str) -> str:
 
 def _with_fractions(counts: dict[str, Any]) -> dict[str, Any]:
     moved = max(1, counts["moved"])
-    return counts | {"moved_fraction": counts["moved"] / max(1, counts["weights"]),
-                     "flip_fraction": counts["flips"] / max(1, counts["weights"]),
-                     "within_bin_fraction": counts["moved_kept_code"] / moved if counts["moved"] else None}
+    return counts | {
+        "moved_fraction": counts["moved"] / max(1, counts["weights"]),
+        "flip_fraction": counts["flips"] / max(1, counts["weights"]),
+        "within_bin_fraction": counts["moved_kept_code"] / moved if counts["moved"] else None,
+    }
 
 
 @torch.no_grad()
@@ -181,19 +188,24 @@ def update_size(model_a: nn.Module, model_b: nn.Module, bits: int = 4, group_siz
     linears_a, linears_b = target_linears(model_a), target_linears(model_b)
     if linears_a.keys() != linears_b.keys():
         raise ValueError("models differ in their Linear layers; update sizes need the same architecture")
-    modules = {name: weight_movement(lin.weight, linears_b[name].weight, bits, group_size)
-               for name, lin in linears_a.items()}
+    modules = {
+        name: weight_movement(lin.weight, linears_b[name].weight, bits, group_size) for name, lin in linears_a.items()
+    }
     types = dict.fromkeys(module_type(name) for name in modules)
     overall = combine_movements(modules.values())
     histogram = overall.pop("change_histogram")
     overall = _with_fractions(overall) | {
         "median_change_in_steps": histogram_quantile(histogram, CHANGE_EDGES, 0.5),
-        "p90_change_in_steps": histogram_quantile(histogram, CHANGE_EDGES, 0.9)}
+        "p90_change_in_steps": histogram_quantile(histogram, CHANGE_EDGES, 0.9),
+    }
     by_type = {}
     for kind in types:
         counts = combine_movements(m for name, m in modules.items() if module_type(name) == kind)
-        by_type[kind] = {k: v for k, v in _with_fractions(counts).items()
-                         if k in ("weights", "moved", "flips", "moved_fraction", "flip_fraction")}
+        by_type[kind] = {
+            k: v
+            for k, v in _with_fractions(counts).items()
+            if k in ("weights", "moved", "flips", "moved_fraction", "flip_fraction")
+        }
     del overall["start_position_histogram"]
     return {"bits": bits, "group_size": group_size, "overall": overall, "by_type": by_type}
 
@@ -203,7 +215,8 @@ def update_size_fields(size: dict[str, Any]) -> dict[str, Any]:
     overall = size["overall"]
     keep = ("median_change_in_steps", "p90_change_in_steps", "within_bin_fraction", "moved_fraction")
     return {key: overall[key] for key in keep} | {
-        "flips_by_type": {kind: counts["flip_fraction"] for kind, counts in size["by_type"].items()}}
+        "flips_by_type": {kind: counts["flip_fraction"] for kind, counts in size["by_type"].items()}
+    }
 
 
 # Share of moved weights that must keep their code for the reading "quantization is expected to undo them".
@@ -218,16 +231,20 @@ def update_size_reading(size: dict[str, Any]) -> str:
         return "The two models have identical quantized weights: unlearning changed none of them."
     median, p90 = overall["median_change_in_steps"], overall["p90_change_in_steps"]
     within = overall["within_bin_fraction"]
-    where = (f"Unlearning moved {100 * overall['moved_fraction']:.1f}% of the weights by a median {median:.3g} of "
-             f"the {bits}-bit step (90th percentile {p90:.3g}); {100 * within:.1f}% of them stay inside their "
-             f"{bits}-bit bin and {100 * overall['flip_fraction']:.3f}% of all codes flip")
+    where = (
+        f"Unlearning moved {100 * overall['moved_fraction']:.1f}% of the weights by a median {median:.3g} of "
+        f"the {bits}-bit step (90th percentile {p90:.3g}); {100 * within:.1f}% of them stay inside their "
+        f"{bits}-bit bin and {100 * overall['flip_fraction']:.3f}% of all codes flip"
+    )
     if median >= 0.5 or within < 0.5:
         return f"{where}. Updates are comparable to the {bits}-bit step: quantization is not expected to undo them."
     smaller = f"Updates are {1 / median:.0f}× smaller than the {bits}-bit step"
     if within >= UNDO_WITHIN_BIN:
         return f"{where}. {smaller}: quantization is expected to undo them."
-    return (f"{where}. {smaller}, but {100 * (1 - within):.0f}% of the moved weights leave their bin: quantization "
-            "is expected to undo only part of them.")
+    return (
+        f"{where}. {smaller}, but {100 * (1 - within):.0f}% of the moved weights leave their bin: quantization "
+        "is expected to undo only part of them."
+    )
 
 
 # An Adam step of about lr is lost in bf16 storage (8-bit significand) once |w| exceeds lr·2^8 to lr·2^9.
@@ -237,6 +254,7 @@ BF16_HALF_ULP_EXPONENT = 9
 def bf16_matching_lr(model: nn.Module, group_size: int = 128) -> float:
     """The LR at which lr·2^9 is half the median 4-bit RTN step of the model's quantized linears: with bf16
     weights, only weights inside the 4-bit zero bin can then move (the regime of MUSE's 7B runs at lr 1e-5)."""
-    steps = torch.cat([rtn_codes(weight_matrix(lin).detach(), 4, group_size)[1].flatten()
-                       for lin in target_linears(model).values()])
+    steps = torch.cat(
+        [rtn_codes(weight_matrix(lin).detach(), 4, group_size)[1].flatten() for lin in target_linears(model).values()]
+    )
     return float(steps.median()) / 2 / 2**BF16_HALF_ULP_EXPONENT

@@ -138,12 +138,23 @@ class GPTQQuantizer(CalibratedQuantizer):
         """GPTQ at the set dampening, else at the first larger one that works, else RTN (recording the fallback)."""
         for damp in (self.damp, *(self.damp * f for f in DAMP_RETRY_FACTORS)):
             try:
-                quantized = gptq_quantize(weight, hessian, self.bits, self.group_size, self.denominator,
-                                          self.block_size, damp, self.act_order, self.static_groups)
+                quantized = gptq_quantize(
+                    weight,
+                    hessian,
+                    self.bits,
+                    self.group_size,
+                    self.denominator,
+                    self.block_size,
+                    damp,
+                    self.act_order,
+                    self.static_groups,
+                )
             except NumericalError:
                 continue
             if damp != self.damp:
-                self.fall_back([name], f"dampening {damp:g}", f"Hessian not positive definite at dampening {self.damp:g}")
+                self.fall_back(
+                    [name], f"dampening {damp:g}", f"Hessian not positive definite at dampening {self.damp:g}"
+                )
             return quantized
         self.fall_back([name], "RTN", f"Hessian not positive definite up to dampening {damp:g}")
         return rtn_quantize(weight, self.bits, self.group_size, self.denominator)

@@ -80,15 +80,22 @@ def target_linears(model: nn.Module, skip: tuple[str, ...] = DEFAULT_SKIP) -> di
     """
     unsupported = unsupported_weights(model)
     if unsupported:
-        raise UserInputError(f"{architecture(model)}: no quantizer handles {unsupported[0]}"
-                             f"{f' and {len(unsupported) - 1} more' if len(unsupported) > 1 else ''}; "
-                             f"supported projection layers are nn.Linear and transformers Conv1D")
+        raise UserInputError(
+            f"{architecture(model)}: no quantizer handles {unsupported[0]}"
+            f"{f' and {len(unsupported) - 1} more' if len(unsupported) > 1 else ''}; "
+            f"supported projection layers are nn.Linear and transformers Conv1D"
+        )
     head = output_head(model) if is_skipped("lm_head", skip) else None
-    found = {name: mod for name, mod in model.named_modules()
-             if isinstance(mod, PROJECTION_TYPES) and not is_skipped(name, skip) and mod is not head}
+    found = {
+        name: mod
+        for name, mod in model.named_modules()
+        if isinstance(mod, PROJECTION_TYPES) and not is_skipped(name, skip) and mod is not head
+    }
     if not found:
-        raise UserInputError(f"{architecture(model)}: no projection layer (nn.Linear, Conv1D) to quantize "
-                             f"outside the skipped ones ({', '.join(skip) or 'none'})")
+        raise UserInputError(
+            f"{architecture(model)}: no projection layer (nn.Linear, Conv1D) to quantize "
+            f"outside the skipped ones ({', '.join(skip) or 'none'})"
+        )
     return found
 
 
@@ -98,5 +105,6 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, mod in model.named_modules():
         if isinstance(mod, nn.ModuleList) and len(mod) == count:
             return name, mod
-    raise UserInputError(f"{architecture(model)}: no ModuleList of {count} decoder blocks found "
-                         f"(config.num_hidden_layers)")
+    raise UserInputError(
+        f"{architecture(model)}: no ModuleList of {count} decoder blocks found (config.num_hidden_layers)"
+    )

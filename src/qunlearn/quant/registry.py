@@ -25,7 +25,9 @@ QUANTIZERS: dict[str, QuantizerSpec] = {
     **{f"rtn{b}": QuantizerSpec(RTNQuantizer, {"bits": b}, f"{b}-bit absmax round-to-nearest") for b in (8, 4, 3, 2)},
     **{f"gptq{b}": QuantizerSpec(GPTQQuantizer, {"bits": b}, f"{b}-bit GPTQ") for b in (8, 4, 3)},
     "awq4": QuantizerSpec(AWQQuantizer, {"bits": 4}, "4-bit AWQ"),
-    **{f"bnb-{f}": QuantizerSpec(BnbQuantizer, {"fmt": f}, f"bitsandbytes {f.upper()}") for f in ("int8", "fp4", "nf4")},
+    **{
+        f"bnb-{f}": QuantizerSpec(BnbQuantizer, {"fmt": f}, f"bitsandbytes {f.upper()}") for f in ("int8", "fp4", "nf4")
+    },
 }
 
 

@@ -53,8 +53,12 @@ def retained_png(report: Report) -> bytes:
         ax.set_ylabel(f"{RESULTS[metric].label} retained (%)")
         ax.set_title(f"{RESULTS[metric].label} as a % of the target under the same quantizer (dashed: the target)")
     if quantizers:
-        fig.legend(*fig.axes[0].get_legend_handles_labels(), title="quantizer", loc="outside upper center",
-                   ncols=min(len(quantizers), 8))
+        fig.legend(
+            *fig.axes[0].get_legend_handles_labels(),
+            title="quantizer",
+            loc="outside upper center",
+            ncols=min(len(quantizers), 8),
+        )
     return figure_png(fig)
 
 
@@ -68,8 +72,15 @@ def tradeoff_png(report: Report) -> bytes:
     ax = fig.subplots()
     for model, quantizer, forget, retain in report.tradeoff:
         group = model_group(model)
-        ax.scatter(forget, retain, color=_color(report, quantizer), marker=GROUP_MARKERS[group],
-                   s=110 if group == "reference" else 50, edgecolors="black", linewidths=0.4)
+        ax.scatter(
+            forget,
+            retain,
+            color=_color(report, quantizer),
+            marker=GROUP_MARKERS[group],
+            s=110 if group == "reference" else 50,
+            edgecolors="black",
+            linewidths=0.4,
+        )
         if group == "reference" and quantizer == report.quantizers[0]:
             ax.annotate(model, (forget, retain), textcoords="offset points", xytext=(6, -12), fontsize="small")
     ax.set_xlabel("KnowMem_f ↓ (forget set; lower = more forgotten)")
@@ -79,8 +90,9 @@ def tradeoff_png(report: Report) -> bytes:
     quantizers = list(dict.fromkeys(point[1] for point in report.tradeoff))
     groups = list(dict.fromkeys(model_group(point[0]) for point in report.tradeoff))
     handles = [Line2D([], [], color=_color(report, q), marker="s", linestyle="", label=q) for q in quantizers]
-    handles += [Line2D([], [], color="0.5", marker=GROUP_MARKERS[g], linestyle="", label=GROUP_LABELS[g])
-                for g in groups]
+    handles += [
+        Line2D([], [], color="0.5", marker=GROUP_MARKERS[g], linestyle="", label=GROUP_LABELS[g]) for g in groups
+    ]
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     return figure_png(fig)

@@ -36,10 +36,17 @@ CODEFLIP_NOTE = (
     "not flip: a median well below 0.5 with most moved weights kept in their bin means the updates are smaller "
     "than the step, and quantization is expected to undo them."
 )
-CODEFLIP_TYPES_NOTE = ("Percentage of codes that differ from the target's, per module type (the last part of the "
-                       "layer's name), under each grid scheme.")
-NOTES = {"headline": HEADLINE_NOTE, "muse": MUSE_NOTE, "utility": UTILITY_NOTE, "codeflip": CODEFLIP_NOTE,
-         "codeflip_types": CODEFLIP_TYPES_NOTE}
+CODEFLIP_TYPES_NOTE = (
+    "Percentage of codes that differ from the target's, per module type (the last part of the "
+    "layer's name), under each grid scheme."
+)
+NOTES = {
+    "headline": HEADLINE_NOTE,
+    "muse": MUSE_NOTE,
+    "utility": UTILITY_NOTE,
+    "codeflip": CODEFLIP_NOTE,
+    "codeflip_types": CODEFLIP_TYPES_NOTE,
+}
 
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d2430; margin: 2rem auto;
@@ -71,8 +78,11 @@ class Section:
 def sections(report: Report, plots: tuple[Plot, ...]) -> list[Section]:
     """The report's parts in reading order: headline, plots, then each table."""
     headline, *rest = report.tables
-    return [Section("Headline", HEADLINE_NOTE, headline), Section("Plots", "", plots=plots),
-            *(Section(table.title, NOTES[table.name], table) for table in rest)]
+    return [
+        Section("Headline", HEADLINE_NOTE, headline),
+        Section("Plots", "", plots=plots),
+        *(Section(table.title, NOTES[table.name], table) for table in rest),
+    ]
 
 
 def cell(value: float | None, fmt: str) -> str:
@@ -124,9 +134,14 @@ def to_json(report: Report) -> dict:
         "config_hash": report.config_hash,
         "n_records": report.n_records,
         "headline": report.headline,
-        "tables": {t.name: {"title": t.title,
-                            "columns": [{"group": g, "label": c} for g, c in zip(t.groups, t.columns)],
-                            "rows": {label: list(values) for label, values in t.rows}} for t in report.tables},
+        "tables": {
+            t.name: {
+                "title": t.title,
+                "columns": [{"group": g, "label": c} for g, c in zip(t.groups, t.columns)],
+                "rows": {label: list(values) for label, values in t.rows},
+            }
+            for t in report.tables
+        },
     }
 
 
@@ -141,9 +156,14 @@ def _html_table(table: Table) -> str:
         head = f"<tr><th rowspan=2>model</th>{spans}</tr><tr>{columns}</tr>"
     else:
         head = f"<tr><th>model</th>{columns}</tr>"
-    body = ["<tr><td>" + esc(label) + "</td>"
-            + "".join("<td class='missing'>–</td>" if v is None else f"<td>{cell(v, table.fmt)}</td>" for v in values)
-            + "</tr>" for label, values in table.rows]
+    body = [
+        "<tr><td>"
+        + esc(label)
+        + "</td>"
+        + "".join("<td class='missing'>–</td>" if v is None else f"<td>{cell(v, table.fmt)}</td>" for v in values)
+        + "</tr>"
+        for label, values in table.rows
+    ]
     return f"<div class='scroll'><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
@@ -151,7 +171,9 @@ def html_figure(plot: Plot) -> str:
     """A figure with the PNG embedded as a base64 data URI, so the page needs no other file."""
     data = base64.b64encode(plot.png).decode("ascii")
     caption = html.escape(plot.caption)
-    return f"<figure><img alt='{caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
+    return (
+        f"<figure><img alt='{caption}' src='data:image/png;base64,{data}'><figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -165,11 +187,16 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
 def html_page(title: str, meta: str, summary: str, body: list[str]) -> str:
     """A self-contained page in the report's style: inline CSS, the title, a meta line, the summary, then `body`
     (HTML fragments, e.g. tables and `html_figure`s); it makes no network request."""
-    parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", f"<p class='meta'>{html.escape(meta)}</p>",
-             f"<p class='summary'>{html.escape(summary)}</p>", *body, "</body></html>"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='meta'>{html.escape(meta)}</p>",
+        f"<p class='summary'>{html.escape(summary)}</p>",
+        *body,
+        "</body></html>",
+    ]
     return "\n".join(parts) + "\n"
 
 

@@ -82,7 +82,7 @@ def _finite(value: object, scale: float = 1.0) -> float | None:
 
 
 def model_group(model: str) -> str:
-    """"reference" (target, retrain), "sure" (a `_sure` variant) or "baseline" (any other unlearned model)."""
+    """ "reference" (target, retrain), "sure" (a `_sure` variant) or "baseline" (any other unlearned model)."""
     if model in REFERENCES:
         return "reference"
     return "sure" if model.endswith(SURE_SUFFIX) else "baseline"
@@ -120,13 +120,17 @@ def _ratio(grid: Grid, model: str, quantizer: str, metric: str) -> float | None:
 
 def _group_mean(per_model: dict[str, dict[str, float | None]], group: str, quantizer: str) -> tuple[float | None, int]:
     """Mean of the defined ratios of one group's models under one quantizer, and how many were averaged."""
-    values = [ratios[quantizer] for model, ratios in per_model.items()
-              if model_group(model) == group and ratios[quantizer] is not None]
+    values = [
+        ratios[quantizer]
+        for model, ratios in per_model.items()
+        if model_group(model) == group and ratios[quantizer] is not None
+    ]
     return (mean(values) if values else None), len(values)
 
 
 def _summary(quantizers: list[str], knowmem: dict) -> str:
     """One plain sentence in the paper's style: "full precision X% → rtn4 Y%" per group of methods."""
+
     def part(quantizer: str, value: float | None) -> str:
         name = "full precision" if quantizer == FULL_PRECISION else quantizer
         return f"{name} {'–' if value is None else f'{value:.1f}%'}"
@@ -141,8 +145,11 @@ def _summary(quantizers: list[str], knowmem: dict) -> str:
         clauses.append(f"over {name}: " + ", ".join(parts))
     if not clauses:
         return "No unlearned model has both its own and the target's KnowMem_f under one quantizer yet."
-    return ("Forgotten knowledge retained (KnowMem_f as a % of the target's under the same quantizer), averaged "
-            + "; ".join(clauses) + ".")
+    return (
+        "Forgotten knowledge retained (KnowMem_f as a % of the target's under the same quantizer), averaged "
+        + "; ".join(clauses)
+        + "."
+    )
 
 
 def headline(grid: Grid) -> dict:
@@ -151,8 +158,11 @@ def headline(grid: Grid) -> dict:
     quantizers = [q for q in grid.quantizers if any(grid.has(m, q, FORGET_METRICS) for m in grid.models)]
     result: dict = {"reference": "target under the same quantizer", "quantizers": quantizers}
     for metric in FORGET_METRICS:
-        per_model = {m: {q: _ratio(grid, m, q, metric) for q in quantizers} for m in grid.models
-                     if m != "target" and any(grid.has(m, q, (metric,)) for q in quantizers)}
+        per_model = {
+            m: {q: _ratio(grid, m, q, metric) for q in quantizers}
+            for m in grid.models
+            if m != "target" and any(grid.has(m, q, (metric,)) for q in quantizers)
+        }
         stats = {g: {q: _group_mean(per_model, g, q) for q in quantizers} for g in ("baseline", "sure")}
         result[metric] = {
             "per_model": per_model,
@@ -168,14 +178,23 @@ def headline_table(head: dict) -> Table:
     quantizers = head["quantizers"]
     metrics = [m for m in FORGET_METRICS if head[m]["per_model"]]
     row_labels = {"baseline": "mean of baselines", "sure": "mean of SURE variants"}
-    rows = [(label, tuple(head[m]["mean"][g][q] for m in metrics for q in quantizers))
-            for g, label in row_labels.items() if any(head[m]["n"][g][q] for m in metrics for q in quantizers)]
+    rows = [
+        (label, tuple(head[m]["mean"][g][q] for m in metrics for q in quantizers))
+        for g, label in row_labels.items()
+        if any(head[m]["n"][g][q] for m in metrics for q in quantizers)
+    ]
     models = list(dict.fromkeys(model for m in metrics for model in head[m]["per_model"]))
-    rows += [(model, tuple(head[m]["per_model"].get(model, {}).get(q) for m in metrics for q in quantizers))
-             for model in models]
-    return Table("headline", "Forgotten knowledge retained (% of the target under the same quantizer)",
-                 tuple(f"{RESULTS[m].label} retained" for m in metrics for _ in quantizers),
-                 tuple(q for _ in metrics for q in quantizers), tuple(rows))
+    rows += [
+        (model, tuple(head[m]["per_model"].get(model, {}).get(q) for m in metrics for q in quantizers))
+        for model in models
+    ]
+    return Table(
+        "headline",
+        "Forgotten knowledge retained (% of the target under the same quantizer)",
+        tuple(f"{RESULTS[m].label} retained" for m in metrics for _ in quantizers),
+        tuple(q for _ in metrics for q in quantizers),
+        tuple(rows),
+    )
 
 
 def _cols(*names: str) -> tuple[Col, ...]:
@@ -185,11 +204,13 @@ def _cols(*names: str) -> tuple[Col, ...]:
 
 MUSE_COLS = _cols("verbmem_f", "knowmem_f", "privleak", "knowmem_r")
 UTILITY_COLS = _cols("knowmem_r", "ppl_retain", "ppl_holdout")
-CODEFLIP_COLS = (Col("codes flipped %", CODEFLIP, scale=100.0),
-                 Col("moved < ½ step %", CODEFLIP, extra="below_half_step", scale=100.0, optional=True),
-                 Col("median |Δw|/Δ", CODEFLIP, extra="median_change_in_steps", optional=True),
-                 Col("p90 |Δw|/Δ", CODEFLIP, extra="p90_change_in_steps", optional=True),
-                 Col("moved, kept in bin %", CODEFLIP, extra="within_bin_fraction", scale=100.0, optional=True))
+CODEFLIP_COLS = (
+    Col("codes flipped %", CODEFLIP, scale=100.0),
+    Col("moved < ½ step %", CODEFLIP, extra="below_half_step", scale=100.0, optional=True),
+    Col("median |Δw|/Δ", CODEFLIP, extra="median_change_in_steps", optional=True),
+    Col("p90 |Δw|/Δ", CODEFLIP, extra="p90_change_in_steps", optional=True),
+    Col("moved, kept in bin %", CODEFLIP, extra="within_bin_fraction", scale=100.0, optional=True),
+)
 
 
 def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: str = ".1f") -> Table:
@@ -197,32 +218,54 @@ def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: 
     metrics = tuple(dict.fromkeys(col.metric for col in cols))
     quantizers = [q for q in grid.quantizers if any(grid.has(m, q, metrics) for m in grid.models)]
     models = [m for m in grid.models if any(grid.has(m, q, metrics) for q in quantizers)]
-    cols = tuple(c for c in cols if not c.optional
-                 or any(grid.get(m, q, c) is not None for m in models for q in quantizers))
+    cols = tuple(
+        c for c in cols if not c.optional or any(grid.get(m, q, c) is not None for m in models for q in quantizers)
+    )
     rows = tuple((m, tuple(grid.get(m, q, c) for q in quantizers for c in cols)) for m in models)
-    return Table(name, title, tuple(q for q in quantizers for _ in cols),
-                 tuple(c.label for _ in quantizers for c in cols), rows, fmt)
+    return Table(
+        name,
+        title,
+        tuple(q for q in quantizers for _ in cols),
+        tuple(c.label for _ in quantizers for c in cols),
+        rows,
+        fmt,
+    )
 
 
 def flips_by_type_table(grid: Grid) -> Table:
     """Code flips (%) per module type (q_proj, down_proj, ...) for each model, under each scheme that reports them."""
-    cells = {(m, q): (grid.cells[(m, q, CODEFLIP)].get("extra") or {}).get("flips_by_type")
-             for m in grid.models for q in grid.quantizers if (m, q, CODEFLIP) in grid.cells}
+    cells = {
+        (m, q): (grid.cells[(m, q, CODEFLIP)].get("extra") or {}).get("flips_by_type")
+        for m in grid.models
+        for q in grid.quantizers
+        if (m, q, CODEFLIP) in grid.cells
+    }
     cells = {key: value for key, value in cells.items() if value}
     schemes = [q for q in grid.quantizers if any(key[1] == q for key in cells)]
     types = {q: list(dict.fromkeys(t for (m, s), by in cells.items() if s == q for t in by)) for q in schemes}
     models = [m for m in grid.models if any(key[0] == m for key in cells)]
-    rows = tuple((m, tuple(_finite((cells.get((m, q)) or {}).get(t), 100.0) for q in schemes for t in types[q]))
-                 for m in models)
-    return Table("codeflip_types", "Code flips per module type", tuple(q for q in schemes for _ in types[q]),
-                 tuple(f"{t} %" for q in schemes for t in types[q]), rows, ".3g")
+    rows = tuple(
+        (m, tuple(_finite((cells.get((m, q)) or {}).get(t), 100.0) for q in schemes for t in types[q])) for m in models
+    )
+    return Table(
+        "codeflip_types",
+        "Code flips per module type",
+        tuple(q for q in schemes for _ in types[q]),
+        tuple(f"{t} %" for q in schemes for t in types[q]),
+        rows,
+        ".3g",
+    )
 
 
 def tradeoff_points(grid: Grid) -> tuple[tuple[str, str, float, float], ...]:
     """(model, quantizer, KnowMem_f, KnowMem_r) for every cell that has both: utility vs forgetting."""
     forget, retain = Col("", "knowmem_f"), Col("", "knowmem_r")
-    return tuple((m, q, grid.get(m, q, forget), grid.get(m, q, retain)) for m in grid.models for q in grid.quantizers
-                 if grid.get(m, q, forget) is not None and grid.get(m, q, retain) is not None)
+    return tuple(
+        (m, q, grid.get(m, q, forget), grid.get(m, q, retain))
+        for m in grid.models
+        for q in grid.quantizers
+        if grid.get(m, q, forget) is not None and grid.get(m, q, retain) is not None
+    )
 
 
 def build_report(records: list[dict], config_hash: str | None = None) -> Report:

@@ -50,8 +50,7 @@ def make_accelerator() -> Accelerator:
     accelerator = Accelerator(cpu=world > 1 and not torch.cuda.is_available())
     if accelerator.num_processes != world:
         raise UserInputError(
-            f"the launcher started {world} processes but accelerate joined {accelerator.num_processes}; "
-            + CPU_LAUNCH
+            f"the launcher started {world} processes but accelerate joined {accelerator.num_processes}; " + CPU_LAUNCH
         )
     return accelerator
 

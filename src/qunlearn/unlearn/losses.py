@@ -17,9 +17,7 @@ import torch.nn.functional as F
 from qunlearn.data.batches import IGNORE_INDEX
 
 
-def shift_targets(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def shift_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Align next-token predictions with their targets: (logits[:, :-1], targets, mask of counted tokens)."""
     pred = logits[:, :-1, :]
     targets = labels[:, 1:]
@@ -57,9 +55,7 @@ def npo_from_logprobs(logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: fl
     return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
 
 
-def npo_loss(
-    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float
-) -> torch.Tensor:
+def npo_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
     """NPO from the model's and the reference's logits (sequence log-likelihoods of both)."""
     return npo_from_logprobs(sequence_logprob(logits, labels), sequence_logprob(ref_logits, labels), beta)
 
@@ -84,9 +80,7 @@ class LossTerm(Protocol):
 
     needs_reference: ClassVar[bool]
 
-    def __call__(
-        self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None
-    ) -> torch.Tensor: ...
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -95,9 +89,7 @@ class GA:
 
     needs_reference: ClassVar[bool] = False
 
-    def __call__(
-        self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None
-    ) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor:
         return ga_loss(logits, labels)
 
 
@@ -112,9 +104,7 @@ class NPO:
     beta: float = 0.1
     needs_reference: ClassVar[bool] = True
 
-    def __call__(
-        self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None
-    ) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor:
         if ref_logits.dim() == 1:
             return npo_from_logprobs(sequence_logprob(logits, labels), ref_logits, self.beta)
         return npo_loss(logits, ref_logits, labels, self.beta)
@@ -126,9 +116,7 @@ class GDR:
 
     needs_reference: ClassVar[bool] = False
 
-    def __call__(
-        self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None
-    ) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor:
         return gdr_loss(logits, labels)
 
 
@@ -138,7 +126,5 @@ class KLR:
 
     needs_reference: ClassVar[bool] = True
 
-    def __call__(
-        self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None
-    ) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, ref_logits: torch.Tensor | None) -> torch.Tensor:
         return klr_loss(logits, ref_logits, labels)

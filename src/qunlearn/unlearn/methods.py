@@ -75,9 +75,7 @@ class Method:
         base = _MUSE if profile == "muse" else _EMBEDDED
         if not self.sure:
             return base
-        return replace(
-            base, lr=base.lr * _SURE_LR_FACTOR[profile], saliency_percentile=_SURE_PERCENTILE[profile]
-        )
+        return replace(base, lr=base.lr * _SURE_LR_FACTOR[profile], saliency_percentile=_SURE_PERCENTILE[profile])
 
 
 def _build() -> dict[str, Method]:

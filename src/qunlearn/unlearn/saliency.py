@@ -98,15 +98,11 @@ def compute_saliency(
     scores = module_scores(model, batches, forget_term)
     bad = [name for name, s in scores.items() if not math.isfinite(s)]
     if bad:
-        raise NumericalError(
-            f"SURE saliency: gradient norm is not finite for module(s) {', '.join(bad[:5])}"
-        )
+        raise NumericalError(f"SURE saliency: gradient norm is not finite for module(s) {', '.join(bad[:5])}")
     gamma_value = threshold(scores, gamma, percentile)
     selected = [name for name, s in scores.items() if s >= gamma_value]
     if not selected:
-        raise ValueError(
-            f"SURE gamma {gamma_value:.4g} selects no module (largest score {max(scores.values()):.4g})"
-        )
+        raise ValueError(f"SURE gamma {gamma_value:.4g} selects no module (largest score {max(scores.values()):.4g})")
     return Saliency(scores, gamma_value, percentile, selected, len(batches))
 
 

@@ -47,9 +47,7 @@ class UnlearnSettings:
     def resolve(self, method: Method, num_processes: int = 1) -> UnlearnSettings:
         """Fill every None with the method's default and validate the result."""
         if self.profile not in PROFILES:
-            raise ValueError(
-                f"--profile: unknown profile '{self.profile}'; choose one of {', '.join(PROFILES)}"
-            )
+            raise ValueError(f"--profile: unknown profile '{self.profile}'; choose one of {', '.join(PROFILES)}")
         defaults = method.defaults(self.profile)
         filled = {
             f.name: getattr(defaults, f.name)
@@ -113,5 +111,7 @@ def check_context(max_length: int, config: object) -> None:
     """--max-length must fit the model's context (`max_position_embeddings` in its config.json)."""
     context = getattr(config, "max_position_embeddings", None)
     if context is not None and max_length > context:
-        raise UserInputError(f"--max-length {max_length} exceeds the model's context of {context} tokens "
-                             "(max_position_embeddings in its config.json)")
+        raise UserInputError(
+            f"--max-length {max_length} exceeds the model's context of {context} tokens "
+            "(max_position_embeddings in its config.json)"
+        )

@@ -58,9 +58,7 @@ class _State:
 
 def _forward(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
     """Logits of `model` on a collated batch."""
-    return model(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-    ).logits
+    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
 
 
 def _check_finite(values: torch.Tensor, names: list[str], step: int, epoch: int) -> None:
@@ -74,8 +72,7 @@ def _check_finite(values: torch.Tensor, names: list[str], step: int, epoch: int)
         where = f" on rank {rank}" if len(values) > 1 else ""
         what = ", ".join(f"{k}={v:.4g}" for k, v in zip(names, row))
         raise TrainingDivergedError(
-            f"{what} at step {step} (epoch {epoch + 1}){where}; "
-            "lower --lr, raise --retain-weight, or use fewer epochs"
+            f"{what} at step {step} (epoch {epoch + 1}){where}; lower --lr, raise --retain-weight, or use fewer epochs"
         )
 
 
@@ -105,9 +102,7 @@ class _OptimizerStep:
                 ref = _forward(self.ref, batch, device)
         return fn(logits, batch["labels"].to(device), ref)
 
-    def _objective(
-        self, forget_batch: dict, retain_batch: dict | None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _objective(self, forget_batch: dict, retain_batch: dict | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L = L_forget + λ·L_retain on one micro-batch pair; returns the total and its parts (detached)."""
         forget = self._term(self.forget_term, forget_batch)
         parts = {"forget": forget.detach()}
@@ -277,7 +272,11 @@ class _Setup:
 
 
 def _set_up(
-    target_dir: Path, corpus: Corpus, method: Method, settings: UnlearnSettings, accelerator: Accelerator,
+    target_dir: Path,
+    corpus: Corpus,
+    method: Method,
+    settings: UnlearnSettings,
+    accelerator: Accelerator,
     loading: dict,
 ) -> _Setup:
     """Load model (and reference) onto this process's device and tokenize the forget/retain documents.
@@ -288,9 +287,7 @@ def _set_up(
     forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
     retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
     if method.retain and not retain:
-        raise ValueError(
-            f"{corpus.root}: method '{method.name}' needs retain documents and the corpus has none"
-        )
+        raise ValueError(f"{corpus.root}: method '{method.name}' needs retain documents and the corpus has none")
     check_world(len(forget), settings, accelerator.num_processes)
     model.to(accelerator.device)
     if settings.gradient_checkpointing:
@@ -316,9 +313,7 @@ def _cached_reference(
     def compute() -> torch.Tensor:
         if reuse and cache.is_file():
             return torch.tensor(read_json(cache), dtype=torch.float32)
-        found = forget_logprobs(
-            setup.model, setup.forget, settings.batch_size, setup.tokenizer.pad_token_id, device
-        )
+        found = forget_logprobs(setup.model, setup.forget, settings.batch_size, setup.tokenizer.pad_token_id, device)
         atomic_write_json(cache, found.tolist())
         return found
 
@@ -481,8 +476,7 @@ def _unlearn(
 
     weights = accelerator.get_state_dict(model)  # every rank takes part: it gathers a sharded (FSDP, ZeRO-3) model
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(model), setup.tokenizer, out_dir, keep_other_files=True,
-                   state_dict=weights)
+        save_model(accelerator.unwrap_model(model), setup.tokenizer, out_dir, keep_other_files=True, state_dict=weights)
         atomic_write_json(out_dir / LOSSES_FILE, state.history)
         if not settings.keep_checkpoints:
             shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
