@@ -22,7 +22,11 @@ QUANTIZE_FILE = "quantize.yaml"
 def add_scheme_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by commands that build a quantizer: scheme, grid and calibration."""
     parser.add_argument(
-        "--scheme", required=True, choices=list(QUANTIZERS), metavar="NAME", help=f"quantizer: {', '.join(QUANTIZERS)}"
+        "--scheme",
+        required=True,
+        choices=list(QUANTIZERS),
+        metavar="NAME",
+        help="quantizer: " + "; ".join(f"{name} ({spec.summary})" for name, spec in QUANTIZERS.items()),
     )
     parser.add_argument("--group-size", type=int, help="RTN/GPTQ/AWQ group size (default 128; -1 = per row)")
     parser.add_argument("--calibration", help="calibration text file (documents separated by blank lines)")

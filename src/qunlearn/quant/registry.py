@@ -25,9 +25,13 @@ QUANTIZERS: dict[str, QuantizerSpec] = {
     **{f"rtn{b}": QuantizerSpec(RTNQuantizer, {"bits": b}, f"{b}-bit absmax round-to-nearest") for b in (8, 4, 3, 2)},
     **{f"gptq{b}": QuantizerSpec(GPTQQuantizer, {"bits": b}, f"{b}-bit GPTQ") for b in (8, 4, 3)},
     "awq4": QuantizerSpec(AWQQuantizer, {"bits": 4}, "4-bit AWQ"),
-    **{
-        f"bnb-{f}": QuantizerSpec(BnbQuantizer, {"fmt": f}, f"bitsandbytes {f.upper()}") for f in ("int8", "fp4", "nf4")
-    },
+    "bnb-int8": QuantizerSpec(
+        BnbQuantizer,
+        {"fmt": "int8"},
+        "bitsandbytes INT8 weights (LLM.int8's per-row format; the fake-quant leaves out LLM.int8's fp16 outlier "
+        "path for activations above 6.0, which real=True keeps)",
+    ),
+    **{f"bnb-{f}": QuantizerSpec(BnbQuantizer, {"fmt": f}, f"bitsandbytes {f.upper()}") for f in ("fp4", "nf4")},
 }
 
 
