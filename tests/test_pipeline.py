@@ -11,7 +11,7 @@ from qunlearn.cli import main
 from qunlearn.commands.run import load_run_config
 from qunlearn.config import BenchmarkSettings, RunConfig
 from qunlearn.errors import UserInputError
-from qunlearn.fileio import append_jsonl
+from qunlearn.fileio import append_jsonl, read_yaml
 from qunlearn.pipeline import Grid, config_hash, run_grid, validate
 from qunlearn.report import build_report, headline, to_grid
 from qunlearn.results import finished_cells, load_results
@@ -85,6 +85,32 @@ def test_changed_settings_do_not_reuse_old_cells(tiny_benchmark, tmp_path):
     )
     assert finished_cells(tmp_path / "results.jsonl", config_hash(a)) == {("target", "fp", "knowmem_f")}
     assert finished_cells(tmp_path / "results.jsonl", config_hash(b)) == set()
+
+
+def test_rerun_with_changed_unlearning_settings_unlearns_and_quantizes_again(tiny_benchmark, tmp_path, capsys):
+    first = small_config(
+        tmp_path / "run", tiny_benchmark.root, methods=["ga"], metrics=["knowmem_f"], codeflip_schemes=[]
+    )
+    run_grid(first, progress=False)
+    stamp = tmp_path / "run/models/quantized/ga@rtn4/qunlearn_config_hash.txt"
+    assert stamp.read_text().strip() == config_hash(first)
+    second = small_config(
+        tmp_path / "run",
+        tiny_benchmark.root,
+        methods=["ga"],
+        metrics=["knowmem_f"],
+        codeflip_schemes=[],
+        unlearn={"epochs": 1, "lr": 5e-4},
+    )
+    run_grid(second, progress=False)
+    said = capsys.readouterr().out
+    assert "ga: unlearning settings changed" in said and "lr: 0.001 → 0.0005" in said
+    record = read_yaml(tmp_path / "run/models/ga/unlearn.yaml")
+    assert record["settings"]["lr"] == 5e-4 and record["status"] == "complete"
+    assert stamp.read_text().strip() == config_hash(second)  # the old quantized checkpoint was not reused
+    assert finished_cells(tmp_path / "run/results.jsonl", config_hash(second)) == {
+        (m, q, "knowmem_f") for m in ("target", "retrain", "ga") for q in ("fp", "rtn4")
+    }
 
 
 @pytest.mark.parametrize(

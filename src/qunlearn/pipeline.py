@@ -24,7 +24,7 @@ from qunlearn.data.synthetic import FLAVOURS
 from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.evaluate import METRICS, evaluate_model
 from qunlearn.evaluate.privleak import retrain_auc
-from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_yaml, read_text
+from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_text, atomic_write_yaml, read_text, read_yaml
 from qunlearn.models.integrity import check_finite
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.locate import locate_dir, locate_model
@@ -34,8 +34,8 @@ from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips, update_size, update_size_fields
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.results import CODEFLIP, RESULTS_FILE, cell_marker, finished_cells, metric_records, record
-from qunlearn.unlearn.methods import METHODS
-from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
+from qunlearn.unlearn.methods import METHODS, get_method
+from qunlearn.unlearn.trainer import SETTINGS_FILE, UnlearnSettings, unlearn
 
 RUN_FILE = "config.yaml"  # written first: marks a run directory
 FIXED_MODELS = ("target", "retrain")
@@ -148,6 +148,28 @@ def resolve_inputs(config: RunConfig, progress: bool) -> Inputs:
     return Inputs(Path(config.target), Path(config.retrain) if config.retrain else None, Path(config.corpus))
 
 
+QUANTIZED_STAMP = "qunlearn_config_hash.txt"  # the run hash a saved quantized checkpoint was made under
+
+
+def same_unlearning(out_dir: Path, method: str, settings: UnlearnSettings) -> bool:
+    """Whether `out_dir` holds (a finished or interrupted) unlearning run of `method` with these settings, so that
+    it can be resumed or reused; a run with other settings is unlearned again (and says which setting changed)."""
+    record = out_dir / SETTINGS_FILE
+    if not record.is_file():
+        return False
+    previous = read_yaml(record) or {}
+    wanted = asdict(settings.resolve(get_method(method), 1))
+    old = previous.get("settings") or {}
+    changed = [f"{k}: {old.get(k)!r} → {v!r}" for k, v in wanted.items() if old.get(k) != v]
+    if previous.get("method") == method and not changed:
+        return True
+    print(
+        f"{method}: unlearning settings changed since {record} was written ({'; '.join(changed) or 'method'}); "
+        "unlearning again"
+    )
+    return False
+
+
 class Grid:
     """Runs one RunConfig; `run()` fills every missing cell and returns the results path."""
 
@@ -212,14 +234,15 @@ class Grid:
             return self.inputs.retrain
         bar.set_postfix_str(f"unlearn {model_name}")
         out_dir = self.out / "models" / model_name
+        settings = UnlearnSettings(**self.config.unlearn)
         return unlearn(
             self.inputs.target,
             self.corpus,
             model_name,
             out_dir,
-            UnlearnSettings(**self.config.unlearn),
+            settings,
             progress=False,
-            resume=out_dir.exists(),
+            resume=same_unlearning(out_dir, model_name, settings),
             tokenizer=self.config.tokenizer,
         )
 
@@ -229,9 +252,10 @@ class Grid:
         return calibration_texts(corpus_dir=self.inputs.corpus_dir, calibrate_on=self.config.calibration)
 
     def quantized(self, model_name: str, path: Path, quantizer_name: str):
-        """Load the model and quantize it, reusing a saved quantized checkpoint when there is one."""
+        """Load the model and quantize it, reusing a quantized checkpoint saved by a run with the same settings."""
         saved = self.out / "models" / "quantized" / f"{model_name}@{quantizer_name}"
-        if quantizer_name != "fp" and (saved / "config.json").is_file():
+        stamp = saved / QUANTIZED_STAMP
+        if quantizer_name != "fp" and stamp.is_file() and read_text(stamp).strip() == self.run_hash:
             return load_model(
                 saved, dtype=self.config.dtype, device=self.config.device, device_map=self.config.device_map
             )
@@ -250,6 +274,7 @@ class Grid:
         check_finite(model, f"{model_name} quantized with {quantizer_name}")  # no score for a broken result
         if quantizer_name != "fp" and self.config.keep_quantized:
             save_model(model, tokenizer, saved)
+            atomic_write_text(stamp, self.run_hash + "\n")
         return model, tokenizer
 
     @cached_property
