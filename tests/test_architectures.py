@@ -20,7 +20,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from qunlearn.cli import main
-from qunlearn.commands.run import load_run_config
+from qunlearn.config import load_run_config
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import TOKENIZER_FILES, load_model, load_tokenizer, save_model
 from qunlearn.pipeline import validate

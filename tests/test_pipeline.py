@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from qunlearn.cli import main
-from qunlearn.commands.run import load_run_config
-from qunlearn.config import BenchmarkSettings, RunConfig
+from qunlearn.config import BenchmarkSettings, RunConfig, load_run_config
 from qunlearn.errors import UserInputError
 from qunlearn.fileio import append_jsonl, read_yaml
 from qunlearn.pipeline import Grid, config_hash, run_grid, validate

@@ -453,3 +453,16 @@ def test_quantize_yaml_records_the_fallbacks(tmp_path):
         (6, "per-row scales"),
         (1, "per-row scales"),
     ]
+
+
+def test_configured_quantizer_applies_the_options_each_scheme_takes_and_names_bad_flags():
+    from qunlearn.errors import UserInputError
+    from qunlearn.quant.registry import configured_quantizer
+
+    rtn = configured_quantizer("rtn4", group_size=32, n_samples=8)  # RTN takes no calibration samples
+    assert rtn.group_size == 32 and not hasattr(rtn, "n_samples")
+    assert configured_quantizer("gptq4", group_size=-1, n_samples=8).n_samples == 8
+    with pytest.raises(UserInputError, match="--group-size must be positive or -1"):
+        configured_quantizer("rtn4", group_size=0)
+    with pytest.raises(UserInputError, match="--n-samples must be at least 1"):
+        configured_quantizer("gptq4", n_samples=0)

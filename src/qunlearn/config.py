@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qunlearn.data.synthetic import SyntheticSizes
 from qunlearn.errors import UserInputError
+from qunlearn.fileio import read_yaml
 
 T = TypeVar("T")
 
@@ -191,3 +193,15 @@ class RunConfig:
     batch_size: int = 16
     keep_quantized: bool = True
     tokenizer: str | None = None
+
+
+def load_run_config(path: str | Path, out: str | None = None) -> RunConfig:
+    """Read a run config YAML; `out` (from --out) overrides the file's `out`."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a mapping of run settings")
+    if out is not None:
+        data["out"] = out
+    if "out" not in data:
+        raise UserInputError(f"{path}: field 'out' (the output directory) is required, or pass --out")
+    return from_dict(RunConfig, data, str(path))

@@ -21,18 +21,20 @@ from tqdm.auto import tqdm
 from qunlearn.config import RunConfig, check_type, from_dict
 from qunlearn.data.muse import load_corpus
 from qunlearn.data.synthetic import FLAVOURS
-from qunlearn.errors import QuantizerUnavailableError, UserInputError
+from qunlearn.errors import OutputConflictError, QuantizerUnavailableError, UserInputError
 from qunlearn.evaluate import METRICS, evaluate_model
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_text, atomic_write_yaml, read_text, read_yaml
 from qunlearn.models.integrity import check_finite
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.locate import locate_dir, locate_model
+from qunlearn.outputs import check_output_dir, output_lock
 from qunlearn.prepare import prepare_benchmark
 from qunlearn.quant.base import GridQuantizer, Quantizer
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips, update_size, update_size_fields
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
+from qunlearn.report import write_report
 from qunlearn.results import CODEFLIP, RESULTS_FILE, cell_marker, finished_cells, metric_records, record
 from qunlearn.unlearn.methods import METHODS, get_method
 from qunlearn.unlearn.trainer import SETTINGS_FILE, UnlearnSettings, unlearn
@@ -352,3 +354,20 @@ def run_grid(config: RunConfig, progress: bool = True) -> Path:
     """Fill every missing cell of `config`'s grid; returns the results.jsonl path."""
     torch.manual_seed(0)
     return Grid(config, progress).run()
+
+
+def run_and_report(config: RunConfig, resume: bool, progress: bool = True) -> dict[str, Path]:
+    """Run the grid (refusing to mix with earlier results unless resuming) and write the report; returns the report
+    files by name. The run directory is checked first (never an input, never a foreign directory) and locked."""
+    validate(config)
+    check_inputs(config)
+    out = Path(config.out)
+    check_output_dir(out, RUN_FILE, "a run directory", {f: getattr(config, f) for f in ("target", "retrain", "corpus")})
+    with output_lock(out):
+        results = out / RESULTS_FILE
+        if not resume and finished_cells(results, config_hash(config)):
+            raise OutputConflictError(
+                f"{results} already holds results of this run; pass --resume to continue it or choose another --out"
+            )
+        run_grid(config, progress=progress)
+        return write_report(out, config_hash(config))

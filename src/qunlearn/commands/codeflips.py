@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from contextlib import nullcontext
 
-from qunlearn.commands.options import add_loading_options
-from qunlearn.commands.quantize import add_scheme_options, build_quantizer
+from qunlearn.commands.options import add_loading_options, add_scheme_options, build_quantizer
 from qunlearn.fileio import atomic_write_json
 from qunlearn.models.io import load_model
 from qunlearn.models.locate import locate_model

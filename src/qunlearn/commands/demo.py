@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from qunlearn.commands.run import run_and_report
 from qunlearn.config import DEFAULT_METHODS, DEFAULT_QUANTIZERS, BenchmarkSettings, RunConfig
 from qunlearn.data.synthetic import FLAVOURS
+from qunlearn.pipeline import run_and_report
 
 QUICK_METHODS = ["ga", "ga_gdr", "npo", "ga_sure", "npo_sure"]
 QUICK_QUANTIZERS = ["fp", "rtn8", "rtn4"]
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or ("qunlearn-demo-quick" if args.quick else "qunlearn-demo")
     config = demo_config(out, args.quick, args.flavour, args.seed)
     written = run_and_report(config, resume=True)
+    print(f"report: {written['report.md']} and {written['report.html']}")
     head = json.loads(Path(written["report.json"]).read_text())["headline"]
     print(head["summary"])
     return 0

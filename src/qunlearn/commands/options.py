@@ -1,8 +1,13 @@
-"""Command-line options shared by every command that loads a checkpoint."""
+"""Command-line options shared by several commands: model loading, and quantizer scheme with its calibration."""
 
 from __future__ import annotations
 
 import argparse
+
+from qunlearn.errors import UserInputError
+from qunlearn.quant.base import Quantizer
+from qunlearn.quant.calibration import CALIBRATE_ON, calibration_texts
+from qunlearn.quant.registry import QUANTIZERS, configured_quantizer
 
 
 def add_loading_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
@@ -22,3 +27,34 @@ def add_loading_options(parser: argparse.ArgumentParser, dtype: bool = True) -> 
             default="fp32",
             help="dtype the weights are loaded in (default fp32)",
         )
+
+
+def add_scheme_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by commands that build a quantizer: scheme, grid and calibration."""
+    parser.add_argument(
+        "--scheme",
+        required=True,
+        choices=list(QUANTIZERS),
+        metavar="NAME",
+        help="quantizer: " + "; ".join(f"{name} ({spec.summary})" for name, spec in QUANTIZERS.items()),
+    )
+    parser.add_argument("--group-size", type=int, help="RTN/GPTQ/AWQ group size (default 128; -1 = per row)")
+    parser.add_argument("--calibration", help="calibration text file (documents separated by blank lines)")
+    parser.add_argument("--corpus", help="MUSE-layout corpus whose text calibrates GPTQ/AWQ")
+    parser.add_argument(
+        "--calibrate-on",
+        choices=CALIBRATE_ON,
+        default="generic",
+        help="corpus text to calibrate on: retain+holdout (generic, default) or forget",
+    )
+    parser.add_argument("--n-samples", type=int, help="calibration sequences (default 128)")
+    parser.add_argument("--device", default=None, help="device for GPTQ/AWQ blocks (default: where the model is)")
+
+
+def build_quantizer(args: argparse.Namespace) -> tuple[Quantizer, list[str]]:
+    """The quantizer named by --scheme with the options given on the command line, and its calibration text."""
+    quantizer = configured_quantizer(args.scheme, args.group_size, args.n_samples, args.device)
+    texts = calibration_texts(args.calibration, args.corpus, args.calibrate_on)
+    if quantizer.needs_calibration and not texts:
+        raise UserInputError(f"--scheme {args.scheme} needs calibration text: give --calibration FILE or --corpus DIR")
+    return quantizer, texts

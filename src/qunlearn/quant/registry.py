@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.quant.awq import AWQQuantizer
 from qunlearn.quant.base import FullPrecision, Quantizer, RTNQuantizer
 from qunlearn.quant.bnb import BnbQuantizer
@@ -48,3 +49,21 @@ def get_quantizer(name: str, **options: Any) -> Quantizer:
     if "skip" in options:
         options["skip"] = tuple(options["skip"])
     return spec.cls(name=name, **spec.settings, **options)
+
+
+def configured_quantizer(
+    scheme: str, group_size: int | None = None, n_samples: int | None = None, device: str | None = None
+) -> Quantizer:
+    """The quantizer `scheme` with each given option that it takes (others are ignored: RTN has no `n_samples`),
+    validated, and available here; errors name the command-line flag."""
+    if group_size is not None and not (group_size > 0 or group_size == -1):
+        raise UserInputError(f"--group-size must be positive or -1 (per row), got {group_size}")
+    if n_samples is not None and n_samples < 1:
+        raise UserInputError(f"--n-samples must be at least 1, got {n_samples}")
+    takes = {f.name for f in fields(QUANTIZERS[scheme].cls) if f.init} if scheme in QUANTIZERS else set()
+    given = {"group_size": group_size, "n_samples": n_samples, "device": device}
+    quantizer = get_quantizer(scheme, **{k: v for k, v in given.items() if v is not None and k in takes})
+    reason = quantizer.unavailable_reason()
+    if reason:
+        raise QuantizerUnavailableError(f"--scheme {scheme} not available: {reason}")
+    return quantizer
