@@ -11,7 +11,7 @@ from qunlearn.data.muse import QAItem
 from qunlearn.evaluate import METRICS, evaluate_model
 from qunlearn.evaluate.generate import cut_at_stop
 from qunlearn.evaluate.knowmem import STOP_STRINGS, knowmem_prompt
-from qunlearn.evaluate.mia import loss, mia_auc, min_k, min_k_plus_plus, zlib_ratio
+from qunlearn.evaluate.mia import loss_score, mia_auc, min_k, min_k_plus_plus, zlib_ratio
 from qunlearn.evaluate.privleak import privleak_value
 from qunlearn.evaluate.rouge import mean, rouge_l_f1
 from qunlearn.evaluate.utility import chunk, perplexity
@@ -65,7 +65,7 @@ def test_min_k_plus_plus_standardises_each_token():
 
 
 def test_loss_and_zlib_attacks():
-    assert loss([-1.0, -3.0]) == pytest.approx(2.0)
+    assert loss_score([-1.0, -3.0]) == pytest.approx(2.0)
     assert zlib_ratio("aaaa", [-1.0, -3.0]) == pytest.approx(2.0 / len(zlib.compress(b"aaaa")))
 
 

@@ -8,12 +8,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qunlearn.data.batches import iterate_batches, tokenize_documents
+from qunlearn.quant.calibration import CALIBRATE_ON
 from qunlearn.quant.registry import get_quantizer
 
 QUANT_ATTACKS = ("rtn8", "rtn4", "rtn3", "gptq4", "awq4", "bnb-int8", "bnb-fp4", "bnb-nf4")
 PRECISION_ATTACKS = ("fp16", "bf16")
 ATTACK_NAMES = (*QUANT_ATTACKS, "relearn", *PRECISION_ATTACKS)
-CALIBRATIONS = ("generic", "forget")
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,13 @@ def expand_attacks(names: list[str] | None) -> tuple[list[Attack], list[dict]]:
                     raise ValueError(f"attack {name}: {reason}")
                 skipped.append({"name": base, "reason": reason})
                 continue
-            if calibration and (calibration not in CALIBRATIONS or not quantizer.needs_calibration):
+            if calibration and (calibration not in CALIBRATE_ON or not quantizer.needs_calibration):
                 raise ValueError(
                     f"attack {name}: calibration suffix must be @generic or @forget, "
                     f"and only for quantizers that calibrate (gptq4, awq4)"
                 )
             if quantizer.needs_calibration:
-                for calib in [calibration] if calibration else CALIBRATIONS:
+                for calib in [calibration] if calibration else CALIBRATE_ON:
                     attacks.append(Attack(f"{base}@{calib}", "quantization", base, calib))
             else:
                 attacks.append(Attack(base, "quantization", base))

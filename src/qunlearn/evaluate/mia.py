@@ -36,21 +36,21 @@ def min_k_plus_plus(logprobs: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: 
     return -_lowest_mean(z, k)
 
 
-def loss(logprobs: np.ndarray) -> float:
+def loss_score(logprobs: np.ndarray) -> float:
     """LOSS attack: mean negative log-likelihood of the tokens."""
     return -float(np.mean(np.asarray(logprobs, dtype=np.float64)))
 
 
 def zlib_ratio(text: str, logprobs: np.ndarray) -> float:
     """zlib attack: LOSS divided by the zlib-compressed length of the text in bytes (MUSE's `PPL/zlib`)."""
-    return loss(logprobs) / len(zlib.compress(text.encode("utf-8")))
+    return loss_score(logprobs) / len(zlib.compress(text.encode("utf-8")))
 
 
 def attack_scores(text: str, logprobs: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
     """Every attack's score for one text, keyed as in ATTACKS."""
     return {
         "Min-40%": min_k(logprobs),
-        "LOSS": loss(logprobs),
+        "LOSS": loss_score(logprobs),
         "zlib": zlib_ratio(text, logprobs),
         "Min-40%++": min_k_plus_plus(logprobs, mu, sigma),
     }

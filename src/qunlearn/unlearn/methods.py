@@ -19,7 +19,7 @@ PROFILES = ("embedded", "muse")
 
 
 @dataclass(frozen=True)
-class Hyperparameters:
+class MethodDefaults:
     """Defaults of one method under one profile; `batch_size` is the effective batch (all devices, all accumulation)."""
 
     lr: float
@@ -34,11 +34,11 @@ class Hyperparameters:
     saliency_percentile: float | None = None
 
 
-_MUSE = Hyperparameters(lr=1e-5, epochs=10, batch_size=32, max_length=2048, dtype="bf16")
+_MUSE = MethodDefaults(lr=1e-5, epochs=10, batch_size=32, max_length=2048, dtype="bf16")
 # Calibrated with benchmarks/unlearn_calibrate.py: the smallest LR of {1e-4, 3e-4, 1e-3} at which every
 # baseline forgets within 5 epochs at full precision (greedy forget match 1.00 -> <= 0.19 on `tiny`,
 # <= 0.12 on `small`, where retrain scores 0.19); at 3e-4 NPO_GDR/NPO_KLR keep 0.43-0.54 on `small`.
-_EMBEDDED = Hyperparameters(lr=1e-3, epochs=5, batch_size=8, max_length=256, dtype="fp32")
+_EMBEDDED = MethodDefaults(lr=1e-3, epochs=5, batch_size=8, max_length=256, dtype="fp32")
 # SURE's LR relative to the baseline's. On real models SURE raises MUSE's 1e-5 (assumed 5x; check against the
 # paper's appendix). The embedded LR is already 100x MUSE's; at 1.5x or more GA-family SURE runs lost all
 # retain knowledge in calibration (greedy retain match <= 0.26), so the embedded SURE LR equals the baseline's.
@@ -68,7 +68,7 @@ class Method:
         """The retain term as a callable, or None for methods without one."""
         return {"gdr": GDR(), "klr": KLR(), None: None}[self.retain]
 
-    def defaults(self, profile: str = "embedded") -> Hyperparameters:
+    def defaults(self, profile: str = "embedded") -> MethodDefaults:
         """Default hyperparameters of this method for the 'embedded' benchmark or real 'muse' models."""
         if profile not in PROFILES:
             raise ValueError(f"unknown profile '{profile}'; choose one of {', '.join(PROFILES)}")
