@@ -143,7 +143,7 @@ def test_a_checkpoint_that_needs_remote_code_is_refused_naming_why(model_copy, t
         "quantize",
         "error",
         "config.json: the model needs its own Python code (auto_map)",
-        "no CLI command asks for it",
+        "pass --trust-remote-code",
     )
     assert "trust_remote_code=True`" not in err
 

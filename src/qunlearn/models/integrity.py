@@ -49,8 +49,8 @@ def check_files(checkpoint: str | Path, trust_remote_code: bool = False) -> None
     if "auto_map" in config and config.get("model_type") not in CONFIG_MAPPING and not trust_remote_code:
         raise UserInputError(
             f"{root / 'config.json'}: the model needs its own Python code (auto_map), which "
-            "qunlearn never runs unless asked: load_model(trust_remote_code=True); no CLI command "
-            "asks for it"
+            "qunlearn never runs unless asked: pass --trust-remote-code (load_model(trust_remote_code=True) "
+            "from Python) if you trust it"
         )
     try:  # known architectures only: a remote-code config is left to from_pretrained's trust_remote_code check
         if config.get("model_type") in CONFIG_MAPPING:
