@@ -28,10 +28,11 @@ import torch
 from qunlearn.config import ModelShape, TrainSettings, get_preset
 from qunlearn.data.muse import load_corpus
 from qunlearn.evaluate import evaluate_model
+from qunlearn.evaluate.memorisation import greedy_memorisation
 from qunlearn.fileio import append_jsonl, atomic_write_bytes, atomic_write_json, atomic_write_text, read_text
 from qunlearn.models.io import load_model, load_tokenizer, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
-from qunlearn.prepare import PreparedBenchmark, greedy_memorisation
+from qunlearn.prepare import PreparedBenchmark
 from qunlearn.quant.diagnostics import bf16_matching_lr, combine_movements, weight_movement
 from qunlearn.quant.layers import target_linears
 from qunlearn.quant.registry import get_quantizer

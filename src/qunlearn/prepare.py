@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +12,12 @@ import transformers
 
 from qunlearn import __version__
 from qunlearn.config import Preset, get_preset, to_dict
-from qunlearn.data.muse import Corpus, load_corpus
+from qunlearn.data.muse import load_corpus
 from qunlearn.data.synthetic import FLAVOURS, SyntheticSizes, generate_corpus
 from qunlearn.data.tofu import load_training_split, plain_prompt
 from qunlearn.data.tofu_synthetic import generate_tofu, training_texts
 from qunlearn.errors import OutputConflictError, UserInputError
+from qunlearn.evaluate.memorisation import greedy_token_match
 from qunlearn.fileio import atomic_write_yaml, read_yaml
 from qunlearn.models.io import load_model, parse_dtype, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
@@ -119,27 +119,6 @@ def is_prepared(bench: PreparedBenchmark, settings: dict) -> bool:
     done = read_yaml(bench.settings_file) or {}
     outputs = (bench.target_dir / "config.json", bench.retrain_dir / "config.json", _marker(bench, settings["flavour"]))
     return {k: done.get(k) for k in settings} == settings and all(p.exists() for p in outputs)
-
-
-def greedy_memorisation(model, tokenizer, corpus: Corpus, n_items: int = 5, n_tokens: int = 32) -> float:
-    """Share of the first `n_tokens` ground-truth tokens that greedy decoding reproduces, over forget prompts."""
-    return greedy_token_match(model, tokenizer, [(i.prompt, i.gt) for i in corpus.verbmem_forget[:n_items]], n_tokens)
-
-
-def greedy_token_match(model, tokenizer, probes: Sequence[tuple[str, str]], n_tokens: int = 32) -> float:
-    """Share of the first `n_tokens` tokens of each truth that greedy decoding after its prompt reproduces."""
-    hits = total = 0
-    for prompt_text, truth in probes:
-        prompt = tokenizer(prompt_text, return_tensors="pt")
-        want = tokenizer(truth, add_special_tokens=False)["input_ids"][:n_tokens]
-        with torch.no_grad():
-            out = model.generate(
-                **prompt, max_new_tokens=len(want), do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        got = out[0, prompt["input_ids"].shape[1] :].tolist()
-        hits += sum(g == w for g, w in zip(got, want))
-        total += len(want)
-    return hits / max(1, total)
 
 
 def prepare_benchmark(

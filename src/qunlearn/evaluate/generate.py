@@ -14,11 +14,7 @@ from tqdm.auto import tqdm
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase
 
 from qunlearn.evaluate.fast_llama import LlamaDecoder, unsupported_reason
-
-
-def context_length(model: PreTrainedModel) -> int | None:
-    """The model's maximum sequence length, or None when its config does not state one."""
-    return getattr(model.config, "max_position_embeddings", None)
+from qunlearn.models.utils import context_length
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:

@@ -14,11 +14,11 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qunlearn.data.muse import Corpus, load_corpus
-from qunlearn.evaluate.generate import context_length
 from qunlearn.evaluate.logprobs import token_stats
 from qunlearn.evaluate.mia import ATTACKS, attack_scores, mia_auc
 from qunlearn.fileio import atomic_write_json, read_json
 from qunlearn.models.io import load_model
+from qunlearn.models.utils import context_length
 
 ATTACK = "Min-40%"
 CACHE_FILE = "qunlearn_retrain_auc.json"

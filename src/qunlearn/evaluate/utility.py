@@ -7,8 +7,8 @@ import math
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qunlearn.data.muse import Corpus
-from qunlearn.evaluate.generate import context_length
 from qunlearn.evaluate.logprobs import token_stats
+from qunlearn.models.utils import context_length
 
 
 def chunk(ids: list[int], size: int | None) -> list[list[int]]:

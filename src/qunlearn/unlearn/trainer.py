@@ -29,7 +29,8 @@ from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.errors import TrainingDivergedError, UserInputError
 from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
-from qunlearn.models.io import load_model, parse_dtype, require_tokenizer, save_model
+from qunlearn.models.io import load_model, require_tokenizer, save_model
+from qunlearn.models.utils import round_to_storage
 from qunlearn.outputs import check_output_dir, output_lock, swap_in
 from qunlearn.unlearn.launch import check_engine, from_main, make_accelerator
 from qunlearn.unlearn.losses import LossTerm
@@ -137,14 +138,6 @@ class _OptimizerStep:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         return {k: round(v, 6) for k, v in sums.items()} | {"grad_norm": round(grad_norm, 6)}
-
-
-@torch.no_grad()
-def round_to_storage(params, storage: str) -> None:
-    """Round parameters in place to the values `storage` (e.g. bf16) can hold, keeping their dtype."""
-    dtype = parse_dtype(storage)
-    for p in params:
-        p.copy_(p.to(dtype))
 
 
 def _prepare_out_dir(out_dir: Path, resume: bool, inputs: dict[str, Path], main: bool) -> Path:
