@@ -14,9 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from qunlearn.data.muse import VerbMemItem, load_corpus
+from qunlearn.evaluate.memorisation import greedy_token_match
 from qunlearn.models.io import load_model
 from qunlearn.prepare import PreparedBenchmark
 from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
@@ -24,18 +23,7 @@ from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
 def greedy_match(model, tokenizer, items: list[VerbMemItem], n_tokens: int = 32) -> float:
     """Share of the first `n_tokens` reference tokens that greedy decoding reproduces from each prompt."""
-    hits = total = 0
-    for item in items:
-        prompt = tokenizer(item.prompt, return_tensors="pt")
-        want = tokenizer(item.gt, add_special_tokens=False)["input_ids"][:n_tokens]
-        with torch.no_grad():
-            out = model.generate(
-                **prompt, max_new_tokens=len(want), do_sample=False, pad_token_id=tokenizer.pad_token_id
-            )
-        got = out[0, prompt["input_ids"].shape[1] :].tolist()
-        hits += sum(g == w for g, w in zip(got, want))
-        total += len(want)
-    return hits / max(1, total)
+    return greedy_token_match(model, tokenizer, [(item.prompt, item.gt) for item in items], n_tokens)
 
 
 def halves(docs: list[str], n: int) -> list[VerbMemItem]:

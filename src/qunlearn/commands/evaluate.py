@@ -117,26 +117,19 @@ def run_tofu(args: argparse.Namespace, device: str, data: TofuData) -> int:
         raise UserInputError("give --retain-model or --retain-logs, not both")
     progress = not args.no_progress
     reference = read_retain_truth_ratios(args.retain_logs) if args.retain_logs else None
+    loading = {
+        "dtype": args.dtype,
+        "device": device,
+        "device_map": args.device_map,
+        "tokenizer": args.tokenizer,
+        "trust_remote_code": args.trust_remote_code,
+    }
     if args.retain_model:
-        retain_lm, retain_tok = load_model(
-            args.retain_model,
-            dtype=args.dtype,
-            device=device,
-            device_map=args.device_map,
-            tokenizer=args.tokenizer,
-            trust_remote_code=args.trust_remote_code,
-        )
+        retain_lm, retain_tok = load_model(args.retain_model, **loading)
         fmt = resolve_prompt_format(retain_tok, args.prompt_format, args.system_prompt, args.date_string)
         reference = retain_model_truth_ratios(retain_lm, retain_tok, data, fmt, args.batch_size, progress)
         del retain_lm
-    model, tokenizer = load_model(
-        args.model,
-        dtype=args.dtype,
-        device=device,
-        device_map=args.device_map,
-        tokenizer=args.tokenizer,
-        trust_remote_code=args.trust_remote_code,
-    )
+    model, tokenizer = load_model(args.model, **loading)
     fmt = resolve_prompt_format(tokenizer, args.prompt_format, args.system_prompt, args.date_string)
     result = evaluate_tofu(model, tokenizer, data, reference, fmt, args.batch_size, progress, args.max_new_tokens)
     retain = args.retain_model or args.retain_logs
