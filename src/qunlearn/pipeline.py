@@ -37,7 +37,8 @@ from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.report import write_report
 from qunlearn.results import CODEFLIP, RESULTS_FILE, cell_marker, finished_cells, metric_records, record
 from qunlearn.unlearn.methods import METHODS, get_method
-from qunlearn.unlearn.trainer import SETTINGS_FILE, UnlearnSettings, unlearn
+from qunlearn.unlearn.rundir import SETTINGS_FILE
+from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
 RUN_FILE = "config.yaml"  # written first: marks a run directory
 FIXED_MODELS = ("target", "retrain")

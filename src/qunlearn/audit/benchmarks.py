@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from qunlearn.audit.split import SPLIT_RULE, split_forget
 from qunlearn.audit.verdict import Signal
 from qunlearn.data.muse import load_corpus, split_documents
-from qunlearn.data.tofu import TofuItem, load_tofu, plain_prompt
+from qunlearn.data.tofu import TofuData, TofuItem, load_tofu, plain_prompt
 from qunlearn.errors import UserInputError
 from qunlearn.evaluate.lmeval import mcq_accuracy, task_manager
 from qunlearn.evaluate.privleak import retrain_auc
@@ -168,6 +168,51 @@ def _qa_texts(items: list[TofuItem]) -> list[str]:
     return [plain_prompt(item.question) + item.answer for item in items]
 
 
+TOFU_LABELS = {
+    "forget_Q_A_Prob": "forget answer prob ×100",
+    "forget_Q_A_ROUGE": "forget ROUGE-L recall ×100",
+    "model_utility": "model utility ×100",
+    "forget_quality": "forget quality (p)",
+    "log10_forget_quality": "log10 forget quality",
+}
+
+
+def _tofu_scores(summary: dict) -> dict[str, float]:
+    """The audit's TOFU numbers from `evaluate_tofu`'s summary: probabilities and utility ×100 (so that the
+    nothing-forgotten gap of 1 point applies), and forget quality with its log10 when a reference was given."""
+    scores = {key: 100 * summary[key] for key in ("forget_Q_A_Prob", "forget_Q_A_ROUGE", "model_utility")}
+    if summary["forget_quality"] is not None:
+        scores["forget_quality"] = summary["forget_quality"]
+        scores["log10_forget_quality"] = math.log10(max(summary["forget_quality"], 1e-300))
+    return scores
+
+
+def _tofu_reference(
+    inputs: AuditInputs, settings: AuditSettings, device: str, scored: TofuData, half: int, n_forget: int
+) -> list[float] | None:
+    """Forget quality's reference: the retain model's truth ratios on the scored questions, from the model itself
+    (`--retrain`) or from its earlier result (`--retain-logs`, covering all `n_forget` questions); None without."""
+    if inputs.retrain is not None:
+        model, tokenizer = load_model(
+            inputs.retrain,
+            device=device,
+            device_map=settings.device_map,
+            tokenizer=inputs.tokenizer,
+            trust_remote_code=inputs.trust_remote_code,
+        )
+        fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
+        return retain_model_truth_ratios(model, tokenizer, scored, fmt, settings.batch_size, progress=False)
+    if settings.retain_logs is None:
+        return None
+    ratios = read_retain_truth_ratios(settings.retain_logs)
+    if len(ratios) != n_forget:
+        raise UserInputError(
+            f"--retain-logs {settings.retain_logs}: {len(ratios)} forget truth ratios, but "
+            f"{settings.forget_split} has {n_forget} questions"
+        )
+    return ratios[half:]
+
+
 def load_tofu_benchmark(inputs: AuditInputs, settings: AuditSettings, device: str) -> LoadedBenchmark:
     """TOFU, scored as OpenUnlearning does (`qunlearn.evaluate.tofu`): forget-set answer probability and ROUGE-L
     recall (×100) are forget signals; log10 of forget quality (the KS-test p-value of forget truth ratios against
@@ -186,53 +231,16 @@ def load_tofu_benchmark(inputs: AuditInputs, settings: AuditSettings, device: st
             "the audit needs at least 2 (half to relearn, half to score)"
         )
     relearn_items, scored = data.forget[:half], replace(data, forget=data.forget[half:])
-    reference = None
-    if inputs.retrain is not None:
-        retain_model, retain_tokenizer = load_model(
-            inputs.retrain,
-            device=device,
-            device_map=settings.device_map,
-            tokenizer=inputs.tokenizer,
-            trust_remote_code=inputs.trust_remote_code,
-        )
-        fmt = resolve_prompt_format(retain_tokenizer, settings.prompt_format)
-        reference = retain_model_truth_ratios(
-            retain_model, retain_tokenizer, scored, fmt, settings.batch_size, progress=False
-        )
-        del retain_model
-    elif settings.retain_logs is not None:
-        ratios = read_retain_truth_ratios(settings.retain_logs)
-        if len(ratios) != len(data.forget):
-            raise UserInputError(
-                f"--retain-logs {settings.retain_logs}: {len(ratios)} forget truth ratios, but "
-                f"{settings.forget_split} has {len(data.forget)} questions"
-            )
-        reference = ratios[half:]
+    reference = _tofu_reference(inputs, settings, device, scored, half, len(data.forget))
     formats: dict[str, str] = {}
 
     def score(model, tokenizer) -> dict[str, float]:
         fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
         formats["prompt_format"] = fmt.kind
-        summary = evaluate_tofu(model, tokenizer, scored, reference, fmt, settings.batch_size, progress=False)[
-            "summary"
-        ]
-        scores = {
-            "forget_Q_A_Prob": 100 * summary["forget_Q_A_Prob"],
-            "forget_Q_A_ROUGE": 100 * summary["forget_Q_A_ROUGE"],
-            "model_utility": 100 * summary["model_utility"],
-        }
-        if summary["forget_quality"] is not None:
-            scores["forget_quality"] = summary["forget_quality"]
-            scores["log10_forget_quality"] = math.log10(max(summary["forget_quality"], 1e-300))
-        return scores
+        result = evaluate_tofu(model, tokenizer, scored, reference, fmt, settings.batch_size, progress=False)
+        return _tofu_scores(result["summary"])
 
-    labels = {
-        "forget_Q_A_Prob": "forget answer prob ×100",
-        "forget_Q_A_ROUGE": "forget ROUGE-L recall ×100",
-        "model_utility": "model utility ×100",
-        "forget_quality": "forget quality (p)",
-        "log10_forget_quality": "log10 forget quality",
-    }
+    labels = TOFU_LABELS
     signals = [
         Signal("forget_Q_A_Prob", labels["forget_Q_A_Prob"]),
         Signal("forget_Q_A_ROUGE", labels["forget_Q_A_ROUGE"]),

@@ -120,15 +120,13 @@ def _runnable(attacks: list[Attack], bench: LoadedBenchmark, explicit: bool) -> 
 
 def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), log=print) -> dict:
     """The audit as a JSON-able dict: settings, benchmark, baselines, update sizes and one entry per attack with its
-    verdict, the worst attack named in the summary."""
+    verdict, the worst attack named in the summary. Paths are checked where they are read (`load_model` keeps
+    local paths local; each benchmark's loader names a missing data directory), so hub ids work too."""
     settings.check()
-    for name in ("target", "unlearned", "corpus", "retrain"):
-        path = getattr(inputs, name)
-        if path is not None and not Path(path).is_dir():
-            raise UserInputError(f"--{name}: {path}: directory not found")
     attacks, skipped = expand_attacks(settings.attacks)
     device = str(resolve_device(settings.device))
     loading = {
+        "device": device,
         "tokenizer": inputs.tokenizer,
         "trust_remote_code": inputs.trust_remote_code,
         "device_map": settings.device_map,
@@ -137,59 +135,24 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     attacks, unfed = _runnable(attacks, bench, explicit=settings.attacks is not None)
     skipped += unfed
 
-    target_model, tokenizer = load_model(inputs.target, device=device, **loading)
+    target_model, tokenizer = load_model(inputs.target, **loading)
     target = bench.score(target_model, tokenizer)
     log(f"target: {_fmt(target)}")
-    unlearned_model, _ = load_model(inputs.unlearned, device=device, **loading)
+    unlearned_model, _ = load_model(inputs.unlearned, **loading)
     unlearned = bench.score(unlearned_model, tokenizer)
     log(f"unlearned: {_fmt(unlearned)}")
     sizes = update_size(target_model, unlearned_model)
-    log(update_size_reading(sizes))
+    reading = update_size_reading(sizes)
+    log(reading)
     del unlearned_model
-    if not settings.code_flips:
-        target_model = None  # only the code flips need the target's weights from here on
+    flips_against = target_model if settings.code_flips else None  # only the code flips need the target's weights
+    del target_model
 
     entries = []
     for attack in attacks:
-        start = time.perf_counter()
-        model, tok = load_model(inputs.unlearned, dtype=attack.dtype, device=device, **loading)
-        flips = None
-        if attack.kind == "quantization":
-            quantizer = get_quantizer(attack.quantizer)
-            calib = bench.calibration[attack.calibration or "generic"] if quantizer.needs_calibration else None
-            if settings.code_flips:
-                flips = code_flips(target_model, model, quantizer, tok, calib)["overall"]["flip_fraction"]
-            model = quantizer.quantize(model, tok, calib)
-        elif attack.kind == "relearning":
-            model = relearn(
-                model,
-                tok,
-                bench.forget_texts,
-                settings.relearn_steps,
-                settings.relearn_lr,
-                settings.relearn_batch_size,
-                seed=settings.seed,
-            )
-        check_finite(model, f"{attack.name} attack on {inputs.unlearned}")  # no verdict on a broken model
-        scores = bench.score(model, tok)
-        del model
-        per_signal = {
-            s.name: signal_verdict(s, scores[s.name], unlearned[s.name], target[s.name], settings.thresholds)
-            for s in bench.signals
-        }
-        entry = {
-            "name": attack.name,
-            "kind": attack.kind,
-            "quantizer": attack.quantizer,
-            "calibration": attack.calibration,
-            "scores": scores,
-            "recovery": per_signal,
-            "verdict": verdict(per_signal),
-            "code_flip_fraction": flips,
-            "seconds": round(time.perf_counter() - start, 2),
-        }
+        entry = _attack(attack, inputs, settings, bench, loading, flips_against, (target, unlearned))
         entries.append(entry)
-        log(f"{attack.name}: {entry['verdict']} ({_fmt(scores)})")
+        log(f"{attack.name}: {entry['verdict']} ({_fmt(entry['scores'])})")
     top = worst_attack(entries)
     loaded = ["target", "unlearned"] + (["retrain"] if inputs.retrain is not None else [])
     return {
@@ -208,12 +171,62 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
         "baselines": {"target": target, "unlearned": unlearned},
         "integrity": f"passed at every load of {', '.join(loaded)} (attacked copies included): {CHECKS}",
         "update_size": sizes,
-        "update_size_reading": update_size_reading(sizes),
+        "update_size_reading": reading,
         "attacks": entries,
         "skipped": skipped,
         "worst_attack": top["name"] if top else None,
         "summary": summary(entries, bench.labels),
         "verdict": worst([e["verdict"] for e in entries]),
+    }
+
+
+def _attack(
+    attack: Attack,
+    inputs: AuditInputs,
+    settings: AuditSettings,
+    bench: LoadedBenchmark,
+    loading: dict,
+    target_model,
+    baselines: tuple[dict, dict],
+) -> dict:
+    """One attack on a fresh copy of the unlearned model: scores, recovery per signal, verdict, code flips (when
+    `target_model` is given) and the time it took."""
+    start = time.perf_counter()
+    model, tok = load_model(inputs.unlearned, **loading | {"dtype": attack.dtype})
+    flips = None
+    if attack.kind == "quantization":
+        quantizer = get_quantizer(attack.quantizer)
+        calib = bench.calibration[attack.calibration or "generic"] if quantizer.needs_calibration else None
+        if target_model is not None:
+            flips = code_flips(target_model, model, quantizer, tok, calib)["overall"]["flip_fraction"]
+        model = quantizer.quantize(model, tok, calib)
+    elif attack.kind == "relearning":
+        model = relearn(
+            model,
+            tok,
+            bench.forget_texts,
+            settings.relearn_steps,
+            settings.relearn_lr,
+            settings.relearn_batch_size,
+            seed=settings.seed,
+        )
+    check_finite(model, f"{attack.name} attack on {inputs.unlearned}")  # no verdict on a broken model
+    scores = bench.score(model, tok)
+    target, unlearned = baselines
+    per_signal = {
+        s.name: signal_verdict(s, scores[s.name], unlearned[s.name], target[s.name], settings.thresholds)
+        for s in bench.signals
+    }
+    return {
+        "name": attack.name,
+        "kind": attack.kind,
+        "quantizer": attack.quantizer,
+        "calibration": attack.calibration,
+        "scores": scores,
+        "recovery": per_signal,
+        "verdict": verdict(per_signal),
+        "code_flip_fraction": flips,
+        "seconds": round(time.perf_counter() - start, 2),
     }
 
 

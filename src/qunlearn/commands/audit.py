@@ -11,7 +11,7 @@ from qunlearn.audit.benchmarks import BENCHMARKS
 from qunlearn.audit.render import write_audit
 from qunlearn.audit.run import AuditInputs, AuditSettings, run_audit
 from qunlearn.audit.verdict import DEFAULT_PARTIAL, DEFAULT_THRESHOLD
-from qunlearn.commands.options import add_loading_options
+from qunlearn.commands.options import add_device_options, add_loading_options
 from qunlearn.data.tofu import FORGET_SPLITS
 from qunlearn.errors import UserInputError
 from qunlearn.evaluate.tofu import PROMPT_FORMATS
@@ -86,59 +86,67 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_PARTIAL,
         help=f"recovery above which an attack is 'partial' (default {DEFAULT_PARTIAL})",
     )
-    parser.add_argument(
+    _add_lmeval_options(parser)
+    _add_tofu_options(parser)
+    parser.add_argument("--relearn-steps", type=int, default=10, help="relearning AdamW steps (default 10)")
+    parser.add_argument("--relearn-lr", type=float, default=1e-4, help="relearning learning rate (default 1e-4)")
+    parser.add_argument("--relearn-docs", type=int, help="use at most this many relearning documents (default all)")
+    parser.add_argument("--relearn-batch-size", type=int, default=4, help="relearning batch size (default 4)")
+    parser.add_argument("--no-code-flips", action="store_true", help="skip the code-flip rates")
+    add_device_options(parser)
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per evaluation pass (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="relearning shuffle seed (default 0)")
+    add_loading_options(parser, dtype=False)  # each attack sets its own dtype
+    parser.set_defaults(func=run)
+
+
+def _add_lmeval_options(parser: argparse.ArgumentParser) -> None:
+    """Options of --benchmark lmeval (multiple-choice tasks through lm-evaluation-harness)."""
+    group = parser.add_argument_group("lmeval (--benchmark lmeval)")
+    group.add_argument(
         "--tasks",
         type=_names,
         default=[],
         metavar="T1,T2",
         help="lmeval: tasks whose accuracy is the forget signal (e.g. wmdp_bio)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--utility-tasks",
         type=_names,
         default=[],
         metavar="T1,T2",
         help="lmeval: tasks shown as utility, not judged (e.g. mmlu)",
     )
-    parser.add_argument("--include-path", help="lmeval: folder of extra task YAMLs (e.g. a local multiple-choice task)")
-    parser.add_argument(
+    group.add_argument("--include-path", help="lmeval: folder of extra task YAMLs (e.g. a local multiple-choice task)")
+    group.add_argument(
         "--no-builtin-tasks",
         action="store_true",
         help="lmeval: index only --include-path, not lm-eval's own tasks (faster start)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--forget-texts",
         help="lmeval: forget documents for relearning and forget calibration "
         "(JSON list of strings, or text with blank lines between documents)",
     )
-    parser.add_argument("--limit", type=int, help="lmeval: score only the first N questions of each task")
-    parser.add_argument("--forget-split", choices=FORGET_SPLITS, default="forget10", help="tofu: (default forget10)")
-    parser.add_argument(
+    group.add_argument("--limit", type=int, help="lmeval: score only the first N questions of each task")
+
+
+def _add_tofu_options(parser: argparse.ArgumentParser) -> None:
+    """Options of --benchmark tofu."""
+    group = parser.add_argument_group("TOFU (--benchmark tofu)")
+    group.add_argument("--forget-split", choices=FORGET_SPLITS, default="forget10", help="tofu: (default forget10)")
+    group.add_argument(
         "--prompt-format",
         choices=PROMPT_FORMATS,
         default="auto",
         help="tofu: chat (tokenizer's template), plain (Question: ... Answer:), or auto (default)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--retain-logs",
         metavar="JSON",
         help="tofu: instead of --retrain, the retain model's earlier result (`qunlearn evaluate "
         "--benchmark tofu` JSON, or OpenUnlearning's TOFU_EVAL.json)",
     )
-    parser.add_argument("--relearn-steps", type=int, default=10, help="relearning AdamW steps (default 10)")
-    parser.add_argument("--relearn-lr", type=float, default=1e-4, help="relearning learning rate (default 1e-4)")
-    parser.add_argument("--relearn-docs", type=int, help="use at most this many relearning documents (default all)")
-    parser.add_argument("--relearn-batch-size", type=int, default=4, help="relearning batch size (default 4)")
-    parser.add_argument("--no-code-flips", action="store_true", help="skip the code-flip rates")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument(
-        "--device-map",
-        help="'auto': spread a model larger than one GPU over the GPUs and CPU (HF device_map; replaces --device)",
-    )
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per evaluation pass (default 16)")
-    parser.add_argument("--seed", type=int, default=0, help="relearning shuffle seed (default 0)")
-    add_loading_options(parser, dtype=False)  # each attack sets its own dtype
-    parser.set_defaults(func=run)
 
 
 def _jobs(args: argparse.Namespace) -> list[tuple[AuditInputs, Path]]:

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from qunlearn import __version__
-from qunlearn.commands.options import add_loading_options
+from qunlearn.commands.options import add_device_options, add_loading_options
 from qunlearn.data.muse import load_corpus
 from qunlearn.data.tofu import FORGET_SPLITS, TofuData, load_tofu
 from qunlearn.errors import UserInputError
@@ -55,11 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"MUSE metrics to run (default: all of {', '.join(METRICS)}; privleak only with --retrain)",
     )
     parser.add_argument("--out", required=True, help="output JSON file")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument(
-        "--device-map",
-        help="'auto': spread a model larger than one GPU over the GPUs and CPU (HF device_map; replaces --device)",
-    )
+    add_device_options(parser)
     add_loading_options(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts/texts per forward pass (default: 16)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -29,6 +29,15 @@ def add_loading_options(parser: argparse.ArgumentParser, dtype: bool = True) -> 
         )
 
 
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """--device and --device-map, for commands that evaluate models."""
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument(
+        "--device-map",
+        help="'auto': spread a model larger than one GPU over the GPUs and CPU (HF device_map; replaces --device)",
+    )
+
+
 def add_scheme_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by commands that build a quantizer: scheme, grid and calibration."""
     parser.add_argument(

@@ -11,40 +11,43 @@ defaults (or 8-bit AdamW); memory options are in memory.py.
 from __future__ import annotations
 
 import math
-import platform
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from qunlearn import __version__
 from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
-from qunlearn.errors import TrainingDivergedError, UserInputError
-from qunlearn.fileio import atomic_write_json, atomic_write_yaml, read_json, read_yaml
+from qunlearn.errors import TrainingDivergedError
+from qunlearn.fileio import atomic_write_json, read_json
 from qunlearn.models.io import load_model, require_tokenizer, save_model
 from qunlearn.models.utils import round_to_storage
-from qunlearn.outputs import check_output_dir, output_lock, swap_in
+from qunlearn.outputs import output_lock, swap_in
 from qunlearn.unlearn.launch import check_engine, from_main, make_accelerator
 from qunlearn.unlearn.losses import LossTerm
 from qunlearn.unlearn.memory import forget_logprobs, make_optimizer
 from qunlearn.unlearn.methods import Method, get_method
+from qunlearn.unlearn.rundir import (
+    CHECKPOINTS,
+    LOSSES_FILE,
+    REFERENCE_FILE,
+    SALIENCY_FILE,
+    latest_checkpoint,
+    prepare_out_dir,
+    previous_run,
+    record_failure,
+    save_checkpoint,
+    write_record,
+)
 from qunlearn.unlearn.saliency import Saliency, apply_mask, compute_saliency
 from qunlearn.unlearn.schedule import check_world, count_steps, epoch_steps, micro_batches
 from qunlearn.unlearn.settings import UnlearnSettings, check_context
-
-SETTINGS_FILE = "unlearn.yaml"
-LOSSES_FILE = "losses.json"
-SALIENCY_FILE = "saliency.json"
-REFERENCE_FILE = "reference_logprobs.json"
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -140,94 +143,6 @@ class _OptimizerStep:
         return {k: round(v, 6) for k, v in sums.items()} | {"grad_norm": round(grad_norm, 6)}
 
 
-def _prepare_out_dir(out_dir: Path, resume: bool, inputs: dict[str, Path], main: bool) -> Path:
-    """Check `out_dir` and choose where this run writes: in place for a new or resumed run, else a staging dir.
-
-    An earlier run in `out_dir` that is not resumed stays intact until the new one is complete (then swapped
-    in); an input or a directory of another kind is refused.
-    """
-    check_output_dir(out_dir, SETTINGS_FILE, "an unlearning run", inputs)
-    if (out_dir / SETTINGS_FILE).is_file() and not resume:
-        staging = out_dir.parent / f".{out_dir.name}.staging"
-        if main:
-            shutil.rmtree(staging, ignore_errors=True)  # left by a killed run; the main process holds the lock
-        return staging
-    return out_dir
-
-
-def _record_failure(work_dir: Path, out_dir: Path, err: BaseException) -> None:
-    """After a failed run: drop a staging dir, or mark the run's unlearn.yaml `status: failed` with the reason."""
-    if work_dir != out_dir:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    elif isinstance(err, UserInputError):
-        pass  # refused before training (e.g. --resume with other settings): the records stay as they were
-    elif (out_dir / SETTINGS_FILE).is_file():
-        record = read_yaml(out_dir / SETTINGS_FILE)
-        if record.get("status") != "complete":
-            reason = " ".join(str(err).split()) or type(err).__name__
-            atomic_write_yaml(out_dir / SETTINGS_FILE, record | {"status": "failed", "reason": reason})
-    elif out_dir.is_dir() and not any(out_dir.iterdir()):
-        out_dir.rmdir()
-
-
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    """The newest complete epoch checkpoint in `out_dir`, if any."""
-    done = sorted(
-        (p for p in (out_dir / CHECKPOINTS).glob("epoch-*") if p.suffix != ".tmp"),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    return done[-1] if done else None
-
-
-def _save_checkpoint(accelerator: Accelerator, out_dir: Path, state: _State) -> None:
-    """Model, optimizer, RNG and loop state after an epoch; written under a temp name, then renamed."""
-    final = out_dir / CHECKPOINTS / f"epoch-{state.epoch}"
-    tmp = final.with_suffix(".tmp")
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()  # every rank's RNG state is in `tmp` before it is renamed
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / "loop_state.json", asdict(state))
-        tmp.rename(final)
-        for old in (out_dir / CHECKPOINTS).glob("epoch-*"):
-            if old != final:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def _record(
-    out_dir: Path,
-    method: Method,
-    target_dir: Path,
-    corpus: Corpus,
-    settings: UnlearnSettings,
-    accelerator: Accelerator,
-    **extra: object,
-) -> None:
-    """Write unlearn.yaml: method, every resolved setting, environment, and `extra` (status, timings)."""
-    atomic_write_yaml(
-        out_dir / SETTINGS_FILE,
-        {
-            "method": method.name,
-            "forget_loss": method.forget,
-            "retain_term": method.retain,
-            "sure": method.sure,
-            "target": str(target_dir),
-            "corpus": str(corpus.root),
-            "settings": asdict(settings),
-            "world_size": accelerator.num_processes,
-            "device": str(accelerator.device),
-            "global_batch": settings.batch_size * settings.grad_accum * accelerator.num_processes,
-            "versions": {
-                "qunlearn": __version__,
-                "torch": str(torch.__version__),
-                "transformers": transformers.__version__,
-                "python": platform.python_version(),
-            },
-        }
-        | extra,
-    )
-
-
 def _forget_saliency(
     model, forget: list[list[int]], method: Method, settings: UnlearnSettings, pad_id: int
 ) -> Saliency:
@@ -237,19 +152,6 @@ def _forget_saliency(
     return compute_saliency(
         model, batches, method.forget_term(settings.beta), settings.saliency_gamma, settings.saliency_percentile
     )
-
-
-def _previous_run(out_dir: Path, method: Method, settings: UnlearnSettings) -> dict | None:
-    """The records of the run `--resume` continues (None if there is none); refuse one with other settings."""
-    if not (out_dir / SETTINGS_FILE).is_file():
-        return None
-    previous = read_yaml(out_dir / SETTINGS_FILE)
-    if previous.get("settings") != asdict(settings) or previous.get("method") != method.name:
-        raise UserInputError(
-            f"--resume: {out_dir / SETTINGS_FILE} was written with other settings or method; "
-            "rerun with the same options or without --resume"
-        )
-    return previous
 
 
 @dataclass
@@ -364,7 +266,7 @@ def _train(
                 break
             state.epoch = epoch + 1
             saving = time.perf_counter()
-            _save_checkpoint(accelerator, out_dir, state)
+            save_checkpoint(accelerator, out_dir, state)
             checkpoint_seconds += time.perf_counter() - saving
     return checkpoint_seconds
 
@@ -398,13 +300,13 @@ def unlearn(
     main = accelerator.is_main_process
     with output_lock(out_dir) if main else nullcontext():
         work_dir = from_main(
-            lambda: _prepare_out_dir(out_dir, resume, {"--target": Path(target_dir), "--corpus": root}, main)
+            lambda: prepare_out_dir(out_dir, resume, {"--target": Path(target_dir), "--corpus": root}, main)
         )
         try:
             _unlearn(accelerator, target_dir, corpus, method, work_dir, settings, progress, resume, loading)
         except BaseException as err:
             if main:
-                _record_failure(work_dir, out_dir, err)
+                record_failure(work_dir, out_dir, err)
             raise
         if main and work_dir != out_dir:
             swap_in(work_dir, out_dir)
@@ -429,14 +331,14 @@ def _unlearn(
     target_dir, out_dir = Path(target_dir), Path(out_dir)
     settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
     check_engine(accelerator, settings.grad_accum)
-    previous = _previous_run(out_dir, method, settings) if resume else None
+    previous = previous_run(out_dir, method, settings) if resume else None
     if previous is not None and previous.get("status") == "complete":
         return
     set_seed(settings.seed)
 
     setup = _set_up(target_dir, corpus, method, settings, accelerator, loading)
     if accelerator.is_main_process:
-        _record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")
+        write_record(out_dir, method, target_dir, corpus, settings, accelerator, status="running")
     if settings.reference == "cached":
         setup.ref_logprobs = _cached_reference(setup, settings, out_dir, previous is not None, accelerator.device)
     start = time.perf_counter()
@@ -447,7 +349,7 @@ def _unlearn(
     optimizer = make_optimizer(settings.optim, trainable, settings.lr, settings.weight_decay)
     model, optimizer = accelerator.prepare(setup.model, optimizer)
     state = _State()
-    checkpoint = _latest_checkpoint(out_dir) if previous is not None else None
+    checkpoint = latest_checkpoint(out_dir) if previous is not None else None
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = _State(**read_json(checkpoint / "loop_state.json"))
@@ -473,7 +375,7 @@ def _unlearn(
         atomic_write_json(out_dir / LOSSES_FILE, state.history)
         if not settings.keep_checkpoints:
             shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
-        _record(
+        write_record(
             out_dir,
             method,
             target_dir,
