@@ -2,6 +2,7 @@
 
 Setup:  python3 -m venv /tmp/lcvenv && /tmp/lcvenv/bin/pip install torch==2.13.0 llmcompressor
 Run:    /tmp/lcvenv/bin/python benchmarks/quant_parity.py --model BENCH/models/target --corpus BENCH/corpus
+        (or --calibration FILE, e.g. on the 7B-shaped model of benchmarks/real_shape.py)
 Both sides use llm-compressor's symmetric int grid (scale = amax / 7.5 at 4 bits), fp32, static groups,
 no act-order, the same calibration sequences. Reports, per scheme, how many weights differ and by how many steps.
 """
@@ -86,7 +87,9 @@ def perplexity(model, sequences: list[torch.Tensor]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--corpus", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help="MUSE-layout corpus: retain + holdout text calibrates")
+    source.add_argument("--calibration", help="calibration text file (documents separated by blank lines)")
     parser.add_argument("--group-size", type=int, default=16)
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -96,7 +99,7 @@ def main() -> None:
 
     base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    texts = calibration_texts(corpus_dir=args.corpus)
+    texts = calibration_texts(args.calibration, args.corpus)
     sequences = calibration_sequences(tokenizer, texts, args.n_samples, args.seq_len)
     held_out = calibration_sequences(tokenizer, texts, 64, args.seq_len, seed=1)[args.n_samples :]
     dataset = Dataset.from_dict(

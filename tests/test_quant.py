@@ -14,10 +14,11 @@ from qunlearn.cli import main
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import load_model, save_model
 from qunlearn.quant.awq import apply_scales, block_mappings, search_scales
+from qunlearn.quant.base import capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import bf16_matching_lr, code_flips, weight_movement
-from qunlearn.quant.gptq import HessianAccumulator, gptq_quantize
+from qunlearn.quant.gptq import HessianAccumulator, SharedInputHessians, gptq_quantize, quantize_columns
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
 
@@ -118,9 +119,12 @@ def test_gptq_with_static_groups_stays_on_the_rtn_grid():
     assert torch.allclose(codes, codes.round(), atol=1e-5) and codes.min() >= -4 and codes.max() <= 3
 
 
-def test_gptq_hessian_is_two_over_n_sum_xxt():
-    x = torch.tensor([[1.0, 0.0], [1.0, 2.0]])
-    assert hessian_of(x).tolist() == [[2.0, 2.0], [2.0, 4.0]]
+def test_gptq_hessian_is_two_over_sequences_times_the_sum_of_xxt_over_tokens():
+    acc = HessianAccumulator()
+    acc.add(torch.tensor([[[1.0, 0.0], [1.0, 2.0]]]))  # one sequence of two tokens
+    acc.add(torch.tensor([[0.0, 1.0]]))  # one sequence of one token (no batch dimension)
+    expected = torch.tensor([[2.0, 2.0], [2.0, 5.0]])  # (2/2)·([[2, 2], [2, 4]] + [[0, 0], [0, 1]])
+    assert torch.allclose(acc.hessian(), expected)  # up to fp32 rounding of √2·√2
 
 
 def test_gptq_zeroes_dead_columns():
@@ -128,6 +132,49 @@ def test_gptq_zeroes_dead_columns():
     x[:, 3] = 0
     q = gptq_quantize(torch.randn(4, 16), hessian_of(x), 4, group_size=-1)
     assert torch.all(q[:, 3] == 0)
+
+
+def one_block_with_inputs() -> tuple[nn.Module, dict[str, nn.Module], list]:
+    """A random Llama's only decoder block, its Linear layers by full name, and its inputs for 4 random sequences."""
+    model = random_llama(layers=1)
+    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    block = model.model.layers[0]
+    linears = {f"model.layers.0.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    return block, linears, capture_block_inputs(model, block, list(ids.split(1)), torch.device("cpu"))
+
+
+@torch.no_grad()
+def test_layers_reading_the_same_input_share_one_hessian():
+    block, linears, inputs = one_block_with_inputs()
+    hessians, separate = SharedInputHessians(), {n: HessianAccumulator() for n in linears}
+
+    def record(name, args, _kwargs):
+        hessians.add(name, args[0])
+        separate[name].add(args[0])
+
+    record_module_inputs(block, linears, inputs, record)
+    groups = hessians.groups()
+    assert [[n.removeprefix("model.layers.0.") for n in names] for names in groups] == [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"],
+        ["mlp.down_proj"],
+    ]
+    for names in groups:
+        shared = hessians.take(names[0])
+        for name in names:
+            assert torch.equal(shared, separate[name].hessian())
+
+
+@torch.no_grad()
+def test_gptq_with_shared_hessians_equals_gptq_with_each_layers_own():
+    block, linears, inputs = one_block_with_inputs()
+    own = {name: HessianAccumulator() for name in linears}
+    record_module_inputs(block, linears, inputs, lambda name, args, _kw: own[name].add(args[0]))
+    expected = {name: gptq_quantize(m.weight, own[name].hessian(), 4, 32) for name, m in linears.items()}
+    get_quantizer("gptq4", group_size=32).quantize_block(block, linears, inputs)
+    for name, linear in linears.items():
+        assert torch.equal(linear.weight, expected[name]), name
 
 
 # --- AWQ ------------------------------------------------------------------------------------------------
@@ -400,14 +447,15 @@ def test_gptq_retries_a_rejected_hessian_with_more_dampening_then_falls_back_to_
     # mean(diag) = 0.869: dampening 0.01 adds 0.0087 (last entry stays negative), 0.1 adds 0.087 (positive).
     indefinite = torch.diag(torch.tensor([1.0, 1, 1, 1, 1, 1, 1, -0.05]))
     quantizer = get_quantizer("gptq4", group_size=8)
-    with pytest.warns(UserWarning, match="using dampening 0.1 for 1 layer"):
-        out = quantizer._quantize_layer("layer", w, indefinite)
-    assert torch.equal(out, gptq_quantize(w, indefinite, 4, 8, damp=0.1))
+    with pytest.warns(UserWarning, match="using dampening 0.1 for 2 layer"):
+        inverse = quantizer._invert(["q", "k"], indefinite.clone())
+    assert inverse.damp == 0.1
+    assert torch.equal(quantize_columns(w, inverse, 4, 8), gptq_quantize(w, indefinite, 4, 8, damp=0.1))
     assert quantizer.fallbacks == [
-        {"layers": ["layer"], "used": "dampening 0.1", "reason": "Hessian not positive definite at dampening 0.01"}
+        {"layers": ["q", "k"], "used": "dampening 0.1", "reason": "Hessian not positive definite at dampening 0.01"}
     ]
     with pytest.warns(UserWarning, match="using RTN"):
-        assert torch.equal(quantizer._quantize_layer("bad", w, torch.full((8, 8), float("nan"))), rtn_quantize(w, 4, 8))
+        assert quantizer._invert(["bad"], torch.full((8, 8), float("nan"))) is None
     assert quantizer.fallbacks[-1] == {
         "layers": ["bad"],
         "used": "RTN",

@@ -110,9 +110,10 @@ class RTNQuantizer(GridQuantizer):
 class CalibratedQuantizer(GridQuantizer):
     """Runs calibration text through the model one decoder block at a time, quantizing each block in turn.
 
-    Only the current block's inputs are held; on an accelerator `device`, only the current block is moved
-    there. A progress bar counts the blocks (`progress`). Each block's outputs are recomputed after quantization, so later blocks see quantized inputs.
-    Selected Linear layers outside the decoder blocks get plain RTN.
+    Only the current block's inputs are held (n_samples × seq_len × hidden floats); on an accelerator `device`, only
+    the current block is moved there. A progress bar counts the blocks (`progress`). Each block's outputs replace its
+    inputs after quantization, so later blocks see quantized inputs. Selected Linear layers outside the decoder blocks
+    get plain RTN.
     """
 
     n_samples: int = 128
@@ -148,7 +149,8 @@ class CalibratedQuantizer(GridQuantizer):
             in_blocks.update(linears)
             block.to(device)
             self.quantize_block(block, linears, inputs)
-            inputs = [(block_output(block(hidden, **kwargs)), kwargs) for hidden, kwargs in inputs]
+            for i, (hidden, kwargs) in enumerate(inputs):  # in place: one set of activations alive, not two
+                inputs[i] = (block_output(block(hidden, **kwargs)), kwargs)
             block.to(home)
         for name, linear in selected.items():
             if name not in in_blocks:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,10 +14,10 @@ from qunlearn.quant.base import BlockInput, CalibratedQuantizer, record_module_i
 from qunlearn.quant.layers import weight_matrix
 from qunlearn.quant.rtn import (
     absmax_scales,
+    code_range,
     default_denominator,
     effective_group_size,
     group_absmax,
-    round_to_codes,
     rtn_quantize,
 )
 
@@ -24,39 +26,169 @@ DAMP_RETRY_FACTORS = (10.0, 100.0)
 
 
 class HessianAccumulator:
-    """Accumulates H = (2/N)·Σ xxᵀ over the N input rows (tokens) a Linear layer sees, in fp32, in place."""
+    """Accumulates H = (2/S)·Σ xxᵀ over the S calibration sequences a Linear layer sees, in fp32, in place.
+
+    The sum runs over every token row x; dividing by sequences rather than tokens and scaling x by √2 before the
+    product follow the reference GPTQ code and llm-compressor, so that both compute bit-identical Hessians (GPTQ
+    itself is invariant to H's scale).
+    """
 
     def __init__(self) -> None:
         self.sums: torch.Tensor | None = None
-        self.count = 0
+        self.sequences = 0
 
     def add(self, x: torch.Tensor) -> None:
-        """Add a batch of inputs (..., in_features)."""
-        rows = x.reshape(-1, x.shape[-1]).float()
+        """Add the inputs of a batch of sequences (batch, tokens, in_features), or of one sequence (tokens, in)."""
+        self.sequences += x.shape[0] if x.dim() > 2 else 1
+        rows = math.sqrt(2) * x.reshape(-1, x.shape[-1]).float()
         if self.sums is None:
             self.sums = rows.T @ rows
         else:
             self.sums += rows.T @ rows
-        self.count += rows.shape[0]
 
     def hessian(self) -> torch.Tensor:
-        """(2/N)·Σ xxᵀ, scaled in place: the accumulator is used up (no second in×in matrix)."""
+        """(2/S)·Σ xxᵀ, scaled in place: the accumulator is used up (no second in×in matrix)."""
         if self.sums is None:
             raise ValueError("GPTQ: no calibration input reached this layer")
-        hessian, self.sums = self.sums.mul_(2.0 / self.count), None
+        hessian, self.sums = self.sums.div_(self.sequences), None
         return hessian
 
 
-def upper_cholesky_of_inverse(hessian: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹; dampens `hessian` in place, and keeps at most two
-    in×in matrices besides it alive (down_proj of a 7B model: 485 MB each)."""
-    hessian.diagonal().add_(damp * torch.mean(torch.diag(hessian)))
-    try:
-        factor = torch.linalg.cholesky(hessian)
-        factor = torch.cholesky_inverse(factor)
-        return torch.linalg.cholesky(factor, upper=True)
-    except torch.linalg.LinAlgError:
-        raise NumericalError(f"GPTQ: Hessian not positive definite with dampening {damp}") from None
+class SharedInputHessians:
+    """One Hessian per distinct input: layers that read the very same tensor (q/k/v, gate/up) share one.
+
+    Grouping is decided on the first calibration sample (a layer joins the group of the layer called just before it
+    when both received the same tensor object) and checked on every later one.
+    """
+
+    def __init__(self) -> None:
+        self.leader: dict[str, str] = {}  # layer → the first layer of its group
+        self.accumulators: dict[str, HessianAccumulator] = {}  # leader → its accumulator
+        self._last: tuple[str, torch.Tensor] | None = None  # (leader, input) of the latest call
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        """Record layer `name`'s input `x`."""
+        if name not in self.leader:
+            shares = self._last is not None and self._last[1] is x
+            self.leader[name] = self._last[0] if shares else name
+        leader = self.leader[name]
+        if leader == name:
+            self.accumulators.setdefault(name, HessianAccumulator()).add(x)
+            self._last = (name, x)
+        elif self._last is None or self._last[1] is not x:
+            raise RuntimeError(f"GPTQ: {name} no longer reads the same input as {leader}")
+
+    def groups(self) -> list[list[str]]:
+        """Layer names per shared Hessian, leader first, in call order."""
+        members: dict[str, list[str]] = {}
+        for name, leader in self.leader.items():
+            members.setdefault(leader, []).append(name)
+        self._last = None  # drop the reference to the last input
+        return list(members.values())
+
+    def take(self, leader: str) -> torch.Tensor:
+        """The finished Hessian of `leader`'s group; the only reference passes to the caller."""
+        return self.accumulators.pop(leader).hessian()
+
+
+@dataclass
+class InverseHessian:
+    """What GPTQ needs from a layer's Hessian: the upper Cholesky factor of its dampened inverse (row-major), the
+    dead input columns (zero Hessian diagonal), the column order (act-order permutation or None), the dampening used.
+    """
+
+    factor: torch.Tensor
+    dead: torch.Tensor
+    perm: torch.Tensor | None
+    damp: float
+
+
+@torch.no_grad()
+def invert_hessian(hessian: torch.Tensor, damps: Sequence[float] = (0.01,), act_order: bool = False) -> InverseHessian:
+    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹ at the first λ in `damps` whose Cholesky succeeds.
+
+    Consumes `hessian` (modified in place and released once factorised), so that with no other reference at most
+    two in×in matrices are alive (down_proj of a 7B model: 485 MB each). Raises NumericalError when no λ works.
+    """
+    diag = torch.diag(hessian)
+    dead = diag == 0
+    hessian[dead, dead] = 1
+    perm = torch.argsort(torch.diag(hessian), descending=True) if act_order else None
+    if perm is not None:
+        hessian = hessian[perm][:, perm]
+    lower, damp = _dampened_cholesky(hessian, damps)
+    del hessian
+    lower = lower.contiguous()
+    torch.cholesky_inverse(lower, out=lower)
+    _, info = torch.linalg.cholesky_ex(lower, upper=True, out=(lower, torch.empty((), dtype=torch.int32)))
+    if int(info) != 0:
+        raise NumericalError(f"GPTQ: inverse Hessian not positive definite with dampening {damp:g}")
+    return InverseHessian(lower, dead, perm, damp)
+
+
+def _dampened_cholesky(hessian: torch.Tensor, damps: Sequence[float]) -> tuple[torch.Tensor, float]:
+    """Lower Cholesky factor of H + λ·mean(diag H)·I at the first λ that works (H's diagonal is set in place)."""
+    original = torch.diag(hessian).clone()
+    mean = torch.mean(original)
+    for damp in damps:
+        hessian.diagonal().copy_(original + damp * mean)
+        lower, info = torch.linalg.cholesky_ex(hessian)
+        if int(info) == 0:
+            return lower, damp
+        del lower  # before the next attempt allocates another
+    raise NumericalError(f"GPTQ: Hessian not positive definite with dampening up to {damps[-1]:g}")
+
+
+@torch.no_grad()
+def quantize_columns(
+    w: torch.Tensor,
+    inverse: InverseHessian,
+    bits: int,
+    group_size: int = 128,
+    denominator: float | None = None,
+    block_size: int = 128,
+    static_groups: bool = True,
+) -> torch.Tensor:
+    """GPTQ's column sweep: fake-quantized `w` (out × in) in `w`'s dtype, given its layer's inverse Hessian.
+
+    Static groups take each group's scale from the original weights (so the grid equals RTN's); dynamic
+    groups take it from the error-updated weights when the group's first column is reached. Dead input
+    columns are set to zero. The quantized values overwrite one fp32 working copy of `w`.
+    """
+    weight = w.detach().float().clone()
+    columns = weight.shape[1]
+    g = effective_group_size(columns, group_size)
+    den = default_denominator(bits) if denominator is None else denominator
+    lo, hi = code_range(bits)
+    scales = absmax_scales(group_absmax(weight, g), bits, denominator)
+    weight[:, inverse.dead] = 0
+    group_of = torch.arange(columns) // g
+    if inverse.perm is not None:
+        weight = weight[:, inverse.perm]
+        group_of = group_of[inverse.perm] if static_groups else group_of
+    group_of = group_of.tolist()
+    hinv = inverse.factor
+    for i1 in range(0, columns, block_size):
+        i2 = min(i1 + block_size, columns)
+        block = weight[:, i1:i2].clone()
+        errors = torch.zeros_like(block)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if not static_groups and col % g == 0:
+                current = torch.cat([block[:, i:], weight[:, i2:]], dim=1)[:, :g]
+                scales[:, group_of[col]] = current.abs().amax(dim=1) / den
+            step = scales[:, group_of[col]]
+            safe = torch.where(step == 0, 1.0, step)
+            q = torch.clamp(torch.round(block[:, i] / safe), lo, hi) * step
+            err = (block[:, i] - q) / hinv[col, col]
+            block[:, i:] -= err.unsqueeze(1) * hinv[col, col:i2].unsqueeze(0)
+            block[:, i] = q  # the column is final: keep its quantized value where the working weight was
+            errors[:, i] = err
+        weight[:, i1:i2] = block
+        weight[:, i2:] -= errors @ hinv[i1:i2, i2:]
+    if inverse.perm is not None:
+        weight = weight[:, torch.argsort(inverse.perm)]
+    return weight.to(w.dtype)
 
 
 def gptq_quantize(
@@ -70,56 +202,21 @@ def gptq_quantize(
     act_order: bool = False,
     static_groups: bool = True,
 ) -> torch.Tensor:
-    """Fake-quantized `w` (out × in) by GPTQ with input Hessian `hessian` (in × in), returned in `w`'s dtype.
+    """Fake-quantized `w` (out × in) by GPTQ with input Hessian `hessian` (in × in, left intact), in `w`'s dtype.
 
-    Static groups take each group's scale from the original weights (so the grid equals RTN's); dynamic
-    groups take it from the error-updated weights when the group's first column is reached. Dead input
-    columns (zero Hessian diagonal) are set to zero. With `act_order`, columns go in decreasing diag(H).
+    With `act_order`, columns go in decreasing diag(H). See `quantize_columns` for the grid.
     """
-    weight = w.detach().float().clone()
-    columns = weight.shape[1]
-    g = effective_group_size(columns, group_size)
-    den = default_denominator(bits) if denominator is None else denominator
-    scales = absmax_scales(group_absmax(weight, g), bits, denominator)
-    hessian = hessian.float().clone()
-    dead = torch.diag(hessian) == 0
-    hessian[dead, dead] = 1
-    weight[:, dead] = 0
-    group_of = torch.arange(columns, device=weight.device) // g
-    perm = torch.argsort(torch.diag(hessian), descending=True) if act_order else None
-    if perm is not None:
-        weight, hessian = weight[:, perm], hessian[perm][:, perm]
-        group_of = group_of[perm] if static_groups else group_of
-    hinv = upper_cholesky_of_inverse(hessian, damp)
-    del hessian  # our dampened copy; the caller's stays intact for a retry
-    quantized = torch.zeros_like(weight)
-    for i1 in range(0, columns, block_size):
-        i2 = min(i1 + block_size, columns)
-        block = weight[:, i1:i2].clone()
-        errors = torch.zeros_like(block)
-        for i in range(i2 - i1):
-            col = i1 + i
-            if not static_groups and col % g == 0:
-                current = torch.cat([block[:, i:], weight[:, i2:]], dim=1)[:, :g]
-                scales[:, group_of[col]] = current.abs().amax(dim=1) / den
-            step = scales[:, group_of[col]]
-            q = round_to_codes(block[:, i], step, bits) * step
-            quantized[:, col] = q
-            err = (block[:, i] - q) / hinv[col, col]
-            block[:, i:] -= err.unsqueeze(1) * hinv[col, col:i2].unsqueeze(0)
-            errors[:, i] = err
-        weight[:, i2:] -= errors @ hinv[i1:i2, i2:]
-    if perm is not None:
-        quantized = quantized[:, torch.argsort(perm)]
-    return quantized.to(w.dtype)
+    inverse = invert_hessian(hessian.float().clone(), (damp,), act_order)
+    return quantize_columns(w, inverse, bits, group_size, denominator, block_size, static_groups)
 
 
 @dataclass
 class GPTQQuantizer(CalibratedQuantizer):
     """GPTQ per decoder block: Hessians from one pass of the block's inputs, then every selected layer quantized.
 
-    A layer whose damped Hessian is not positive definite is retried with more dampening, then quantized by
-    RTN (as llm-compressor does); each such layer is recorded in `fallbacks`.
+    Layers reading the same input (q/k/v, gate/up) share one Hessian and its inverse. A Hessian that is not
+    positive definite is retried with more dampening, then its layers get RTN (as llm-compressor does); each such
+    layer is recorded in `fallbacks`.
     """
 
     block_size: int = 128
@@ -128,33 +225,37 @@ class GPTQQuantizer(CalibratedQuantizer):
     static_groups: bool = True
 
     def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> None:
-        seen = {name: HessianAccumulator() for name in linears}
-        record_module_inputs(block, linears, inputs, lambda name, args, _kwargs: seen[name].add(args[0]))
-        for name, linear in linears.items():
-            weight = weight_matrix(linear)
-            weight.copy_(self._quantize_layer(name, weight, seen.pop(name).hessian()))
+        hessians = SharedInputHessians()
+        record_module_inputs(block, linears, inputs, lambda name, args, _kwargs: hessians.add(name, args[0]))
+        for names in hessians.groups():
+            inverse = self._invert(names, hessians.take(names[0]))
+            for name in names:
+                weight = weight_matrix(linears[name])
+                if inverse is None:
+                    weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))
+                else:
+                    weight.copy_(
+                        quantize_columns(
+                            weight,
+                            inverse,
+                            self.bits,
+                            self.group_size,
+                            self.denominator,
+                            self.block_size,
+                            self.static_groups,
+                        )
+                    )
 
-    def _quantize_layer(self, name: str, weight: torch.Tensor, hessian: torch.Tensor) -> torch.Tensor:
-        """GPTQ at the set dampening, else at the first larger one that works, else RTN (recording the fallback)."""
-        for damp in (self.damp, *(self.damp * f for f in DAMP_RETRY_FACTORS)):
-            try:
-                quantized = gptq_quantize(
-                    weight,
-                    hessian,
-                    self.bits,
-                    self.group_size,
-                    self.denominator,
-                    self.block_size,
-                    damp,
-                    self.act_order,
-                    self.static_groups,
-                )
-            except NumericalError:
-                continue
-            if damp != self.damp:
-                self.fall_back(
-                    [name], f"dampening {damp:g}", f"Hessian not positive definite at dampening {self.damp:g}"
-                )
-            return quantized
-        self.fall_back([name], "RTN", f"Hessian not positive definite up to dampening {damp:g}")
-        return rtn_quantize(weight, self.bits, self.group_size, self.denominator)
+    def _invert(self, names: list[str], hessian: torch.Tensor) -> InverseHessian | None:
+        """The inverse Hessian at the set dampening or the first larger one that works (recorded), else None (RTN)."""
+        damps = (self.damp, *(self.damp * f for f in DAMP_RETRY_FACTORS))
+        try:
+            inverse = invert_hessian(hessian, damps, self.act_order)
+        except NumericalError:
+            self.fall_back(names, "RTN", f"Hessian not positive definite up to dampening {damps[-1]:g}")
+            return None
+        if inverse.damp != self.damp:
+            self.fall_back(
+                names, f"dampening {inverse.damp:g}", f"Hessian not positive definite at dampening {self.damp:g}"
+            )
+        return inverse
