@@ -33,14 +33,28 @@ from qunlearn.fileio import append_jsonl, atomic_write_bytes, atomic_write_json,
 from qunlearn.models.io import load_model, load_tokenizer, save_model
 from qunlearn.models.tiny import build_model, train_from_scratch
 from qunlearn.prepare import PreparedBenchmark
-from qunlearn.quant.diagnostics import bf16_matching_lr, combine_movements, weight_movement
-from qunlearn.quant.layers import target_linears
+from qunlearn.quant.diagnostics import combine_movements, weight_movement
+from qunlearn.quant.layers import target_linears, weight_matrix
 from qunlearn.quant.registry import get_quantizer
+from qunlearn.quant.rtn import rtn_codes
 from qunlearn.unlearn.settings import UnlearnSettings
 from qunlearn.unlearn.trainer import unlearn
 
 METRICS = ["knowmem_f", "verbmem_f", "knowmem_r"]
 QUANTIZERS = ["fp", "rtn8", "rtn4"]  # the default; --quantizers adds e.g. rtn3, rtn2 for a recovery-vs-bits curve
+
+
+# An Adam step of about lr is lost in bf16 storage (8-bit significand) once |w| exceeds lr·2^8 to lr·2^9.
+BF16_HALF_ULP_EXPONENT = 9
+
+
+def bf16_matching_lr(model: torch.nn.Module, group_size: int = 128) -> float:
+    """The LR at which lr·2^9 is half the median 4-bit RTN step of the model's quantized linears: with bf16
+    weights, only weights inside the 4-bit zero bin can then move (the regime of MUSE's 7B runs at lr 1e-5)."""
+    steps = torch.cat(
+        [rtn_codes(weight_matrix(lin).detach(), 4, group_size)[1].flatten() for lin in target_linears(model).values()]
+    )
+    return float(steps.median()) / 2 / 2**BF16_HALF_ULP_EXPONENT
 
 
 def width_shape(width: int, base: ModelShape) -> ModelShape:

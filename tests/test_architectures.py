@@ -23,7 +23,6 @@ from qunlearn.cli import main
 from qunlearn.config import load_run_config
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import TOKENIZER_FILES, load_model, load_tokenizer, save_model
-from qunlearn.pipeline import validate
 from qunlearn.quant.awq import apply_scales, block_mappings
 from qunlearn.quant.bnb import bnb_fake_quantize, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
@@ -505,5 +504,5 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_configs_are_valid_runs(path):
     config = load_run_config(path)
-    validate(config)
+    config.validate()
     assert config.target and config.corpus and config.dtype == "bf16" and "gptq4" in config.quantizers

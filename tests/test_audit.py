@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -9,10 +10,12 @@ import sys
 
 import pytest
 
+from qunlearn.audit.render import recovery_plot, to_html, to_markdown
 from qunlearn.audit.split import split_forget
 from qunlearn.audit.verdict import Signal, Thresholds, level, recovery, signal_verdict, summary, verdict, worst_attack
 from qunlearn.cli import main
 from qunlearn.data.muse import load_corpus
+from qunlearn.quant.registry import QUANTIZERS
 
 ATTACKS = ["rtn8", "rtn4", "relearn", "bf16"]
 ARGS = ["--attacks", *ATTACKS, "--relearn-steps", "3", "--relearn-lr", "1e-3"]
@@ -64,7 +67,7 @@ def test_three_levels_with_hand_made_numbers():
     assert verdict({"a": {"verdict": "holds"}, "b": {"verdict": "partial"}}) == "partial"
     assert verdict({"a": {"verdict": "partial"}, "b": {"verdict": "recovers"}}) == "recovers"
     with pytest.raises(ValueError, match="partial-threshold"):
-        Thresholds(partial=0.6, recovers=0.5).check()
+        Thresholds(partial=0.6, recovers=0.5).validate()
 
 
 def test_membership_signal_counts_toward_the_targets_value():
@@ -199,6 +202,17 @@ def test_html_is_self_contained_with_plot(audits):
         assert "| attack | verdict |" in md and "more than 50% of the target − unlearned gap" in md
         assert "partial when more than 25%" in md
         assert "Integrity checks passed at every load of target, unlearned" in md
+
+
+def test_a_scheme_with_a_caveat_is_named_under_the_verdict_table(audits):
+    audit = audits["retrain"]
+    rtn4 = next(a for a in audit["attacks"] if a["name"] == "rtn4")
+    with_int8 = audit | {"attacks": [*audit["attacks"], rtn4 | {"name": "bnb-int8", "quantizer": "bnb-int8"}]}
+    caveat = f"bnb-int8 caveat: {QUANTIZERS['bnb-int8'].caveat}."
+    md = to_markdown(with_int8)
+    assert md.index("| bnb-int8 |") < md.index(f"- {caveat}") < md.index("## Update size")
+    assert html.escape(caveat) in to_html(with_int8, recovery_plot(with_int8))
+    assert "caveat" not in to_markdown(audit)  # rtn8, rtn4, relearn, bf16: none has one
 
 
 def test_bad_attack_is_a_one_line_error(tiny_benchmark, tmp_path, capsys):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from qunlearn.cli import main
-from qunlearn.commands.demo import QUICK_METHODS, QUICK_QUANTIZERS
+from qunlearn.config import QUICK_METHODS, QUICK_QUANTIZERS
 from qunlearn.report import build_report
 from qunlearn.results import load_results
 

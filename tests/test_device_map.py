@@ -67,6 +67,6 @@ def test_audit_and_run_settings_carry_the_device_map():
     args = parser.parse_args(
         ["audit", "--target", "t", "--unlearned", "u", "--corpus", "c", "--out", "o", "--device-map", "auto"]
     )
-    assert args.device_map == "auto" and AuditSettings(device_map="auto").device_map == "auto"
+    assert AuditSettings.from_cli(args).device_map == "auto"
     # where the model sits does not change a run's results: the resume hash ignores it, as it ignores --device
     assert config_hash(RunConfig(out="x", device_map="auto")) == config_hash(RunConfig(out="x"))

@@ -11,8 +11,8 @@ from qunlearn.cli import main
 from qunlearn.config import BenchmarkSettings, RunConfig, load_run_config
 from qunlearn.errors import UserInputError
 from qunlearn.fileio import append_jsonl, read_yaml
-from qunlearn.pipeline import Grid, config_hash, run_grid, validate
-from qunlearn.report import build_report, headline, to_grid
+from qunlearn.pipeline import RunDriver, config_hash, run_grid
+from qunlearn.report import build_report, headline, index_results
 from qunlearn.results import finished_cells, load_results
 
 
@@ -69,8 +69,8 @@ def test_interrupted_grid_resumes_to_the_same_results(tiny_benchmark, tmp_path):
     key = lambda r: (r["model"], r["quantizer"], r["metric"])
     resumed = {key(r): r["value"] for r in load_results(tmp_path / "part/results.jsonl")}
     assert resumed == {key(r): r["value"] for r in load_results(tmp_path / "whole/results.jsonl")}
-    head = headline(to_grid(load_results(tmp_path / "part/results.jsonl")))
-    assert head == headline(to_grid(load_results(tmp_path / "whole/results.jsonl")))
+    head = headline(index_results(load_results(tmp_path / "part/results.jsonl")))
+    assert head == headline(index_results(load_results(tmp_path / "whole/results.jsonl")))
 
 
 def test_changed_settings_do_not_reuse_old_cells(tiny_benchmark, tmp_path):
@@ -123,7 +123,7 @@ def test_rerun_with_changed_unlearning_settings_unlearns_and_quantizes_again(tin
 )
 def test_bad_config_names_are_listed_before_work(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        validate(RunConfig(out=str(tmp_path), **{field: value}))
+        RunConfig(out=str(tmp_path), **{field: value}).validate()
 
 
 def test_missing_model_directory_fails_before_any_work(tmp_path):
@@ -135,7 +135,7 @@ def test_missing_model_directory_fails_before_any_work(tmp_path):
         metrics=["knowmem_f"],
     )
     with pytest.raises(UserInputError, match="target .*absent: directory not found"):
-        Grid(config, progress=False).run()
+        RunDriver(config, progress=False).run()
     assert not (tmp_path / "out/results.jsonl").exists()
 
 
@@ -151,7 +151,7 @@ def test_run_config_yaml_errors_name_the_file_and_field(tmp_path):
 
 def test_example_config_is_valid():
     config = load_run_config(Path(__file__).parent.parent / "examples/muse-news-llama2-7b.yaml")
-    validate(config)
+    config.validate()
     assert config.unlearn["profile"] == "muse" and "gptq4" in config.quantizers
 
 

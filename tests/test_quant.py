@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import warnings
 
@@ -17,7 +18,7 @@ from qunlearn.quant.awq import apply_scales, block_mappings, search_scales
 from qunlearn.quant.base import capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
-from qunlearn.quant.diagnostics import bf16_matching_lr, code_flips, weight_movement
+from qunlearn.quant.diagnostics import code_flips, weight_movement
 from qunlearn.quant.gptq import HessianAccumulator, SharedInputHessians, gptq_quantize, quantize_columns
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
@@ -328,14 +329,6 @@ def test_weight_movement_of_an_unchanged_matrix_is_empty():
     assert result["moved"] == result["flips"] == 0 and result["start_position_histogram"] == [0] * 5
 
 
-def test_bf16_matching_lr_puts_lr_times_512_at_half_the_median_4bit_step():
-    model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(4, 2, bias=False))
-    with torch.no_grad():  # row absmax 8, 16, 24 | 32, 40 -> 4-bit steps 1..5, median 3
-        model[0].weight.copy_(torch.tensor([[8.0, 0, 0, 0], [0, -16, 0, 0], [0, 0, 24, 0]]))
-        model[1].weight.copy_(torch.tensor([[32.0, 0, 0, 0], [0, 0, 0, -40]]))
-    assert bf16_matching_lr(model, group_size=4) == 3 / 2 / 512
-
-
 # --- through the tiny benchmark: calibrated quantizers, checkpoints, the CLI ------------------------------
 
 
@@ -503,14 +496,32 @@ def test_quantize_yaml_records_the_fallbacks(tmp_path):
     ]
 
 
-def test_configured_quantizer_applies_the_options_each_scheme_takes_and_names_bad_flags():
+def test_configured_quantizer_applies_the_options_each_scheme_takes_and_names_bad_flags(tmp_path):
     from qunlearn.errors import UserInputError
-    from qunlearn.quant.registry import configured_quantizer
+    from qunlearn.quant.scheme import SchemeSettings, configured_quantizer
 
-    rtn = configured_quantizer("rtn4", group_size=32, n_samples=8)  # RTN takes no calibration samples
-    assert rtn.group_size == 32 and not hasattr(rtn, "n_samples")
-    assert configured_quantizer("gptq4", group_size=-1, n_samples=8).n_samples == 8
+    rtn, texts = configured_quantizer(SchemeSettings("rtn4", group_size=32, n_samples=8))  # RTN takes no samples
+    assert rtn.group_size == 32 and not hasattr(rtn, "n_samples") and texts == []
+    (tmp_path / "calib.txt").write_text("one document\n\nanother document\n")
+    gptq, texts = configured_quantizer(
+        SchemeSettings("gptq4", group_size=-1, n_samples=8, calibration=str(tmp_path / "calib.txt"))
+    )
+    assert gptq.n_samples == 8 and texts == ["one document", "another document"]
+    with pytest.raises(UserInputError, match="--scheme gptq4 needs calibration text"):
+        configured_quantizer(SchemeSettings("gptq4"))
     with pytest.raises(UserInputError, match="--group-size must be positive or -1"):
-        configured_quantizer("rtn4", group_size=0)
+        SchemeSettings("rtn4", group_size=0).validate()
     with pytest.raises(UserInputError, match="--n-samples must be at least 1"):
-        configured_quantizer("gptq4", n_samples=0)
+        SchemeSettings("gptq4", n_samples=0).validate()
+
+
+def test_scheme_help_gives_each_summary_with_its_caveat():
+    from qunlearn.commands.options import add_scheme_options
+    from qunlearn.quant.registry import QUANTIZERS
+
+    parser = argparse.ArgumentParser()
+    add_scheme_options(parser)
+    help_text = next(action.help for action in parser._actions if action.dest == "scheme")
+    int8 = QUANTIZERS["bnb-int8"]
+    assert "outlier path" in int8.caveat and f"bnb-int8 ({int8.summary}; {int8.caveat})" in help_text
+    assert f"rtn4 ({QUANTIZERS['rtn4'].summary})" in help_text

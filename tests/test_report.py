@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from qunlearn import cli
-from qunlearn.report import headline, to_grid, write_report
-from qunlearn.report.render import to_markdown
+from qunlearn.quant.registry import QUANTIZERS
+from qunlearn.report import headline, index_results, write_report
+from qunlearn.report.render import to_html, to_json, to_markdown
 from qunlearn.report.tables import build_report
 from qunlearn.results import latest_config_hash, load_results
 
@@ -116,13 +118,13 @@ def test_later_lines_replace_earlier_and_stale_hash_is_dropped(run_dir: Path) ->
 
 
 def test_order_of_models_and_quantizers(run_dir: Path) -> None:
-    grid = to_grid(load_results(run_dir / "results.jsonl", HASH))
-    assert grid.quantizers == ("fp", "rtn8", "rtn4", "gptq4")
-    assert grid.models == ("target", "retrain", "ga", "npo", "ga_sure")
+    index = index_results(load_results(run_dir / "results.jsonl", HASH))
+    assert index.quantizers == ("fp", "rtn8", "rtn4", "gptq4")
+    assert index.models == ("target", "retrain", "ga", "npo", "ga_sure")
 
 
 def test_headline_equals_hand_computed_ratios(run_dir: Path) -> None:
-    head = headline(to_grid(load_results(run_dir / "results.jsonl", HASH)))
+    head = headline(index_results(load_results(run_dir / "results.jsonl", HASH)))
     know = head["knowmem_f"]
     assert know["per_model"]["ga"] == pytest.approx({"fp": 10.0, "rtn8": 10.0, "rtn4": 80.0, "gptq4": None})
     assert know["per_model"]["npo"] == pytest.approx({"fp": 30.0, "rtn8": 20.0, "rtn4": 90.0, "gptq4": None})
@@ -149,7 +151,7 @@ def test_report_files_tables_and_json_headline(run_dir: Path, written: dict[str,
     }
     assert all(path.is_file() and path.stat().st_size > 0 for path in written.values())
     report_json = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-    assert report_json["headline"] == headline(to_grid(load_results(run_dir / "results.jsonl", HASH)))
+    assert report_json["headline"] == headline(index_results(load_results(run_dir / "results.jsonl", HASH)))
     assert report_json["headline"]["knowmem_f"]["mean"]["baseline"]["rtn4"] == pytest.approx(85.0)
 
     muse = _rows(report_json, "muse")
@@ -230,3 +232,26 @@ def test_cli_report_uses_latest_hash_and_reports_missing_file(
     assert "no results" in capsys.readouterr().err
     with pytest.raises(ValueError, match="results.jsonl"):
         load_results(empty / "results.jsonl")
+
+
+def test_a_scheme_with_a_caveat_gets_a_note_under_each_table_that_shows_it() -> None:
+    records = [
+        {"model": model, "quantizer": quantizer, "metric": "knowmem_f", "value": value, "config_hash": HASH}
+        for model, quantizer, value in (("target", "fp", 60.0), ("target", "bnb-int8", 58.0), ("ga", "bnb-int8", 30.0))
+    ]
+    caveat = f"bnb-int8 caveat: {QUANTIZERS['bnb-int8'].caveat}."
+    report = build_report(records, HASH)
+    assert {t.name: t.caveats for t in report.tables} == {
+        "headline": (caveat,),
+        "muse": (caveat,),
+        "utility": (),
+        "codeflip": (),
+        "codeflip_types": (),
+    }
+    md = to_markdown(report, ())
+    muse_section = md.split("## MUSE metrics per quantizer")[1].split("\n## ")[0]
+    assert muse_section.index("| ga |") < muse_section.index(caveat) and md.count(caveat) == 2
+    assert f"<p class='note'>{html.escape(caveat)}</p>" in to_html(report, ())
+    assert to_json(report)["tables"]["muse"]["caveats"] == [caveat]
+    full_precision_only = build_report([r for r in records if r["quantizer"] == "fp"], HASH)
+    assert "caveat" not in to_markdown(full_precision_only, ())

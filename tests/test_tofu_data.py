@@ -148,8 +148,8 @@ def test_embedded_tofu_layout_nests_forget_splits_and_perturbs_every_answer(tmp_
 
 def test_run_pipeline_refuses_the_tofu_flavour_before_preparing(tmp_path):
     from qunlearn.config import BenchmarkSettings, RunConfig
-    from qunlearn.pipeline import resolve_inputs
+    from qunlearn.pipeline import run_and_report
 
     with pytest.raises(UserInputError, match="evaluate --benchmark tofu"):
-        resolve_inputs(RunConfig(out=str(tmp_path / "run"), benchmark=BenchmarkSettings(flavour="tofu")), False)
+        run_and_report(RunConfig(out=str(tmp_path / "run"), benchmark=BenchmarkSettings(flavour="tofu")), resume=False)
     assert not (tmp_path / "run").exists()

@@ -1,15 +1,22 @@
-"""Run settings as dataclasses: presets for the embedded benchmark, YAML in and out, clear validation."""
+"""Run settings as dataclasses: presets for the embedded benchmark, the grid's run config (YAML in and out) and the
+demo's settings, each with its validation."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qunlearn.data.synthetic import SyntheticSizes
+from qunlearn.data.synthetic import FLAVOURS, SyntheticSizes
 from qunlearn.errors import UserInputError
+from qunlearn.evaluate.registry import METRICS
 from qunlearn.fileio import read_yaml
+from qunlearn.models.io import parse_dtype
+from qunlearn.quant.registry import QUANTIZERS, quantizer_fields
+from qunlearn.unlearn.methods import METHODS
+from qunlearn.unlearn.settings import UnlearnSettings
 
 T = TypeVar("T")
 
@@ -87,8 +94,8 @@ SCALARS: dict[str, tuple[type, ...]] = {
 }
 
 
-def check_type(value: Any, annotation: str, where: str) -> None:
-    """Check a YAML value against a field's annotation ('float | None', 'list[str]', 'dict[str, Any]', ...).
+def validate_type(value: Any, annotation: str, where: str) -> None:
+    """Validate a YAML value against a field's annotation ('float | None', 'list[str]', 'dict[str, Any]', ...).
 
     Numbers must be finite; bool is not taken for int or float. The error names the field and the value.
     """
@@ -100,7 +107,7 @@ def check_type(value: Any, annotation: str, where: str) -> None:
         if base in ("list", "tuple") and isinstance(value, (list, tuple)):
             element = inner.rstrip("]").split(",")[0].strip()
             for i, item in enumerate(value):
-                check_type(item, element, f"{where}[{i}]")
+                validate_type(item, element, f"{where}[{i}]")
             return
         if base == "dict" and isinstance(value, dict):
             return
@@ -129,7 +136,7 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
         if nested is not None and hasattr(nested, "__dataclass_fields__"):
             value = from_dict(nested, value, f"{where}.{name}")
         else:
-            check_type(value, str(spec.type), f"{where}.{name}")
+            validate_type(value, str(spec.type), f"{where}.{name}")
         kwargs[name] = value
     try:
         return cls(**kwargs)
@@ -153,16 +160,33 @@ DEFAULT_METHODS = [
 ]
 DEFAULT_QUANTIZERS = ["fp", "rtn8", "rtn4", "gptq4", "awq4"]
 DEFAULT_METRICS = ["verbmem_f", "knowmem_f", "knowmem_r", "privleak", "utility"]
+QUICK_METHODS = ["ga", "ga_gdr", "npo", "ga_sure", "npo_sure"]
+QUICK_QUANTIZERS = ["fp", "rtn8", "rtn4"]
+ALL_FLAVOURS = (*FLAVOURS, "tofu")  # the MUSE-layout flavours, and the TOFU-layout one (`evaluate --benchmark tofu`)
 
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
-    """The embedded benchmark to prepare when a run names no target model."""
+    """The embedded benchmark to prepare (`qunlearn prepare`, or a run that names no target model)."""
 
     preset: str = "small"
     flavour: str = "news"
     seed: int = 0
     dtype: str = "fp32"
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> BenchmarkSettings:
+        """The settings `qunlearn prepare`'s flags give, validated."""
+        settings = cls(preset=args.preset, flavour=args.flavour, seed=args.seed, dtype=args.dtype)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Reject an unknown dtype, flavour or preset."""
+        parse_dtype(self.dtype)
+        if self.flavour not in ALL_FLAVOURS:
+            raise UserInputError(f"unknown flavour '{self.flavour}'; choose one of {', '.join(ALL_FLAVOURS)}")
+        get_preset(self.preset)
 
 
 @dataclass(frozen=True)
@@ -193,6 +217,93 @@ class RunConfig:
     batch_size: int = 16
     keep_quantized: bool = True
     tokenizer: str | None = None
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> RunConfig:
+        """`qunlearn run`'s settings: the --config YAML, with --out (when given) over its `out`, validated."""
+        config = load_run_config(args.config, args.out)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Reject unknown names (listing the valid ones) and bad settings before any work starts, naming the field."""
+        for kind, key, valid in (
+            ("method", "methods", METHODS),
+            ("quantizer", "quantizers", QUANTIZERS),
+            ("metric", "metrics", METRICS),
+            ("codeflip scheme", "codeflip_schemes", QUANTIZERS),
+        ):
+            names = getattr(self, key)
+            unknown = [n for n in names if n not in valid]
+            if unknown:
+                raise UserInputError(f"{key}: unknown {kind}(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+            if not names and key != "codeflip_schemes":
+                raise UserInputError(f"{key}: empty list; name at least one of {', '.join(valid)}")
+        if self.calibration not in ("generic", "forget"):
+            raise UserInputError(f"calibration must be 'generic' or 'forget', got '{self.calibration}'")
+        if self.target is not None and self.corpus is None:
+            raise UserInputError("a run with 'target' also needs 'corpus' (a MUSE-layout directory)")
+        if "privleak" in self.metrics and self.target is not None and self.retrain is None:
+            raise UserInputError("metric 'privleak' needs 'retrain' (AUC_retrain comes from the retrain model)")
+        if self.batch_size < 1:
+            raise UserInputError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.target is None:  # the embedded benchmark supplies the models and corpus
+            if self.benchmark.flavour not in FLAVOURS:
+                raise UserInputError(
+                    f"benchmark.flavour: '{self.benchmark.flavour}' is not a MUSE-layout flavour "
+                    f"({', '.join(FLAVOURS)}); TOFU-style benchmarks are scored with `qunlearn evaluate "
+                    "--benchmark tofu`"
+                )
+            self.benchmark.validate()
+        from_dict(UnlearnSettings, self.unlearn, "unlearn")  # unknown names and wrong types fail here, naming the field
+        _validate_quantize_options(self.quantize, self.quantizers + self.codeflip_schemes)
+
+
+def _validate_quantize_options(options: dict[str, Any], names: list[str]) -> None:
+    """Each `quantize:` option must apply to at least one quantizer of the grid, with a valid value."""
+    for option, value in options.items():
+        takers = [n for n in names if option in quantizer_fields(n)]
+        if not takers:
+            raise UserInputError(
+                f"quantize.{option}: applies to none of the grid's quantizers ({', '.join(dict.fromkeys(names))})"
+            )
+        validate_type(value, quantizer_fields(takers[0])[option], f"quantize.{option}")
+        if option in ("n_samples", "seq_len") and value < 1:
+            raise UserInputError(f"quantize.{option}: must be at least 1, got {value}")
+        if option == "group_size" and not (value > 0 or value == -1):
+            raise UserInputError(f"quantize.group_size: must be positive or -1 (per row), got {value}")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """`qunlearn demo`: the paper's experiment on the embedded benchmark, written to `out`; `quick` runs a subset."""
+
+    out: str
+    quick: bool = False
+    flavour: str = "news"
+    seed: int = 0
+
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> DemoSettings:
+        """The settings `qunlearn demo`'s flags give (the output directory's default depends on --quick), validated."""
+        out = args.out or ("qunlearn-demo-quick" if args.quick else "qunlearn-demo")
+        settings = cls(out=out, quick=args.quick, flavour=args.flavour, seed=args.seed)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """The demo's grid must be a valid run (a MUSE-layout flavour)."""
+        self.run_config().validate()
+
+    def run_config(self) -> RunConfig:
+        """The demo grid: all 12 methods × fp/rtn8/rtn4/gptq4/awq4 on `small`; a subset on `tiny` when quick."""
+        return RunConfig(
+            out=self.out,
+            benchmark=BenchmarkSettings(preset="tiny" if self.quick else "small", flavour=self.flavour, seed=self.seed),
+            methods=list(QUICK_METHODS if self.quick else DEFAULT_METHODS),
+            quantizers=list(QUICK_QUANTIZERS if self.quick else DEFAULT_QUANTIZERS),
+            unlearn={"seed": self.seed},
+        )
 
 
 def load_run_config(path: str | Path, out: str | None = None) -> RunConfig:

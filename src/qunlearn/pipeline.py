@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from qunlearn.config import RunConfig, check_type, from_dict
+from qunlearn.config import RunConfig
 from qunlearn.data.muse import load_corpus
-from qunlearn.data.synthetic import FLAVOURS
-from qunlearn.errors import OutputConflictError, QuantizerUnavailableError, UserInputError
-from qunlearn.evaluate import METRICS, evaluate_model
+from qunlearn.errors import OutputConflictError, QuantizerUnavailableError
+from qunlearn.evaluate import evaluate_model
 from qunlearn.evaluate.privleak import retrain_auc
 from qunlearn.fileio import append_jsonl, atomic_write_json, atomic_write_text, atomic_write_yaml, read_text, read_yaml
 from qunlearn.models.integrity import check_finite
@@ -33,10 +32,10 @@ from qunlearn.prepare import prepare_benchmark
 from qunlearn.quant.base import GridQuantizer, Quantizer
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips, update_size, update_size_fields
-from qunlearn.quant.registry import QUANTIZERS, get_quantizer
+from qunlearn.quant.registry import get_quantizer, quantizer_fields
 from qunlearn.report import write_report
-from qunlearn.results import CODEFLIP, RESULTS_FILE, cell_marker, finished_cells, metric_records, record
-from qunlearn.unlearn.methods import METHODS, get_method
+from qunlearn.results import CODE_FLIPS, RESULTS_FILE, cell_marker, finished_cells, metric_records, record
+from qunlearn.unlearn.methods import get_method
 from qunlearn.unlearn.rundir import SETTINGS_FILE
 from qunlearn.unlearn.trainer import UnlearnSettings, unlearn
 
@@ -51,53 +50,6 @@ class Inputs:
     target: Path
     retrain: Path | None
     corpus_dir: Path
-
-
-def validate(config: RunConfig) -> None:
-    """Reject unknown names (listing the valid ones) and bad settings before any work starts, naming the field."""
-    for kind, key, valid in (
-        ("method", "methods", METHODS),
-        ("quantizer", "quantizers", QUANTIZERS),
-        ("metric", "metrics", METRICS),
-        ("codeflip scheme", "codeflip_schemes", QUANTIZERS),
-    ):
-        names = getattr(config, key)
-        unknown = [n for n in names if n not in valid]
-        if unknown:
-            raise UserInputError(f"{key}: unknown {kind}(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-        if not names and key != "codeflip_schemes":
-            raise UserInputError(f"{key}: empty list; name at least one of {', '.join(valid)}")
-    if config.calibration not in ("generic", "forget"):
-        raise UserInputError(f"calibration must be 'generic' or 'forget', got '{config.calibration}'")
-    if config.target is not None and config.corpus is None:
-        raise UserInputError("a run with 'target' also needs 'corpus' (a MUSE-layout directory)")
-    if "privleak" in config.metrics and config.target is not None and config.retrain is None:
-        raise UserInputError("metric 'privleak' needs 'retrain' (AUC_retrain comes from the retrain model)")
-    if config.batch_size < 1:
-        raise UserInputError(f"batch_size must be at least 1, got {config.batch_size}")
-    from_dict(UnlearnSettings, config.unlearn, "unlearn")  # unknown names and wrong types fail here, naming the field
-    check_quantize_options(config.quantize, config.quantizers + config.codeflip_schemes)
-
-
-def quantizer_fields(name: str) -> dict[str, str]:
-    """Option name → annotation of the options quantizer `name` takes (its fixed settings excluded)."""
-    spec = QUANTIZERS[name]
-    return {f.name: str(f.type) for f in fields(spec.cls) if f.name != "name" and f.name not in spec.settings}
-
-
-def check_quantize_options(options: dict[str, Any], names: list[str]) -> None:
-    """Each `quantize:` option must apply to at least one quantizer of the grid, with a valid value."""
-    for option, value in options.items():
-        takers = [n for n in names if option in quantizer_fields(n)]
-        if not takers:
-            raise UserInputError(
-                f"quantize.{option}: applies to none of the grid's quantizers ({', '.join(dict.fromkeys(names))})"
-            )
-        check_type(value, quantizer_fields(takers[0])[option], f"quantize.{option}")
-        if option in ("n_samples", "seq_len") and value < 1:
-            raise UserInputError(f"quantize.{option}: must be at least 1, got {value}")
-        if option == "group_size" and not (value > 0 or value == -1):
-            raise UserInputError(f"quantize.group_size: must be positive or -1 (per row), got {value}")
 
 
 def make_quantizer(name: str, options: dict[str, Any]) -> Quantizer:
@@ -140,12 +92,6 @@ def check_inputs(config: RunConfig) -> None:
 def resolve_inputs(config: RunConfig, progress: bool) -> Inputs:
     """Prepare (or reuse) the embedded benchmark when no target is given; the given paths otherwise."""
     if config.target is None:
-        if config.benchmark.flavour not in FLAVOURS:
-            raise UserInputError(
-                f"benchmark.flavour: '{config.benchmark.flavour}' is not a MUSE-layout flavour "
-                f"({', '.join(FLAVOURS)}); TOFU-style benchmarks are scored with `qunlearn evaluate "
-                "--benchmark tofu`"
-            )
         bench = prepare_benchmark(Path(config.out) / "benchmark", progress=progress, **asdict(config.benchmark))
         return Inputs(bench.target_dir, bench.retrain_dir, bench.corpus_dir)
     return Inputs(Path(config.target), Path(config.retrain) if config.retrain else None, Path(config.corpus))
@@ -173,11 +119,11 @@ def same_unlearning(out_dir: Path, method: str, settings: UnlearnSettings) -> bo
     return False
 
 
-class Grid:
+class RunDriver:
     """Runs one RunConfig; `run()` fills every missing cell and returns the results path."""
 
     def __init__(self, config: RunConfig, progress: bool = True):
-        validate(config)
+        config.validate()
         self.config, self.progress = config, progress
         self.out = Path(config.out)
         self.results = self.out / RESULTS_FILE
@@ -202,12 +148,12 @@ class Grid:
                     continue
                 path = self.checkpoint(model_name, bar)
                 for quantizer in self.config.quantizers:
-                    metrics = [c[2] for c in cells if c[1] == quantizer and c[2] != CODEFLIP]
+                    metrics = [c[2] for c in cells if c[1] == quantizer and c[2] != CODE_FLIPS]
                     if metrics:
                         self.evaluate_cell(model_name, path, quantizer, metrics, bar)
-                schemes = [c[1] for c in cells if c[2] == CODEFLIP]
+                schemes = [c[1] for c in cells if c[2] == CODE_FLIPS]
                 if schemes:
-                    self.code_flip_cells(model_name, path, schemes, bar)
+                    self.code_flips_cells(model_name, path, schemes, bar)
         if self.progress:
             print(
                 f"grid: {len(todo)} cells computed in {time.perf_counter() - start:.0f} s, "
@@ -225,7 +171,7 @@ class Grid:
                         cells.append((model, quantizer, metric))
             if model in self.config.methods:
                 cells += [
-                    (model, s, CODEFLIP) for s in self.config.codeflip_schemes if (model, s, CODEFLIP) not in done
+                    (model, s, CODE_FLIPS) for s in self.config.codeflip_schemes if (model, s, CODE_FLIPS) not in done
                 ]
         return cells
 
@@ -324,7 +270,7 @@ class Grid:
                 append_jsonl(self.results, line)
             bar.update(1)
 
-    def code_flip_cells(self, model_name: str, path: Path, schemes: list[str], bar: tqdm) -> None:
+    def code_flips_cells(self, model_name: str, path: Path, schemes: list[str], bar: tqdm) -> None:
         """Share of quantized codes that differ between the target and this model, per scheme, and for grid schemes
         the update size against the scheme's step (`quant.diagnostics.update_size`)."""
         target, tokenizer = load_model(
@@ -341,7 +287,7 @@ class Grid:
             if isinstance(quantizer, GridQuantizer):  # update sizes against the scheme's RTN step
                 extra |= update_size_fields(update_size(target, model, quantizer.bits, quantizer.group_size))
             append_jsonl(
-                self.results, record(model_name, scheme, CODEFLIP, overall["flip_fraction"], self.run_hash, extra)
+                self.results, record(model_name, scheme, CODE_FLIPS, overall["flip_fraction"], self.run_hash, extra)
             )
             atomic_write_json(self.out / "cells" / model_name / f"codeflips_{scheme}.json", flips)
             bar.update(1)
@@ -354,13 +300,13 @@ def _read_cell(path: Path) -> dict[str, Any]:
 def run_grid(config: RunConfig, progress: bool = True) -> Path:
     """Fill every missing cell of `config`'s grid; returns the results.jsonl path."""
     torch.manual_seed(0)
-    return Grid(config, progress).run()
+    return RunDriver(config, progress).run()
 
 
 def run_and_report(config: RunConfig, resume: bool, progress: bool = True) -> dict[str, Path]:
     """Run the grid (refusing to mix with earlier results unless resuming) and write the report; returns the report
     files by name. The run directory is checked first (never an input, never a foreign directory) and locked."""
-    validate(config)
+    config.validate()
     check_inputs(config)
     out = Path(config.out)
     check_output_dir(out, RUN_FILE, "a run directory", {f: getattr(config, f) for f in ("target", "retrain", "corpus")})

@@ -11,12 +11,12 @@ import torch
 import transformers
 
 from qunlearn import __version__
-from qunlearn.config import Preset, get_preset, to_dict
+from qunlearn.config import BenchmarkSettings, Preset, get_preset, to_dict
 from qunlearn.data.muse import load_corpus
-from qunlearn.data.synthetic import FLAVOURS, SyntheticSizes, generate_corpus
+from qunlearn.data.synthetic import SyntheticSizes, generate_corpus
 from qunlearn.data.tofu import load_training_split, plain_prompt
 from qunlearn.data.tofu_synthetic import generate_tofu, training_texts
-from qunlearn.errors import OutputConflictError, UserInputError
+from qunlearn.errors import OutputConflictError
 from qunlearn.evaluate.memorisation import greedy_token_match
 from qunlearn.fileio import atomic_write_yaml, read_yaml
 from qunlearn.models.io import load_model, parse_dtype, save_model
@@ -58,7 +58,6 @@ def _settings(preset: Preset, flavour: str, seed: int, dtype: str) -> dict:
     return {"preset": to_dict(preset), "flavour": flavour, "seed": seed, "dtype": dtype}
 
 
-ALL_FLAVOURS = (*FLAVOURS, "tofu")
 TOFU_MODEL_SPLIT = "forget10"  # the retrain model of `--flavour tofu` never saw this split (OpenUnlearning's default)
 
 
@@ -135,9 +134,7 @@ def prepare_benchmark(
     Reuses a directory prepared with identical settings; refuses one prepared with other settings unless
     `force` is set (then it is rebuilt).
     """
-    parse_dtype(dtype)
-    if flavour not in ALL_FLAVOURS:
-        raise UserInputError(f"unknown flavour '{flavour}'; choose one of {', '.join(ALL_FLAVOURS)}")
+    BenchmarkSettings(preset, flavour, seed, dtype).validate()
     spec = get_preset(preset)
     bench = PreparedBenchmark(Path(out_dir))
     settings = _settings(spec, flavour, seed, dtype)

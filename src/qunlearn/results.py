@@ -18,7 +18,7 @@ from qunlearn.fileio import read_text
 
 RESULTS_FILE = "results.jsonl"
 REQUIRED_KEYS = ("model", "quantizer", "metric", "value", "config_hash")
-CODEFLIP = "codeflip"  # the record name of a code-flip rate (written by the grid, not a registry metric)
+CODE_FLIPS = "codeflip"  # record name of a model's code flips under one scheme (a grid cell, not a registry metric)
 
 
 def _parse_line(path: Path, lineno: int, line: str) -> dict | None:
@@ -89,7 +89,7 @@ def finished_cells(path: str | Path, config_hash: str) -> set[tuple[str, str, st
 
 def cell_marker(metric: str) -> str:
     """The record name whose presence marks a metric's cell done: its first result (a metric may write several)."""
-    return CODEFLIP if metric == CODEFLIP else METRICS[metric].results[0].name
+    return CODE_FLIPS if metric == CODE_FLIPS else METRICS[metric].results[0].name
 
 
 def record(

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from qunlearn.fileio import atomic_write_json, atomic_write_text
+from qunlearn.quant.registry import caveats
 from qunlearn.report.plots import Plot, figure_png
 from qunlearn.report.render import html_figure, html_page, html_table
 
@@ -27,7 +28,7 @@ def _label(audit: dict, key: str) -> str:
 
 def rows(audit: dict) -> tuple[list[str], list[list[str]]]:
     """The verdict table: one row per attack with the benchmark's own numbers, recovery per signal, the verdict and
-    the code-flip rate; the target and unlearned baselines first."""
+    the share of code flips; the target and unlearned baselines first."""
     keys = list(audit["baselines"]["target"])
     signals = [s["name"] for s in audit["signals"]]
     header = (
@@ -84,7 +85,7 @@ def _notes(audit: dict) -> list[str]:
     )
     if "integrity" in audit:
         notes.insert(0, f"Integrity checks {audit['integrity']}.")
-    notes += [*audit["notes"], flips]
+    notes += [*audit["notes"], flips, *caveats(a["quantizer"] for a in audit["attacks"])]
     notes += [f"Skipped {s['name']}: {s['reason']}" for s in audit["skipped"]]
     return notes
 

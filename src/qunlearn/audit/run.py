@@ -3,8 +3,9 @@ unlearned model, scored by the chosen benchmark (`qunlearn.audit.benchmarks`), w
 
 from __future__ import annotations
 
+import argparse
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from qunlearn.audit.attacks import Attack, expand_attacks, relearn
@@ -63,12 +64,22 @@ class AuditSettings:
     batch_size: int = 16
     seed: int = 0
 
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> AuditSettings:
+        """The settings `qunlearn audit`'s flags give (one flag per field; --no-builtin-tasks and --no-code-flips
+        turn theirs off), validated."""
+        switches = {"builtin_tasks": not args.no_builtin_tasks, "code_flips": not args.no_code_flips}
+        settings = cls(**{f.name: getattr(args, f.name) for f in fields(cls) if f.name not in switches}, **switches)
+        settings.validate()
+        return settings
+
     @property
     def thresholds(self) -> Thresholds:
         return Thresholds(partial=self.partial_threshold, recovers=self.threshold)
 
-    def check(self) -> None:
-        self.thresholds.check()
+    def validate(self) -> None:
+        """Reject bad values and options of another benchmark, naming the flag."""
+        self.thresholds.validate()
         if self.benchmark not in BENCHMARKS:
             raise UserInputError(f"--benchmark: unknown '{self.benchmark}'; choose from {', '.join(BENCHMARKS)}")
         if self.relearn_steps < 1 or not 0 < self.relearn_lr < float("inf") or self.relearn_batch_size < 1:
@@ -122,7 +133,7 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     """The audit as a JSON-able dict: settings, benchmark, baselines, update sizes and one entry per attack with its
     verdict, the worst attack named in the summary. Paths are checked where they are read (`load_model` keeps
     local paths local; each benchmark's loader names a missing data directory), so hub ids work too."""
-    settings.check()
+    settings.validate()
     attacks, skipped = expand_attacks(settings.attacks)
     device = str(resolve_device(settings.device))
     loading = {

@@ -38,7 +38,8 @@ class Thresholds:
     partial: float = DEFAULT_PARTIAL
     recovers: float = DEFAULT_THRESHOLD
 
-    def check(self) -> None:
+    def validate(self) -> None:
+        """0 ≤ partial ≤ recovers ≤ 1, or a ValueError naming both flags."""
         if not 0 <= self.partial <= self.recovers <= 1:
             raise ValueError(
                 f"thresholds must satisfy 0 <= --partial-threshold ({self.partial}) <= --threshold "

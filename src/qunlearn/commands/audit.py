@@ -190,31 +190,7 @@ def _jobs(args: argparse.Namespace) -> list[tuple[AuditInputs, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = AuditSettings(
-        benchmark=args.benchmark,
-        attacks=args.attacks,
-        threshold=args.threshold,
-        partial_threshold=args.partial_threshold,
-        tasks=args.tasks,
-        utility_tasks=args.utility_tasks,
-        include_path=args.include_path,
-        builtin_tasks=not args.no_builtin_tasks,
-        forget_texts=args.forget_texts,
-        limit=args.limit,
-        forget_split=args.forget_split,
-        prompt_format=args.prompt_format,
-        retain_logs=args.retain_logs,
-        relearn_steps=args.relearn_steps,
-        relearn_lr=args.relearn_lr,
-        relearn_docs=args.relearn_docs,
-        relearn_batch_size=args.relearn_batch_size,
-        code_flips=not args.no_code_flips,
-        device=args.device,
-        device_map=args.device_map,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    settings.check()
+    settings = AuditSettings.from_cli(args)
     resolve_device(settings.device)
     jobs = _jobs(args)
     for inputs, out in jobs:  # every check before the first audit starts

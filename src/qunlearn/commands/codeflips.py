@@ -1,16 +1,17 @@
-"""`qunlearn codeflips`: the code-flip rate between two checkpoints under one quantizer, printed and saved."""
+"""`qunlearn codeflips`: the code flips between two checkpoints under one quantizer, printed and saved."""
 
 from __future__ import annotations
 
 import argparse
 from contextlib import nullcontext
 
-from qunlearn.commands.options import add_loading_options, add_scheme_options, build_quantizer
+from qunlearn.commands.options import add_loading_options, add_scheme_options
 from qunlearn.fileio import atomic_write_json
 from qunlearn.models.io import load_model
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import check_output_file, output_lock
 from qunlearn.quant.diagnostics import code_flips
+from qunlearn.quant.scheme import SchemeSettings, configured_quantizer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,8 @@ def format_result(result: dict, top: int = 10) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    quantizer, texts = build_quantizer(args)
+    settings = SchemeSettings.from_cli(args)
+    quantizer, texts = configured_quantizer(settings)
     locate_model(args.a, "--a")
     locate_model(args.b, "--b")
     if args.out:
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             "overall",
             "a code-flip result",
-            {"--a": args.a, "--b": args.b, "--calibration": args.calibration, "--corpus": args.corpus},
+            {"--a": args.a, "--b": args.b, "--calibration": settings.calibration, "--corpus": settings.corpus},
         )
     with output_lock(args.out) if args.out else nullcontext():
         loading = {

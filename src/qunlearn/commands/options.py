@@ -1,13 +1,12 @@
-"""Command-line options shared by several commands: model loading, and quantizer scheme with its calibration."""
+"""Command-line options shared by several commands: model loading, devices, and quantizer scheme with its
+calibration (read back by `quant.scheme.SchemeSettings.from_cli`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from qunlearn.errors import UserInputError
-from qunlearn.quant.base import Quantizer
-from qunlearn.quant.calibration import CALIBRATE_ON, calibration_texts
-from qunlearn.quant.registry import QUANTIZERS, configured_quantizer
+from qunlearn.quant.calibration import CALIBRATE_ON
+from qunlearn.quant.registry import QUANTIZERS
 
 
 def add_loading_options(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
@@ -45,7 +44,10 @@ def add_scheme_options(parser: argparse.ArgumentParser) -> None:
         required=True,
         choices=list(QUANTIZERS),
         metavar="NAME",
-        help="quantizer: " + "; ".join(f"{name} ({spec.summary})" for name, spec in QUANTIZERS.items()),
+        help="quantizer: "
+        + "; ".join(
+            f"{name} ({'; '.join(filter(None, (spec.summary, spec.caveat)))})" for name, spec in QUANTIZERS.items()
+        ),
     )
     parser.add_argument("--group-size", type=int, help="RTN/GPTQ/AWQ group size (default 128; -1 = per row)")
     parser.add_argument("--calibration", help="calibration text file (documents separated by blank lines)")
@@ -58,12 +60,3 @@ def add_scheme_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--n-samples", type=int, help="calibration sequences (default 128)")
     parser.add_argument("--device", default=None, help="device for GPTQ/AWQ blocks (default: where the model is)")
-
-
-def build_quantizer(args: argparse.Namespace) -> tuple[Quantizer, list[str]]:
-    """The quantizer named by --scheme with the options given on the command line, and its calibration text."""
-    quantizer = configured_quantizer(args.scheme, args.group_size, args.n_samples, args.device)
-    texts = calibration_texts(args.calibration, args.corpus, args.calibrate_on)
-    if quantizer.needs_calibration and not texts:
-        raise UserInputError(f"--scheme {args.scheme} needs calibration text: give --calibration FILE or --corpus DIR")
-    return quantizer, texts

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
-from qunlearn.config import PRESETS
-from qunlearn.prepare import ALL_FLAVOURS, prepare_benchmark, summary_lines
+from qunlearn.config import ALL_FLAVOURS, PRESETS, BenchmarkSettings
+from qunlearn.prepare import prepare_benchmark, summary_lines
 
 
 def add_benchmark_options(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bench = prepare_benchmark(
-        args.out, preset=args.preset, flavour=args.flavour, seed=args.seed, dtype=args.dtype, force=args.force
-    )
+    bench = prepare_benchmark(args.out, **asdict(BenchmarkSettings.from_cli(args)), force=args.force)
     print("\n".join(summary_lines(bench)))
     return 0

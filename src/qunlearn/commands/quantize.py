@@ -6,12 +6,13 @@ import argparse
 import time
 from dataclasses import asdict
 
-from qunlearn.commands.options import add_loading_options, add_scheme_options, build_quantizer
+from qunlearn.commands.options import add_loading_options, add_scheme_options
 from qunlearn.fileio import atomic_write_yaml
 from qunlearn.models.integrity import check_finite
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.locate import locate_model
 from qunlearn.outputs import check_output_dir, output_lock, staged_dir
+from qunlearn.quant.scheme import SchemeSettings, configured_quantizer
 
 QUANTIZE_FILE = "quantize.yaml"
 
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    quantizer, texts = build_quantizer(args)
+    settings = SchemeSettings.from_cli(args)
+    quantizer, texts = configured_quantizer(settings)
     locate_model(args.model, "--model")
     check_output_dir(
         args.out,
@@ -34,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
         "a quantized checkpoint",
         {
             "--model": args.model,
-            "--calibration": args.calibration,
-            "--corpus": args.corpus,
+            "--calibration": settings.calibration,
+            "--corpus": settings.corpus,
             "--tokenizer": args.tokenizer,
         },
     )
@@ -50,18 +52,14 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         model = quantizer.quantize(model, tokenizer, texts if quantizer.needs_calibration else None)
         seconds = time.perf_counter() - start
-        check_finite(model, f"{args.scheme} quantization of {args.model}")
+        check_finite(model, f"{settings.scheme} quantization of {args.model}")
         save_model(model, tokenizer, staging)
-        calibration = (
-            args.calibration or (f"{args.corpus} ({args.calibrate_on})" if args.corpus else None)
-            if quantizer.needs_calibration
-            else None
-        )
+        calibration = settings.calibration_source if quantizer.needs_calibration else None
         atomic_write_yaml(
             staging / QUANTIZE_FILE,
             {
                 "source": str(args.model),
-                "scheme": args.scheme,
+                "scheme": settings.scheme,
                 "dtype": args.dtype,
                 "options": {
                     k: list(v) if isinstance(v, tuple) else v for k, v in asdict(quantizer).items() if k != "fallbacks"
@@ -72,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
                 "seconds": round(seconds, 3),
             },
         )
-    print(f"{args.scheme}: quantized {args.model} in {seconds:.1f}s → {args.out}")
+    print(f"{settings.scheme}: quantized {args.model} in {seconds:.1f}s → {args.out}")
     return 0

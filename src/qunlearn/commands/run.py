@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from qunlearn.config import load_run_config
+from qunlearn.config import RunConfig
 from qunlearn.pipeline import run_and_report
 
 
@@ -17,6 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    written = run_and_report(load_run_config(args.config, args.out), resume=args.resume)
+    written = run_and_report(RunConfig.from_cli(args), resume=args.resume)
     print(f"report: {written['report.md']} and {written['report.html']}")
     return 0

@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     locate_model(args.target, "--target")
-    settings = UnlearnSettings(**{f.name: getattr(args, f.name) for f in fields(UnlearnSettings)})
+    settings = UnlearnSettings.from_cli(args)
     out = unlearn(
         args.target,
         args.corpus,

@@ -164,7 +164,7 @@ RESULTS: dict[str, ResultSpec] = {r.name: r for spec in METRICS.values() for r i
 FORGET_METRICS = ("knowmem_f", "verbmem_f")
 
 
-def check_metrics(metrics: list[str], have_retrain_auc: bool) -> None:
+def validate_metrics(metrics: list[str], have_retrain_auc: bool) -> None:
     """Reject unknown metric names (listing the valid ones) and PrivLeak without AUC_retrain, before any work."""
     unknown = [name for name in metrics if name not in METRICS]
     if unknown:
@@ -186,7 +186,7 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict[str, dict]:
     """Run `metrics` in order: {name: {"value": float, "items": [...], "seconds": float, ...}}."""
-    check_metrics(metrics, retrain_auc is not None)
+    validate_metrics(metrics, retrain_auc is not None)
     opts = EvalOptions(batch_size, progress, retrain_auc)
     was_training = model.training
     model.eval()

@@ -66,7 +66,7 @@ def has_tokenizer(path: str | Path) -> bool:
     return not local.is_dir() or any((local / name).is_file() for name in TOKENIZER_FILES)
 
 
-def require_tokenizer(path: str | Path) -> None:
+def check_tokenizer(path: str | Path) -> None:
     """Fail in one line, naming the directory and the files looked for, when `path` holds no tokenizer."""
     if not has_tokenizer(path):
         raise UserInputError(
@@ -77,7 +77,7 @@ def require_tokenizer(path: str | Path) -> None:
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer; one without a pad token pads with EOS (as MUSE does)."""
-    require_tokenizer(path)
+    check_tokenizer(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

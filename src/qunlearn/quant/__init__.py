@@ -1,1 +1,2 @@
-"""Quantizers (RTN, GPTQ, AWQ, bitsandbytes) that fake-quantize a model's Linear weights, and the code-flip diagnostic."""
+"""Quantizers (RTN, GPTQ, AWQ, bitsandbytes) that fake-quantize a model's Linear weights, and the code flips
+diagnostic."""

@@ -1,4 +1,4 @@
-"""Code-flip rate: how many quantized weights differ between two models of the same architecture under one quantizer.
+"""Code flips: how many quantized weights differ between two models of the same architecture under one quantizer.
 
 For grid quantizers (RTN) the integer codes of both models are compared directly, and the fraction of weights
 whose change |w_b − w_a| is below half a step (Δ_a/2) is reported: such a change can flip a code only across
@@ -20,7 +20,6 @@ from torch import nn
 from qunlearn.quant.base import GridQuantizer, Quantizer, RTNQuantizer
 from qunlearn.quant.layers import target_linears, weight_matrix
 from qunlearn.quant.registry import get_quantizer
-from qunlearn.quant.rtn import rtn_codes
 
 
 def _module_counts(w_a: torch.Tensor, w_b: torch.Tensor, flips: torch.Tensor, step: torch.Tensor | None) -> dict:
@@ -183,8 +182,8 @@ def _with_fractions(counts: dict[str, Any]) -> dict[str, Any]:
 def update_size(model_a: nn.Module, model_b: nn.Module, bits: int = 4, group_size: int = 128) -> dict[str, Any]:
     """How big the update from `model_a` (target) to `model_b` (unlearned) is against the `bits`-bit RTN step Δ of
     `model_a`, over the quantized linears: |w_b − w_a| / Δ of the moved weights (median, 90th percentile, from
-    `CHANGE_EDGES`), the share of moved weights that keep their code (stay inside their bin), and code-flip rates
-    per module type. Small updates inside their bins are what quantization undoes."""
+    `CHANGE_EDGES`), the share of moved weights that keep their code (stay inside their bin), and the share of
+    codes that flip per module type. Small updates inside their bins are what quantization undoes."""
     linears_a, linears_b = target_linears(model_a), target_linears(model_b)
     if linears_a.keys() != linears_b.keys():
         raise ValueError("models differ in their Linear layers; update sizes need the same architecture")
@@ -245,16 +244,3 @@ def update_size_reading(size: dict[str, Any]) -> str:
         f"{where}. {smaller}, but {100 * (1 - within):.0f}% of the moved weights leave their bin: quantization "
         "is expected to undo only part of them."
     )
-
-
-# An Adam step of about lr is lost in bf16 storage (8-bit significand) once |w| exceeds lr·2^8 to lr·2^9.
-BF16_HALF_ULP_EXPONENT = 9
-
-
-def bf16_matching_lr(model: nn.Module, group_size: int = 128) -> float:
-    """The LR at which lr·2^9 is half the median 4-bit RTN step of the model's quantized linears: with bf16
-    weights, only weights inside the 4-bit zero bin can then move (the regime of MUSE's 7B runs at lr 1e-5)."""
-    steps = torch.cat(
-        [rtn_codes(weight_matrix(lin).detach(), 4, group_size)[1].flatten() for lin in target_linears(model).values()]
-    )
-    return float(steps.median()) / 2 / 2**BF16_HALF_ULP_EXPONENT

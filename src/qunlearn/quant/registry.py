@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.quant.awq import AWQQuantizer
 from qunlearn.quant.base import FullPrecision, Quantizer, RTNQuantizer
 from qunlearn.quant.bnb import BnbQuantizer
@@ -14,11 +14,13 @@ from qunlearn.quant.gptq import GPTQQuantizer
 
 @dataclass(frozen=True)
 class QuantizerSpec:
-    """A registered quantizer: its class and the fixed settings its name stands for."""
+    """A registered quantizer: its class, the fixed settings its name stands for, a summary for `--help`, and a
+    caveat (where its results differ from the real thing) that `--help`, the report and the audit show."""
 
     cls: type[Quantizer]
     settings: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    caveat: str = ""
 
 
 QUANTIZERS: dict[str, QuantizerSpec] = {
@@ -29,8 +31,9 @@ QUANTIZERS: dict[str, QuantizerSpec] = {
     "bnb-int8": QuantizerSpec(
         BnbQuantizer,
         {"fmt": "int8"},
-        "bitsandbytes INT8 weights (LLM.int8's per-row format; the fake-quant leaves out LLM.int8's fp16 outlier "
-        "path for activations above 6.0, which real=True keeps)",
+        "bitsandbytes INT8 weights, LLM.int8's per-row format",
+        caveat="the fake-quant leaves out LLM.int8's fp16 outlier path for activations above 6.0, which real=True "
+        "keeps",
     ),
     **{f"bnb-{f}": QuantizerSpec(BnbQuantizer, {"fmt": f}, f"bitsandbytes {f.upper()}") for f in ("fp4", "nf4")},
 }
@@ -51,19 +54,13 @@ def get_quantizer(name: str, **options: Any) -> Quantizer:
     return spec.cls(name=name, **spec.settings, **options)
 
 
-def configured_quantizer(
-    scheme: str, group_size: int | None = None, n_samples: int | None = None, device: str | None = None
-) -> Quantizer:
-    """The quantizer `scheme` with each given option that it takes (others are ignored: RTN has no `n_samples`),
-    validated, and available here; errors name the command-line flag."""
-    if group_size is not None and not (group_size > 0 or group_size == -1):
-        raise UserInputError(f"--group-size must be positive or -1 (per row), got {group_size}")
-    if n_samples is not None and n_samples < 1:
-        raise UserInputError(f"--n-samples must be at least 1, got {n_samples}")
-    takes = {f.name for f in fields(QUANTIZERS[scheme].cls) if f.init} if scheme in QUANTIZERS else set()
-    given = {"group_size": group_size, "n_samples": n_samples, "device": device}
-    quantizer = get_quantizer(scheme, **{k: v for k, v in given.items() if v is not None and k in takes})
-    reason = quantizer.unavailable_reason()
-    if reason:
-        raise QuantizerUnavailableError(f"--scheme {scheme} not available: {reason}")
-    return quantizer
+def quantizer_fields(name: str) -> dict[str, str]:
+    """Option name → annotation of the options quantizer `name` takes (its fixed settings excluded)."""
+    spec = QUANTIZERS[name]
+    return {f.name: str(f.type) for f in fields(spec.cls) if f.name != "name" and f.name not in spec.settings}
+
+
+def caveats(names: Iterable[str]) -> list[str]:
+    """One line, "NAME caveat: ...", for each registered quantizer among `names` that has a caveat (each once)."""
+    known = [n for n in dict.fromkeys(names) if n in QUANTIZERS]  # results may name a quantizer removed since
+    return [f"{n} caveat: {QUANTIZERS[n].caveat}." for n in known if QUANTIZERS[n].caveat]

@@ -28,7 +28,7 @@ MUSE_NOTE = (
     "strongly negative = still remembered). – = not computed."
 )
 UTILITY_NOTE = "KnowMem_r (ROUGE-L F1 × 100) and raw perplexity on retain and holdout text."
-CODEFLIP_NOTE = (
+CODE_FLIPS_NOTE = (
     "Percentage of quantized integer codes that differ from the target's under the same quantizer: near 0 means "
     "quantizing the unlearned model gives back the quantized target. Moved < ½ step: percentage of weights that "
     "moved less than half a quantization step. For grid schemes, |Δw|/Δ is how far the moved weights went in units "
@@ -36,7 +36,7 @@ CODEFLIP_NOTE = (
     "not flip: a median well below 0.5 with most moved weights kept in their bin means the updates are smaller "
     "than the step, and quantization is expected to undo them."
 )
-CODEFLIP_TYPES_NOTE = (
+CODE_FLIPS_BY_TYPE_NOTE = (
     "Percentage of codes that differ from the target's, per module type (the last part of the "
     "layer's name), under each grid scheme."
 )
@@ -44,8 +44,8 @@ NOTES = {
     "headline": HEADLINE_NOTE,
     "muse": MUSE_NOTE,
     "utility": UTILITY_NOTE,
-    "codeflip": CODEFLIP_NOTE,
-    "codeflip_types": CODEFLIP_TYPES_NOTE,
+    "codeflip": CODE_FLIPS_NOTE,
+    "codeflip_types": CODE_FLIPS_BY_TYPE_NOTE,
 }
 
 CSS = """
@@ -96,12 +96,15 @@ def _meta(report: Report) -> str:
 
 
 def _markdown_table(table: Table) -> list[str]:
-    """A pipe table; a column's group label is prefixed to its header (Markdown has no spanning cells)."""
+    """A pipe table; a column's group label is prefixed to its header (Markdown has no spanning cells); each caveat
+    of its quantizers a paragraph under it."""
     if not table.rows:
         return ["No results yet."]
     headers = ["model", *(f"{g} {c}".strip() for g, c in zip(table.groups, table.columns))]
     lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * len(table.columns)]
     lines += ["| " + " | ".join([label, *(cell(v, table.fmt) for v in values)]) + " |" for label, values in table.rows]
+    for caveat in table.caveats:
+        lines += ["", caveat]
     return lines
 
 
@@ -139,6 +142,7 @@ def to_json(report: Report) -> dict:
                 "title": t.title,
                 "columns": [{"group": g, "label": c} for g, c in zip(t.groups, t.columns)],
                 "rows": {label: list(values) for label, values in t.rows},
+                "caveats": list(t.caveats),
             }
             for t in report.tables
         },
@@ -146,7 +150,8 @@ def to_json(report: Report) -> dict:
 
 
 def _html_table(table: Table) -> str:
-    """A table with a spanning header row for the column groups (quantizers or metrics)."""
+    """A table with a spanning header row for the column groups (quantizers or metrics), and each caveat of its
+    quantizers as a note under it."""
     if not table.rows:
         return "<p class='note'>No results yet.</p>"
     esc = html.escape
@@ -164,7 +169,8 @@ def _html_table(table: Table) -> str:
         + "</tr>"
         for label, values in table.rows
     ]
-    return f"<div class='scroll'><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>"
+    notes = "".join(f"<p class='note'>{esc(caveat)}</p>" for caveat in table.caveats)
+    return f"<div class='scroll'><table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table></div>{notes}"
 
 
 def html_figure(plot: Plot) -> str:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from statistics import mean
 
 from qunlearn.evaluate.registry import FORGET_METRICS, RESULTS
-from qunlearn.results import CODEFLIP
+from qunlearn.quant.registry import caveats
+from qunlearn.results import CODE_FLIPS
 
 REFERENCES = ("target", "retrain")
 BASELINES = ("ga", "ga_gdr", "ga_klr", "npo", "npo_gdr", "npo_klr")
@@ -31,7 +32,8 @@ class Col:
 
 @dataclass(frozen=True)
 class Table:
-    """A renderer-agnostic table: `groups[i]` is the spanning header of `columns[i]` ("" for none)."""
+    """A renderer-agnostic table: `groups[i]` is the spanning header of `columns[i]` ("" for none); `caveats` are
+    the registry's notes on the quantizers it shows (one line each, rendered under the table)."""
 
     name: str
     title: str
@@ -39,10 +41,11 @@ class Table:
     columns: tuple[str, ...]
     rows: tuple[tuple[str, tuple[float | None, ...]], ...]
     fmt: str = ".1f"
+    caveats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
-class Grid:
+class ResultIndex:
     """The current results keyed by (model, quantizer, metric), with models and quantizers in display order."""
 
     models: tuple[str, ...]
@@ -97,7 +100,7 @@ def _model_key(model: str, first_seen: int) -> tuple[int, int, int]:
     return (rank, 0, known) if known is not None else (rank, 1, first_seen)
 
 
-def to_grid(records: list[dict]) -> Grid:
+def index_results(records: list[dict]) -> ResultIndex:
     """Index records by cell; quantizers in order of first appearance with `fp` first, models in paper order."""
     cells = {(r["model"], r["quantizer"], r["metric"]): r for r in records}
     models = list(dict.fromkeys(r["model"] for r in records))
@@ -106,13 +109,13 @@ def to_grid(records: list[dict]) -> Grid:
         quantizers.remove(FULL_PRECISION)
         quantizers.insert(0, FULL_PRECISION)
     ordered = sorted(models, key=lambda m: _model_key(m, models.index(m)))
-    return Grid(tuple(ordered), tuple(quantizers), cells)
+    return ResultIndex(tuple(ordered), tuple(quantizers), cells)
 
 
-def _ratio(grid: Grid, model: str, quantizer: str, metric: str) -> float | None:
+def _ratio(index: ResultIndex, model: str, quantizer: str, metric: str) -> float | None:
     """`metric(model, q) / metric(target, q)` in %, or None when either is missing or the target's is 0."""
     col = Col(metric, metric)
-    score, reference = grid.get(model, quantizer, col), grid.get("target", quantizer, col)
+    score, reference = index.get(model, quantizer, col), index.get("target", quantizer, col)
     if score is None or reference is None or reference == 0:
         return None
     return 100.0 * score / reference
@@ -152,16 +155,16 @@ def _summary(quantizers: list[str], knowmem: dict) -> str:
     )
 
 
-def headline(grid: Grid) -> dict:
+def headline(index: ResultIndex) -> dict:
     """Forgotten knowledge retained: each unlearned model's KnowMem_f and VerbMem_f as a % of the target's
     under the same quantizer, per model and averaged over the baselines and over the SURE variants."""
-    quantizers = [q for q in grid.quantizers if any(grid.has(m, q, FORGET_METRICS) for m in grid.models)]
+    quantizers = [q for q in index.quantizers if any(index.has(m, q, FORGET_METRICS) for m in index.models)]
     result: dict = {"reference": "target under the same quantizer", "quantizers": quantizers}
     for metric in FORGET_METRICS:
         per_model = {
-            m: {q: _ratio(grid, m, q, metric) for q in quantizers}
-            for m in grid.models
-            if m != "target" and any(grid.has(m, q, (metric,)) for q in quantizers)
+            m: {q: _ratio(index, m, q, metric) for q in quantizers}
+            for m in index.models
+            if m != "target" and any(index.has(m, q, (metric,)) for q in quantizers)
         }
         stats = {g: {q: _group_mean(per_model, g, q) for q in quantizers} for g in ("baseline", "sure")}
         result[metric] = {
@@ -194,6 +197,7 @@ def headline_table(head: dict) -> Table:
         tuple(f"{RESULTS[m].label} retained" for m in metrics for _ in quantizers),
         tuple(q for _ in metrics for q in quantizers),
         tuple(rows),
+        caveats=tuple(caveats(quantizers)),
     )
 
 
@@ -204,24 +208,24 @@ def _cols(*names: str) -> tuple[Col, ...]:
 
 MUSE_COLS = _cols("verbmem_f", "knowmem_f", "privleak", "knowmem_r")
 UTILITY_COLS = _cols("knowmem_r", "ppl_retain", "ppl_holdout")
-CODEFLIP_COLS = (
-    Col("codes flipped %", CODEFLIP, scale=100.0),
-    Col("moved < ½ step %", CODEFLIP, extra="below_half_step", scale=100.0, optional=True),
-    Col("median |Δw|/Δ", CODEFLIP, extra="median_change_in_steps", optional=True),
-    Col("p90 |Δw|/Δ", CODEFLIP, extra="p90_change_in_steps", optional=True),
-    Col("moved, kept in bin %", CODEFLIP, extra="within_bin_fraction", scale=100.0, optional=True),
+CODE_FLIPS_COLS = (
+    Col("codes flipped %", CODE_FLIPS, scale=100.0),
+    Col("moved < ½ step %", CODE_FLIPS, extra="below_half_step", scale=100.0, optional=True),
+    Col("median |Δw|/Δ", CODE_FLIPS, extra="median_change_in_steps", optional=True),
+    Col("p90 |Δw|/Δ", CODE_FLIPS, extra="p90_change_in_steps", optional=True),
+    Col("moved, kept in bin %", CODE_FLIPS, extra="within_bin_fraction", scale=100.0, optional=True),
 )
 
 
-def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: str = ".1f") -> Table:
+def metric_table(index: ResultIndex, name: str, title: str, cols: tuple[Col, ...], fmt: str = ".1f") -> Table:
     """Models × (quantizer × cols), keeping the models and quantizers that have any of the cols' metrics."""
     metrics = tuple(dict.fromkeys(col.metric for col in cols))
-    quantizers = [q for q in grid.quantizers if any(grid.has(m, q, metrics) for m in grid.models)]
-    models = [m for m in grid.models if any(grid.has(m, q, metrics) for q in quantizers)]
+    quantizers = [q for q in index.quantizers if any(index.has(m, q, metrics) for m in index.models)]
+    models = [m for m in index.models if any(index.has(m, q, metrics) for q in quantizers)]
     cols = tuple(
-        c for c in cols if not c.optional or any(grid.get(m, q, c) is not None for m in models for q in quantizers)
+        c for c in cols if not c.optional or any(index.get(m, q, c) is not None for m in models for q in quantizers)
     )
-    rows = tuple((m, tuple(grid.get(m, q, c) for q in quantizers for c in cols)) for m in models)
+    rows = tuple((m, tuple(index.get(m, q, c) for q in quantizers for c in cols)) for m in models)
     return Table(
         name,
         title,
@@ -229,21 +233,22 @@ def metric_table(grid: Grid, name: str, title: str, cols: tuple[Col, ...], fmt: 
         tuple(c.label for _ in quantizers for c in cols),
         rows,
         fmt,
+        tuple(caveats(quantizers)),
     )
 
 
-def flips_by_type_table(grid: Grid) -> Table:
+def flips_by_type_table(index: ResultIndex) -> Table:
     """Code flips (%) per module type (q_proj, down_proj, ...) for each model, under each scheme that reports them."""
     cells = {
-        (m, q): (grid.cells[(m, q, CODEFLIP)].get("extra") or {}).get("flips_by_type")
-        for m in grid.models
-        for q in grid.quantizers
-        if (m, q, CODEFLIP) in grid.cells
+        (m, q): (index.cells[(m, q, CODE_FLIPS)].get("extra") or {}).get("flips_by_type")
+        for m in index.models
+        for q in index.quantizers
+        if (m, q, CODE_FLIPS) in index.cells
     }
     cells = {key: value for key, value in cells.items() if value}
-    schemes = [q for q in grid.quantizers if any(key[1] == q for key in cells)]
+    schemes = [q for q in index.quantizers if any(key[1] == q for key in cells)]
     types = {q: list(dict.fromkeys(t for (m, s), by in cells.items() if s == q for t in by)) for q in schemes}
-    models = [m for m in grid.models if any(key[0] == m for key in cells)]
+    models = [m for m in index.models if any(key[0] == m for key in cells)]
     rows = tuple(
         (m, tuple(_finite((cells.get((m, q)) or {}).get(t), 100.0) for q in schemes for t in types[q])) for m in models
     )
@@ -254,29 +259,30 @@ def flips_by_type_table(grid: Grid) -> Table:
         tuple(f"{t} %" for q in schemes for t in types[q]),
         rows,
         ".3g",
+        tuple(caveats(schemes)),
     )
 
 
-def tradeoff_points(grid: Grid) -> tuple[tuple[str, str, float, float], ...]:
+def tradeoff_points(index: ResultIndex) -> tuple[tuple[str, str, float, float], ...]:
     """(model, quantizer, KnowMem_f, KnowMem_r) for every cell that has both: utility vs forgetting."""
     forget, retain = Col("", "knowmem_f"), Col("", "knowmem_r")
     return tuple(
-        (m, q, grid.get(m, q, forget), grid.get(m, q, retain))
-        for m in grid.models
-        for q in grid.quantizers
-        if grid.get(m, q, forget) is not None and grid.get(m, q, retain) is not None
+        (m, q, index.get(m, q, forget), index.get(m, q, retain))
+        for m in index.models
+        for q in index.quantizers
+        if index.get(m, q, forget) is not None and index.get(m, q, retain) is not None
     )
 
 
 def build_report(records: list[dict], config_hash: str | None = None) -> Report:
     """Every table of the report, the headline and the plot data, from the current records."""
-    grid = to_grid(records)
-    head = headline(grid)
+    index = index_results(records)
+    head = headline(index)
     tables = (
         headline_table(head),
-        metric_table(grid, "muse", "MUSE metrics per quantizer", MUSE_COLS),
-        metric_table(grid, "utility", "Utility: KnowMem on the retain set and perplexities", UTILITY_COLS),
-        metric_table(grid, "codeflip", "Code flips against the target", CODEFLIP_COLS, fmt=".3g"),
-        flips_by_type_table(grid),
+        metric_table(index, "muse", "MUSE metrics per quantizer", MUSE_COLS),
+        metric_table(index, "utility", "Utility: KnowMem on the retain set and perplexities", UTILITY_COLS),
+        metric_table(index, "codeflip", "Code flips against the target", CODE_FLIPS_COLS, fmt=".3g"),
+        flips_by_type_table(index),
     )
-    return Report(config_hash, len(records), grid.quantizers, head, tables, tradeoff_points(grid))
+    return Report(config_hash, len(records), index.quantizers, head, tables, tradeoff_points(index))

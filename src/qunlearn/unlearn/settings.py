@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, fields, replace
 
 from qunlearn.errors import UserInputError
 from qunlearn.models.io import parse_dtype
 from qunlearn.unlearn.memory import OPTIMIZERS, REFERENCES
-from qunlearn.unlearn.methods import PROFILES, Method
+from qunlearn.unlearn.methods import PROFILES, Method, get_method
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,17 @@ class UnlearnSettings:
     optim: str = "adamw"
     gradient_checkpointing: bool = False
 
+    @classmethod
+    def from_cli(cls, args: argparse.Namespace) -> UnlearnSettings:
+        """The settings `qunlearn unlearn`'s flags give (one flag per field), validated for its --method."""
+        settings = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        method = get_method(args.method)
+        settings.resolve(method).validate(method)  # the trainer resolves again, for its number of processes
+        return settings
+
     def resolve(self, method: Method, num_processes: int = 1) -> UnlearnSettings:
-        """Fill every None with the method's default and validate the result."""
+        """Fill every None with the method's default for `profile` (the per-device batch from the profile's
+        effective batch); `validate` the result before use."""
         if self.profile not in PROFILES:
             raise ValueError(f"--profile: unknown profile '{self.profile}'; choose one of {', '.join(PROFILES)}")
         defaults = method.defaults(self.profile)
@@ -58,12 +68,10 @@ class UnlearnSettings:
             filled["batch_size"] = max(1, defaults.batch_size // (self.grad_accum * num_processes))
         if self.saliency_gamma is not None:  # a γ given as a value replaces the default percentile
             filled.pop("saliency_percentile", None)
-        resolved = replace(self, **filled)
-        resolved.validate(method)
-        return resolved
+        return replace(self, **filled)
 
     def validate(self, method: Method) -> None:
-        """Reject impossible values with the option's name."""
+        """Reject impossible values of resolved settings with the option's name."""
         for spec in fields(self):
             value = getattr(self, spec.name)
             if isinstance(value, float) and not math.isfinite(value):

@@ -26,7 +26,7 @@ from qunlearn.data.batches import tokenize_documents
 from qunlearn.data.muse import Corpus, load_corpus
 from qunlearn.errors import TrainingDivergedError
 from qunlearn.fileio import atomic_write_json, read_json
-from qunlearn.models.io import load_model, require_tokenizer, save_model
+from qunlearn.models.io import check_tokenizer, load_model, save_model
 from qunlearn.models.utils import round_to_storage
 from qunlearn.outputs import output_lock, swap_in
 from qunlearn.unlearn.launch import check_engine, from_main, make_accelerator
@@ -294,7 +294,7 @@ def unlearn(
     """
     out_dir = Path(out_dir)
     root = corpus.root if isinstance(corpus, Corpus) else Path(corpus)
-    require_tokenizer(tokenizer or target_dir)  # before anything is written
+    check_tokenizer(tokenizer or target_dir)  # before anything is written
     loading = {"tokenizer": tokenizer, "trust_remote_code": trust_remote_code}
     accelerator = make_accelerator()
     main = accelerator.is_main_process
@@ -330,6 +330,7 @@ def _unlearn(
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
     target_dir, out_dir = Path(target_dir), Path(out_dir)
     settings = (settings or UnlearnSettings()).resolve(method, accelerator.num_processes)
+    settings.validate(method)
     check_engine(accelerator, settings.grad_accum)
     previous = previous_run(out_dir, method, settings) if resume else None
     if previous is not None and previous.get("status") == "complete":
