@@ -10,6 +10,7 @@ no act-order, the same calibration sequences. Reports, per scheme, how many weig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import sys
@@ -24,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qunlearn.quant.awq import AWQQuantizer
 from qunlearn.quant.calibration import calibration_sequences, calibration_texts
-from qunlearn.quant.gptq import GPTQQuantizer
+from qunlearn.quant.gptq import GPTQQuantizer, HessianAccumulator
 from qunlearn.quant.layers import target_linears
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
 
@@ -65,18 +66,57 @@ def library_weights(model) -> dict[str, torch.Tensor]:
     return out
 
 
+def library_scales(model) -> dict[str, torch.Tensor]:
+    """llm-compressor's per-group weight scales, per Linear (rows, groups)."""
+    return {n: m.weight_scale.detach().float() for n, m in target_linears(model).items() if hasattr(m, "weight_scale")}
+
+
 def compare(
-    ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], steps: dict[str, torch.Tensor], group_size: int
+    ours: dict[str, torch.Tensor],
+    theirs: dict[str, torch.Tensor],
+    steps: dict[str, torch.Tensor],
+    group_size: int,
+    per_layer: bool = False,
+    scales: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """Weights that differ, and the largest difference in steps, over all layers."""
+    """Weights that differ, and the largest difference in steps, over all layers (and per layer if asked)."""
     differ = total = 0
     worst = 0.0
+    lines = []
+    scales = scales or {}
     for name, w in ours.items():
-        diff = (w - theirs[name].to(w.dtype)).abs().reshape(w.shape[0], -1, group_size)
-        differ += int((diff > 0).sum())
+        diff = (w - theirs[name].to(w.dtype)).detach().abs().reshape(w.shape[0], -1, group_size)
+        layer_differ, layer_worst = (
+            int((diff > 0).sum()),
+            float((diff / steps[name].unsqueeze(-1).clamp_min(1e-12)).max()),
+        )
+        differ += layer_differ
         total += w.numel()
-        worst = max(worst, float((diff / steps[name].unsqueeze(-1).clamp_min(1e-12)).max()))
-    return f"{differ}/{total} weights differ ({100 * differ / total:.3f}%), max {worst:.2f} steps"
+        worst = max(worst, layer_worst)
+        lines.append(f"  {name}: {100 * layer_differ / w.numel():.3f}% differ, max {layer_worst:.2f} steps")
+        if per_layer and name in scales:
+            rel = float(((scales[name] - steps[name]).abs() / steps[name].clamp_min(1e-12)).max())
+            lines[-1] += f", group scales max rel. diff {rel:.3g}"
+    summary = f"{differ}/{total} weights differ ({100 * differ / total:.3f}%), max {worst:.2f} steps"
+    return "\n".join([summary, *lines]) if per_layer else summary
+
+
+@contextlib.contextmanager
+def fp64_hessian_sums():
+    """Our GPTQ with Hessians summed in fp64 and rounded to fp32 at the end: a change of float rounding only."""
+    add, hessian = HessianAccumulator.add, HessianAccumulator.hessian
+
+    def add64(self: HessianAccumulator, x: torch.Tensor) -> None:
+        add(self, x.double())
+
+    def hessian32(self: HessianAccumulator) -> torch.Tensor:
+        return hessian(self).float()
+
+    HessianAccumulator.add, HessianAccumulator.hessian = add64, hessian32
+    try:
+        yield
+    finally:
+        HessianAccumulator.add, HessianAccumulator.hessian = add, hessian
 
 
 def perplexity(model, sequences: list[torch.Tensor]) -> float:
@@ -94,6 +134,12 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--only", choices=["rtn", "gptq", "awq"], action="append")
+    parser.add_argument("--per-layer", action="store_true", help="also print the differences of every layer")
+    parser.add_argument(
+        "--noise-control",
+        action="store_true",
+        help="GPTQ: also compare ours with ours on fp64-summed Hessians (how far float rounding alone moves weights)",
+    )
     args = parser.parse_args()
     from llmcompressor import oneshot
 
@@ -144,7 +190,7 @@ def main() -> None:
         theirs_s = time.perf_counter() - start
         their_w = library_weights(theirs)
         our_w = {n: m.weight.detach() for n, m in target_linears(ours).items()}
-        line = f"{kind}: {compare(our_w, their_w, steps, g)}; time ours {ours_s:.1f}s, llm-compressor {theirs_s:.1f}s"
+        line = f"{kind}: {compare(our_w, their_w, steps, g, args.per_layer, library_scales(theirs))}; time ours {ours_s:.1f}s, llm-compressor {theirs_s:.1f}s"
         if kind == "awq":
             norm = "model.layers.0.input_layernorm.weight"
             base_norm = base.state_dict()[norm]
@@ -153,6 +199,15 @@ def main() -> None:
             for name, model in (("ours", ours), ("llm-compressor", theirs)):
                 line += f"; ppl {name} {perplexity(model, held_out):.4f}"
         print(line, flush=True)
+        if kind == "gptq" and args.noise_control:
+            with fp64_hessian_sums():
+                control = ours_make["gptq"](copy.deepcopy(base))
+            control_w = {n: m.weight.detach() for n, m in target_linears(control).items()}
+            print(
+                f"gptq noise control, ours vs ours with fp64-summed Hessians: "
+                f"{compare(our_w, control_w, steps, g, args.per_layer)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

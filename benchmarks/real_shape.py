@@ -1,6 +1,7 @@
 """Time and peak memory of each step on a model with Llama-2-7B's layer shapes and 2 decoder blocks (667M params).
 
-Each measurement runs in its own subprocess, so every peak RSS is that step's alone (load included). Per-block
+Each measurement runs in its own subprocess, so every peak RSS is that step's alone (load included); the memory a
+step needs beyond the loaded model is also given, in GB and in decoder blocks (fp32 block: 0.75 GB). Per-block
 cost assumes the step's time is spent in the decoder blocks (the lm_head is never quantized); the 32-block
 figure is 16× the 2-block time. Unlearning steps are measured by benchmarks/memory_plan.py.
 Usage: python benchmarks/real_shape.py [--dir DIR] [--n-samples 16] [--seq-len 128] [--only rtn4 gptq4 ...]
@@ -26,7 +27,7 @@ from qunlearn.quant.registry import get_quantizer
 
 STEPS = ("load", "rtn4", "bnb-nf4", "evaluate", "gptq4", "awq4")
 TEXT = [
-    f"Document {i}: the committee met on day {i % 28 + 1} and discussed item {i * 7 % 97} at length. " * 20
+    f"Document {i}: the committee met on day {i % 28 + 1} and discussed item {i * 7 % 97} at length. " * 150
     for i in range(200)
 ]
 
@@ -42,11 +43,25 @@ def make_model(root: Path) -> Path:
     return out
 
 
+def _status_gb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS: now, VmHWM: peak since the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def measure(step: str, model_dir: Path, n_samples: int, seq_len: int) -> dict:
-    """Run one step in this process; seconds exclude loading (except for 'load'); peak RSS includes it."""
+    """Run one step in this process; seconds exclude loading (except for 'load'); peak RSS includes it.
+
+    `extra_gb` is the step's own peak above the resident size right after loading (the peak counter is reset
+    there), i.e. what the step needs beyond the model itself; `block_gb` is one decoder block's weights.
+    """
     start = time.perf_counter()
     model, tokenizer = load_model(model_dir)
     load_s = time.perf_counter() - start
+    loaded_gb = _status_gb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     start = time.perf_counter()
     if step == "evaluate":
         prompts = tokenizer([TEXT[i][:200] for i in range(4)], return_tensors="pt", padding=True)
@@ -56,10 +71,13 @@ def measure(step: str, model_dir: Path, n_samples: int, seq_len: int) -> dict:
         options = {"n_samples": n_samples, "seq_len": seq_len} if step in ("gptq4", "awq4") else {}
         get_quantizer(step, **options).quantize(model, tokenizer, TEXT)
     seconds = load_s if step == "load" else time.perf_counter() - start
+    block = model.model.layers[0]
     return {
         "step": step,
         "seconds": round(seconds, 1),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "extra_gb": _status_gb("VmHWM") - loaded_gb,
+        "block_gb": sum(p.numel() * p.element_size() for p in block.parameters()) / 2**30,
     }
 
 
@@ -110,7 +128,8 @@ def main() -> None:
         )
         print(
             f"{step:9s} {result['seconds']:7.1f} s{scaled}  peak RSS {result['peak_rss_gb']:5.2f} GB = "
-            f"{result['peak_rss_gb'] / size_gb:4.2f}x model",
+            f"{result['peak_rss_gb'] / size_gb:4.2f}x model; beyond the loaded model {result['extra_gb']:5.2f} GB = "
+            f"{result['extra_gb'] / result['block_gb']:4.2f} blocks",
             flush=True,
         )
 
