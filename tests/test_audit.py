@@ -215,6 +215,25 @@ def test_a_scheme_with_a_caveat_is_named_under_the_verdict_table(audits):
     assert "caveat" not in to_markdown(audit)  # rtn8, rtn4, relearn, bf16: none has one
 
 
+def test_each_quantization_attacks_fallbacks_are_in_audit_json_and_said_once_in_its_notes(audits):
+    audit = audits["retrain"]  # audit.json as written; the tiny model's 176-weight rows do not take groups of 128
+    down = ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    per_row = {"layers": down, "used": "per-row scales", "reason": "group size 128 does not divide rows of 176 weights"}
+    assert {a["name"]: a["fallbacks"] for a in audit["attacks"]} == {
+        "rtn8": [per_row],
+        "rtn4": [per_row],
+        "relearn": [],
+        "bf16": [],
+    }
+    line = (
+        "rtn8, rtn4 fallback: group size 128 does not divide rows of 176 weights; per-row scales used instead for "
+        "2 layers (e.g. model.layers.0.mlp.down_proj)."
+    )
+    md = (audits["out"] / "retrain" / "audit.md").read_text()
+    assert md.count(line) == 1 and md.index(f"- {line}") < md.index("## Update size")
+    assert html.escape(line) in (audits["out"] / "retrain" / "audit.html").read_text()
+
+
 def test_bad_attack_is_a_one_line_error(tiny_benchmark, tmp_path, capsys):
     rc = main(
         [

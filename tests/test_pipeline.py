@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,8 +12,8 @@ import pytest
 from qunlearn.cli import main
 from qunlearn.config import BenchmarkSettings, RunConfig, load_run_config
 from qunlearn.errors import UserInputError
-from qunlearn.fileio import append_jsonl, read_yaml
-from qunlearn.pipeline import RunDriver, config_hash, run_grid
+from qunlearn.fileio import append_jsonl, read_json, read_yaml
+from qunlearn.pipeline import RunDriver, config_hash, run_and_report, run_grid
 from qunlearn.report import build_report, headline, index_results
 from qunlearn.results import finished_cells, load_results
 
@@ -161,3 +163,77 @@ def test_report_headline_matches_results(tiny_benchmark, tmp_path):
     assert main(["report", "--out", str(tmp_path / "run")]) == 0
     report = json.loads((tmp_path / "run/report.json").read_text())
     assert report["headline"] == build_report(load_results(tmp_path / "run/results.jsonl")).headline
+
+
+# --- quantizer fallbacks: recorded per cell at once, kept by a resumed run, said in the report ---------------------
+
+ROWS_OF_64 = (
+    "rtn4 fallback: group size 48 does not divide rows of 64 weights; per-row scales used instead for 12 layers"
+)
+ROWS_OF_176 = (
+    "rtn4 fallback: group size 48 does not divide rows of 176 weights; per-row scales used instead for 2 layers"
+)
+
+
+def fallback_config(out: Path, bench_root: Path) -> RunConfig:
+    """rtn4 with groups of 48, which divide neither the tiny model's 64- nor its 176-weight rows."""
+    return small_config(
+        out,
+        bench_root,
+        methods=["ga"],
+        quantizers=["rtn4", "fp"],
+        metrics=["knowmem_f"],
+        codeflip_schemes=[],
+        quantize={"group_size": 48},
+    )
+
+
+def test_fallbacks_are_recorded_before_evaluation_and_a_resumed_run_reports_them(tiny_benchmark, tmp_path, monkeypatch):
+    config = fallback_config(tmp_path / "run", tiny_benchmark.root)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed during the first evaluation, right after target was quantized with rtn4
+
+    monkeypatch.setattr("qunlearn.pipeline.evaluate_model", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_and_report(config, resume=False, progress=False)
+    record = read_json(tmp_path / "run/quantizer_fallbacks.json")
+    assert list(record) == ["target@rtn4"] and record["target@rtn4"]["config_hash"] == config_hash(config)
+    assert sorted((len(f["layers"]), f["used"]) for f in record["target@rtn4"]["fallbacks"]) == [
+        (2, "per-row scales"),
+        (12, "per-row scales"),
+    ]
+    saved = tmp_path / "run/models/quantized/target@rtn4/model.safetensors"
+    stamp = saved.stat().st_mtime_ns
+
+    monkeypatch.undo()
+    written = run_and_report(config, resume=True, progress=False)
+    assert saved.stat().st_mtime_ns == stamp  # the saved checkpoint was reused, not quantized again
+    record = read_json(tmp_path / "run/quantizer_fallbacks.json")
+    assert set(record) == {f"{m}@{q}" for m in ("target", "retrain", "ga") for q in ("rtn4", "fp")}
+    assert record["ga@fp"]["fallbacks"] == [] and record["ga@rtn4"] == record["target@rtn4"] | {"model": "ga"}
+    md = written["report.md"].read_text()
+    for line in (ROWS_OF_64, ROWS_OF_176):
+        assert md.count(line) == 1  # the same fallback on every model is said once, with the models
+        assert f"- {line} (e.g. model.layers.0." in md and md.split(line)[1].split("\n")[0].endswith(
+            ", on target, retrain, ga."
+        )
+    assert md.index("## Headline") < md.index("## Quantizer fallbacks") < md.index("## MUSE metrics")
+    notes = json.loads(written["report.json"].read_text())["quantizer_fallbacks"]
+    assert [(n["quantizer"], n["used"], n["layers"], n["models"]) for n in notes] == [
+        ("rtn4", "per-row scales", 12, ["target", "retrain", "ga"]),
+        ("rtn4", "per-row scales", 2, ["target", "retrain", "ga"]),
+    ]
+    assert notes[1]["example_layer"] == "model.layers.0.mlp.down_proj"
+    assert html.escape(notes[1]["text"]) in written["report.html"].read_text()
+
+
+def test_a_saved_quantized_checkpoint_without_its_fallback_record_is_quantized_again(tiny_benchmark, tmp_path):
+    config = replace(fallback_config(tmp_path / "run", tiny_benchmark.root), quantizers=["rtn4"])
+    run_grid(config, progress=False)
+    (tmp_path / "run/quantizer_fallbacks.json").unlink()  # e.g. a run directory from before fallbacks were kept
+    (tmp_path / "run/results.jsonl").unlink()
+    run_grid(config, progress=False)
+    record = read_json(tmp_path / "run/quantizer_fallbacks.json")
+    assert set(record) == {"target@rtn4", "retrain@rtn4", "ga@rtn4"}
+    assert all(len(r["fallbacks"]) == 2 for r in record.values())

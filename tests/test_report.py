@@ -255,3 +255,45 @@ def test_a_scheme_with_a_caveat_gets_a_note_under_each_table_that_shows_it() -> 
     assert to_json(report)["tables"]["muse"]["caveats"] == [caveat]
     full_precision_only = build_report([r for r in records if r["quantizer"] == "fp"], HASH)
     assert "caveat" not in to_markdown(full_precision_only, ())
+
+
+def test_each_distinct_quantizer_fallback_is_said_once_with_the_models_it_happened_on() -> None:
+    records = [
+        {"model": model, "quantizer": quantizer, "metric": "knowmem_f", "value": 1.0, "config_hash": HASH}
+        for model in ("target", "ga")
+        for quantizer in ("fp", "rtn4", "gptq4")
+    ]
+    per_row = {"layers": ["l.0.down", "l.1.down"], "used": "per-row scales", "reason": "48 does not fit"}
+
+    def damped(layer: str) -> dict:
+        return {"layers": [layer], "used": "dampening 0.1", "reason": "Hessian rejected"}
+
+    fallbacks = [  # in run order (gptq4 first, ga before target): the report orders them as its tables do
+        {"model": "ga", "quantizer": "gptq4", "fallbacks": [damped("l.0.q")]},
+        {"model": "ga", "quantizer": "rtn4", "fallbacks": [per_row]},
+        {"model": "target", "quantizer": "rtn4", "fallbacks": [per_row]},
+        {"model": "target", "quantizer": "gptq4", "fallbacks": [damped("l.1.k")]},
+        {"model": "target", "quantizer": "fp", "fallbacks": []},
+    ]
+    report = build_report(records, HASH, fallbacks)
+    lines = [
+        "rtn4 fallback: 48 does not fit; per-row scales used instead for 2 layers (e.g. l.0.down), on target, ga.",
+        "gptq4 fallback: Hessian rejected; dampening 0.1 used instead for 1 layer (e.g. l.1.k), on target.",
+        "gptq4 fallback: Hessian rejected; dampening 0.1 used instead for 1 layer (e.g. l.0.q), on ga.",
+    ]
+    assert [note.text for note in report.fallbacks] == lines
+    md = to_markdown(report, ())
+    section = md.split("## Quantizer fallbacks\n")[1].split("\n## ")[0]
+    assert section.strip().splitlines()[-3:] == [f"- {line}" for line in lines]
+    assert all(f"<li>{html.escape(line)}</li>" in to_html(report, ()) for line in lines)
+    assert to_json(report)["quantizer_fallbacks"][0] == {
+        "quantizer": "rtn4",
+        "used": "per-row scales",
+        "reason": "48 does not fit",
+        "layers": 2,
+        "example_layer": "l.0.down",
+        "models": ("target", "ga"),
+        "text": lines[0],
+    }
+    without = build_report(records, HASH, fallbacks[-1:])
+    assert "Quantizer fallbacks" not in to_markdown(without, ()) and to_json(without)["quantizer_fallbacks"] == []

@@ -2,7 +2,9 @@
 
 A cell is (model, quantizer, metric). Each finished cell is appended to `<out>/results.jsonl` with the run's
 config hash; a rerun skips every cell already there under the same hash, and reuses unlearned and
-quantized checkpoints on disk, so a crash or Ctrl-C loses at most the cell in progress.
+quantized checkpoints on disk, so a crash or Ctrl-C loses at most the cell in progress. What each quantizer did
+instead of its settings is kept per (model, quantizer) in `<out>/quantizer_fallbacks.json` as soon as the model
+is quantized.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips, update_size, update_size_fields
 from qunlearn.quant.registry import get_quantizer, quantizer_fields
 from qunlearn.report import write_report
+from qunlearn.report.fallbacks import FALLBACKS_FILE, cell_key, load_fallbacks, record_fallbacks
 from qunlearn.results import CODE_FLIPS, RESULTS_FILE, cell_marker, finished_cells, metric_records, record
 from qunlearn.unlearn.methods import get_method
 from qunlearn.unlearn.rundir import SETTINGS_FILE
@@ -201,10 +204,18 @@ class RunDriver:
         return calibration_texts(corpus_dir=self.inputs.corpus_dir, calibrate_on=self.config.calibration)
 
     def quantized(self, model_name: str, path: Path, quantizer_name: str):
-        """Load the model and quantize it, reusing a quantized checkpoint saved by a run with the same settings."""
+        """Load the model and quantize it, recording the quantizer's fallbacks in the run's `quantizer_fallbacks.json`
+        at once; a quantized checkpoint saved by a run with the same settings is reused when its fallbacks are on
+        record (so a rerun never loses them)."""
         saved = self.out / "models" / "quantized" / f"{model_name}@{quantizer_name}"
         stamp = saved / QUANTIZED_STAMP
-        if quantizer_name != "fp" and stamp.is_file() and read_text(stamp).strip() == self.run_hash:
+        fallbacks_file = self.out / FALLBACKS_FILE
+        if (
+            quantizer_name != "fp"
+            and stamp.is_file()
+            and read_text(stamp).strip() == self.run_hash
+            and cell_key(model_name, quantizer_name) in load_fallbacks(fallbacks_file, self.run_hash)
+        ):
             return load_model(
                 saved, dtype=self.config.dtype, device=self.config.device, device_map=self.config.device_map
             )
@@ -220,6 +231,7 @@ class RunDriver:
             raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
         texts = self.calibration if quantizer.needs_calibration else None
         quantizer.quantize(model, tokenizer, texts)
+        record_fallbacks(fallbacks_file, model_name, quantizer_name, self.run_hash, quantizer.fallbacks)
         check_finite(model, f"{model_name} quantized with {quantizer_name}")  # no score for a broken result
         if quantizer_name != "fp" and self.config.keep_quantized:
             save_model(model, tokenizer, saved)

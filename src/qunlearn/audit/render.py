@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from qunlearn.fileio import atomic_write_json, atomic_write_text
 from qunlearn.quant.registry import caveats
+from qunlearn.report.fallbacks import describe, group_fallbacks
 from qunlearn.report.plots import Plot, figure_png
 from qunlearn.report.render import html_figure, html_page, html_table
 
@@ -86,6 +87,8 @@ def _notes(audit: dict) -> list[str]:
     if "integrity" in audit:
         notes.insert(0, f"Integrity checks {audit['integrity']}.")
     notes += [*audit["notes"], flips, *caveats(a["quantizer"] for a in audit["attacks"])]
+    cases = [(a["name"], f) for a in audit["attacks"] for f in a["fallbacks"]]
+    notes += [f"{', '.join(names)} fallback: {describe(f)}." for names, f in group_fallbacks(cases)]
     notes += [f"Skipped {s['name']}: {s['reason']}" for s in audit["skipped"]]
     return notes
 

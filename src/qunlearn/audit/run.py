@@ -201,16 +201,18 @@ def _attack(
     baselines: tuple[dict, dict],
 ) -> dict:
     """One attack on a fresh copy of the unlearned model: scores, recovery per signal, verdict, code flips (when
-    `target_model` is given) and the time it took."""
+    `target_model` is given), what its quantizer did instead of its settings (`fallbacks`, empty when nothing or
+    not a quantization attack) and the time it took."""
     start = time.perf_counter()
     model, tok = load_model(inputs.unlearned, **loading | {"dtype": attack.dtype})
-    flips = None
+    flips, fallbacks = None, []
     if attack.kind == "quantization":
         quantizer = get_quantizer(attack.quantizer)
         calib = bench.calibration[attack.calibration or "generic"] if quantizer.needs_calibration else None
-        if target_model is not None:
-            flips = code_flips(target_model, model, quantizer, tok, calib)["overall"]["flip_fraction"]
+        if target_model is not None:  # by name: its own quantizer, so the attack's fallbacks are the attack's alone
+            flips = code_flips(target_model, model, attack.quantizer, tok, calib)["overall"]["flip_fraction"]
         model = quantizer.quantize(model, tok, calib)
+        fallbacks = quantizer.fallbacks
     elif attack.kind == "relearning":
         model = relearn(
             model,
@@ -237,6 +239,7 @@ def _attack(
         "recovery": per_signal,
         "verdict": verdict(per_signal),
         "code_flip_fraction": flips,
+        "fallbacks": fallbacks,
         "seconds": round(time.perf_counter() - start, 2),
     }
 

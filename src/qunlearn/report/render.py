@@ -6,7 +6,7 @@ import base64
 import csv
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import groupby
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,10 @@ CODE_FLIPS_BY_TYPE_NOTE = (
     "Percentage of codes that differ from the target's, per module type (the last part of the "
     "layer's name), under each grid scheme."
 )
+FALLBACKS_NOTE = (
+    "Where a quantizer could not do what its settings ask, it did this instead; each case is said once, with the "
+    "models it happened on (every layer per model and quantizer: quantizer_fallbacks.json)."
+)
 NOTES = {
     "headline": HEADLINE_NOTE,
     "muse": MUSE_NOTE,
@@ -67,19 +71,23 @@ figcaption { color: #55606e; font-size: .9rem; }
 
 @dataclass(frozen=True)
 class Section:
-    """One part of the report, the same in every format: a heading, a note, then a table or plots."""
+    """One part of the report, the same in every format: a heading, a note, then a table, plots or a list."""
 
     title: str
     text: str
     table: Table | None = None
     plots: tuple[Plot, ...] = ()
+    items: tuple[str, ...] = ()
 
 
 def sections(report: Report, plots: tuple[Plot, ...]) -> list[Section]:
-    """The report's parts in reading order: headline, plots, then each table."""
+    """The report's parts in reading order: headline, the quantizer fallbacks (when there are any), plots, then
+    each table."""
     headline, *rest = report.tables
+    fallbacks = tuple(note.text for note in report.fallbacks)
     return [
         Section("Headline", HEADLINE_NOTE, headline),
+        *([Section("Quantizer fallbacks", FALLBACKS_NOTE, items=fallbacks)] if fallbacks else []),
         Section("Plots", "", plots=plots),
         *(Section(table.title, NOTES[table.name], table) for table in rest),
     ]
@@ -116,6 +124,7 @@ def to_markdown(report: Report, plots: tuple[Plot, ...]) -> str:
         if section.table is not None:
             lines += _markdown_table(section.table)
         lines += [f"![{plot.caption}]({plot.path})\n" for plot in section.plots]
+        lines += [f"- {item}" for item in section.items]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -132,7 +141,8 @@ def to_csv(report: Report) -> str:
 
 
 def to_json(report: Report) -> dict:
-    """The report as plain data: the headline as computed, and every table (None for a missing value)."""
+    """The report as plain data: the headline as computed, every table (None for a missing value) and each distinct
+    quantizer fallback."""
     return {
         "config_hash": report.config_hash,
         "n_records": report.n_records,
@@ -146,6 +156,7 @@ def to_json(report: Report) -> dict:
             }
             for t in report.tables
         },
+        "quantizer_fallbacks": [asdict(note) for note in report.fallbacks],
     }
 
 
@@ -216,4 +227,6 @@ def to_html(report: Report, plots: tuple[Plot, ...]) -> str:
         if section.table is not None:
             parts.append(_html_table(section.table))
         parts += [html_figure(plot) for plot in section.plots]
+        if section.items:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in section.items) + "</ul>")
     return html_page("qunlearn report", _meta(report), report.headline["summary"], parts)

@@ -6,11 +6,13 @@ The headline (forgotten knowledge retained) is computed here and only here, in `
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from statistics import mean
 
 from qunlearn.evaluate.registry import FORGET_METRICS, RESULTS
 from qunlearn.quant.registry import caveats
+from qunlearn.report.fallbacks import FallbackNote, fallback_notes
 from qunlearn.results import CODE_FLIPS
 
 REFERENCES = ("target", "retrain")
@@ -75,6 +77,7 @@ class Report:
     headline: dict
     tables: tuple[Table, ...]
     tradeoff: tuple[tuple[str, str, float, float], ...]
+    fallbacks: tuple[FallbackNote, ...] = ()
 
 
 def _finite(value: object, scale: float = 1.0) -> float | None:
@@ -274,8 +277,9 @@ def tradeoff_points(index: ResultIndex) -> tuple[tuple[str, str, float, float], 
     )
 
 
-def build_report(records: list[dict], config_hash: str | None = None) -> Report:
-    """Every table of the report, the headline and the plot data, from the current records."""
+def build_report(records: list[dict], config_hash: str | None = None, fallbacks: Iterable[dict] = ()) -> Report:
+    """Every table of the report, the headline and the plot data, from the current records; with the run's
+    quantizer fallback records (`report.fallbacks.load_fallbacks`), each distinct fallback once."""
     index = index_results(records)
     head = headline(index)
     tables = (
@@ -285,4 +289,5 @@ def build_report(records: list[dict], config_hash: str | None = None) -> Report:
         metric_table(index, "codeflip", "Code flips against the target", CODE_FLIPS_COLS, fmt=".3g"),
         flips_by_type_table(index),
     )
-    return Report(config_hash, len(records), index.quantizers, head, tables, tradeoff_points(index))
+    notes = fallback_notes(fallbacks, index.quantizers, index.models)
+    return Report(config_hash, len(records), index.quantizers, head, tables, tradeoff_points(index), notes)
