@@ -4,7 +4,9 @@ Setup:  python3 -m venv /tmp/lcvenv && /tmp/lcvenv/bin/pip install torch==2.13.0
 Run:    /tmp/lcvenv/bin/python benchmarks/quant_parity.py --model BENCH/models/target --corpus BENCH/corpus
         (or --calibration FILE, e.g. on the 7B-shaped model of benchmarks/real_shape.py)
 Both sides use llm-compressor's symmetric int grid (scale = amax / 7.5 at 4 bits), fp32, static groups,
-no act-order, the same calibration sequences. Reports, per scheme, how many weights differ and by how many steps.
+no act-order, the same calibration sequences in the same order (llm-compressor's: longest first; --our-order keeps
+ours). Reports, per scheme, how many weights differ and by how many steps (--per-layer: per layer);
+--noise-control also runs our GPTQ on fp64-summed Hessians, to show how far float rounding alone moves weights.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from qunlearn.quant import base as quant_base
 from qunlearn.quant.awq import AWQQuantizer
 from qunlearn.quant.calibration import calibration_sequences, calibration_texts
 from qunlearn.quant.gptq import GPTQQuantizer, HessianAccumulator
@@ -104,10 +107,12 @@ def compare(
 @contextlib.contextmanager
 def fp64_hessian_sums():
     """Our GPTQ with Hessians summed in fp64 and rounded to fp32 at the end: a change of float rounding only."""
-    add, hessian = HessianAccumulator.add, HessianAccumulator.hessian
+    add, hessian = HessianAccumulator.add, HessianAccumulator.hessian  # restored on exit
 
     def add64(self: HessianAccumulator, x: torch.Tensor) -> None:
-        add(self, x.double())
+        self.sequences += x.shape[0] if x.dim() > 2 else 1
+        rows = math.sqrt(2) * x.reshape(-1, x.shape[-1]).double()
+        self.sums = rows.T @ rows if self.sums is None else self.sums.add_(rows.T @ rows)
 
     def hessian32(self: HessianAccumulator) -> torch.Tensor:
         return hessian(self).float()
@@ -117,6 +122,26 @@ def fp64_hessian_sums():
         yield
     finally:
         HessianAccumulator.add, HessianAccumulator.hessian = add, hessian
+
+
+@contextlib.contextmanager
+def library_sample_order(dataset: Dataset):
+    """Our quantizers take the calibration sequences in llm-compressor's order (its LengthAwareSampler puts the
+    longest first), so that both sides sum Hessians in the same order: float sums depend on it."""
+    from llmcompressor.datasets.utils import LengthAwareSampler
+
+    order = list(LengthAwareSampler(dataset))
+    draw = quant_base.calibration_sequences
+
+    def reordered(*args, **kwargs) -> list[torch.Tensor]:
+        sequences = draw(*args, **kwargs)
+        return [sequences[i] for i in order]
+
+    quant_base.calibration_sequences = reordered
+    try:
+        yield
+    finally:
+        quant_base.calibration_sequences = draw
 
 
 def perplexity(model, sequences: list[torch.Tensor]) -> float:
@@ -135,6 +160,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--only", choices=["rtn", "gptq", "awq"], action="append")
     parser.add_argument("--per-layer", action="store_true", help="also print the differences of every layer")
+    parser.add_argument(
+        "--our-order",
+        dest="library_order",
+        action="store_false",
+        help="calibrate ours in our own sequence order (default: in llm-compressor's, longest first)",
+    )
     parser.add_argument(
         "--noise-control",
         action="store_true",
@@ -171,7 +202,8 @@ def main() -> None:
     print(f"fp32 perplexity on held-out retain chunks: {perplexity(base, held_out):.4f}")
     for kind in args.only or ["rtn", "gptq", "awq"]:
         start = time.perf_counter()
-        ours = ours_make[kind](copy.deepcopy(base))
+        with library_sample_order(dataset) if args.library_order else contextlib.nullcontext():
+            ours = ours_make[kind](copy.deepcopy(base))
         ours_s = time.perf_counter() - start
         theirs = copy.deepcopy(base)
         start = time.perf_counter()
@@ -200,7 +232,8 @@ def main() -> None:
                 line += f"; ppl {name} {perplexity(model, held_out):.4f}"
         print(line, flush=True)
         if kind == "gptq" and args.noise_control:
-            with fp64_hessian_sums():
+            order = library_sample_order(dataset) if args.library_order else contextlib.nullcontext()
+            with fp64_hessian_sums(), order:
                 control = ours_make["gptq"](copy.deepcopy(base))
             control_w = {n: m.weight.detach() for n, m in target_linears(control).items()}
             print(

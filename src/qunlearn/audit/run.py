@@ -8,6 +8,8 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from torch import nn
+
 from qunlearn.audit.attacks import Attack, expand_attacks, relearn
 from qunlearn.audit.benchmarks import BENCHMARKS, LoadedBenchmark
 from qunlearn.audit.verdict import (
@@ -144,8 +146,20 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     }
     bench = BENCHMARKS[settings.benchmark](inputs, settings, device)
     attacks, unfed = _runnable(attacks, bench, explicit=settings.attacks is not None)
-    skipped += unfed
+    baselines, sizes, flips_against = _baselines(inputs, bench, loading, settings.code_flips, log)
+    entries = []
+    for attack in attacks:
+        entry = _attack(attack, inputs, settings, bench, loading, flips_against, baselines)
+        entries.append(entry)
+        log(f"{attack.name}: {entry['verdict']} ({_fmt(entry['scores'])})")
+    return _audit_record(inputs, settings, device, bench, baselines, sizes, entries, skipped + unfed)
 
+
+def _baselines(
+    inputs: AuditInputs, bench: LoadedBenchmark, loading: dict, code_flips: bool, log
+) -> tuple[tuple[dict, dict], dict, nn.Module | None]:
+    """Scores of the target and the unlearned model, the update size between them, and the target model itself
+    when the code flips need its weights (else None, so that it is freed)."""
     target_model, tokenizer = load_model(inputs.target, **loading)
     target = bench.score(target_model, tokenizer)
     log(f"target: {_fmt(target)}")
@@ -153,17 +167,21 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     unlearned = bench.score(unlearned_model, tokenizer)
     log(f"unlearned: {_fmt(unlearned)}")
     sizes = update_size(target_model, unlearned_model)
-    reading = update_size_reading(sizes)
-    log(reading)
-    del unlearned_model
-    flips_against = target_model if settings.code_flips else None  # only the code flips need the target's weights
-    del target_model
+    log(update_size_reading(sizes))
+    return (target, unlearned), sizes, target_model if code_flips else None
 
-    entries = []
-    for attack in attacks:
-        entry = _attack(attack, inputs, settings, bench, loading, flips_against, (target, unlearned))
-        entries.append(entry)
-        log(f"{attack.name}: {entry['verdict']} ({_fmt(entry['scores'])})")
+
+def _audit_record(
+    inputs: AuditInputs,
+    settings: AuditSettings,
+    device: str,
+    bench: LoadedBenchmark,
+    baselines: tuple[dict, dict],
+    sizes: dict,
+    entries: list[dict],
+    skipped: list[dict],
+) -> dict:
+    """The audit.json record of a finished audit."""
     top = worst_attack(entries)
     loaded = ["target", "unlearned"] + (["retrain"] if inputs.retrain is not None else [])
     return {
@@ -179,10 +197,10 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
         "labels": bench.labels,
         "info": bench.info,
         "notes": list(bench.notes),
-        "baselines": {"target": target, "unlearned": unlearned},
+        "baselines": {"target": baselines[0], "unlearned": baselines[1]},
         "integrity": f"passed at every load of {', '.join(loaded)} (attacked copies included): {CHECKS}",
         "update_size": sizes,
-        "update_size_reading": reading,
+        "update_size_reading": update_size_reading(sizes),
         "attacks": entries,
         "skipped": skipped,
         "worst_attack": top["name"] if top else None,

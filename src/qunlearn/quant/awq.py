@@ -191,7 +191,7 @@ def search_scales(
         for ratio, duo in scale_grid(n_grid, duo_scaling):
             scales = candidate_scales(x_mean, w_mean, ratio, duo).to(originals[0].dtype)
             for layer, w in zip(balances, originals):
-                weight_matrix(layer).copy_(rtn_quantize(w * scales, bits, group_size, denominator) / scales)
+                weight_matrix(layer).copy_(rtn_quantize(w * scales, bits, group_size, denominator).div_(scales))
             outputs = run_parent()
             error = sum(((o.float() - r.float()) ** 2).sum() for o, r in zip(outputs, reference)).item()
             error /= sum(r.numel() for r in reference)
