@@ -4,7 +4,7 @@ from, validated, then built (`configured_quantizer`)."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from qunlearn.errors import QuantizerUnavailableError, UserInputError
 from qunlearn.quant.base import Quantizer
@@ -28,15 +28,7 @@ class SchemeSettings:
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> SchemeSettings:
         """The settings the scheme flags give (`commands.options.add_scheme_options`), validated."""
-        settings = cls(
-            scheme=args.scheme,
-            group_size=args.group_size,
-            n_samples=args.n_samples,
-            device=args.device,
-            calibration=args.calibration,
-            corpus=args.corpus,
-            calibrate_on=args.calibrate_on,
-        )
+        settings = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})  # one flag per field
         settings.validate()
         return settings
 
