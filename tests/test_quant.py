@@ -19,7 +19,13 @@ from qunlearn.quant.base import capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips, weight_movement
-from qunlearn.quant.gptq import HessianAccumulator, SharedInputHessians, gptq_quantize, quantize_columns
+from qunlearn.quant.gptq import (
+    HessianAccumulator,
+    SharedInputHessians,
+    gptq_quantize,
+    invert_hessian,
+    quantize_columns,
+)
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
 
@@ -126,6 +132,17 @@ def test_gptq_hessian_is_two_over_sequences_times_the_sum_of_xxt_over_tokens():
     acc.add(torch.tensor([[0.0, 1.0]]))  # one sequence of one token (no batch dimension)
     expected = torch.tensor([[2.0, 2.0], [2.0, 5.0]])  # (2/2)·([[2, 2], [2, 4]] + [[0, 0], [0, 1]])
     assert torch.allclose(acc.hessian(), expected)  # up to fp32 rounding of √2·√2
+
+
+def test_inverse_hessian_factor_is_the_row_major_upper_cholesky_of_the_dampened_inverse():
+    hessian = hessian_of(correlated_inputs(256, 32, seed=6))
+    dampened = hessian + 0.01 * torch.mean(torch.diag(hessian)) * torch.eye(32)
+    inverse = invert_hessian(hessian.clone(), (0.01,))
+    factor = inverse.factor
+    assert factor.is_contiguous()  # the column sweep reads rows of it: a column-major factor is ~2x slower
+    assert torch.equal(factor, torch.triu(factor))
+    assert torch.allclose(factor.T @ factor, torch.linalg.inv(dampened), rtol=1e-3, atol=1e-5)
+    assert inverse.damp == 0.01 and inverse.perm is None and not inverse.dead.any()
 
 
 def test_gptq_zeroes_dead_columns():
