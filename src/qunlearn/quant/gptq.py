@@ -14,10 +14,10 @@ from qunlearn.quant.base import BlockInput, CalibratedQuantizer, record_module_i
 from qunlearn.quant.layers import weight_matrix
 from qunlearn.quant.rtn import (
     absmax_scales,
-    code_range,
     default_denominator,
     effective_group_size,
     group_absmax,
+    round_to_codes,
     rtn_quantize,
 )
 
@@ -159,10 +159,9 @@ def quantize_columns(
     columns = weight.shape[1]
     g = effective_group_size(columns, group_size)
     den = default_denominator(bits) if denominator is None else denominator
-    lo, hi = code_range(bits)
     scales = absmax_scales(group_absmax(weight, g), bits, denominator)
     weight[:, inverse.dead] = 0
-    group_of = torch.arange(columns) // g
+    group_of = torch.arange(columns, device=weight.device) // g
     if inverse.perm is not None:
         weight = weight[:, inverse.perm]
         group_of = group_of[inverse.perm] if static_groups else group_of
@@ -178,8 +177,7 @@ def quantize_columns(
                 current = torch.cat([block[:, i:], weight[:, i2:]], dim=1)[:, :g]
                 scales[:, group_of[col]] = current.abs().amax(dim=1) / den
             step = scales[:, group_of[col]]
-            safe = torch.where(step == 0, 1.0, step)
-            q = torch.clamp(torch.round(block[:, i] / safe), lo, hi) * step
+            q = round_to_codes(block[:, i], step, bits) * step
             err = (block[:, i] - q) / hinv[col, col]
             block[:, i:] -= err.unsqueeze(1) * hinv[col, col:i2].unsqueeze(0)
             block[:, i] = q  # the column is final: keep its quantized value where the working weight was

@@ -58,8 +58,7 @@ def absmax_scales(absmax: torch.Tensor, bits: int, denominator: float | None = N
 def round_to_codes(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
     """clamp(round(x/Δ), -2^(N-1), 2^(N-1)-1) as floats, `step` broadcast against `x`; where Δ = 0 the code is 0."""
     lo, hi = code_range(bits)
-    safe = torch.where(step == 0, torch.ones_like(step), step)
-    return torch.clamp(torch.round(x / safe), lo, hi)
+    return (x / torch.where(step == 0, 1.0, step)).round_().clamp_(lo, hi)  # one temporary of x's size
 
 
 def codes_from_scales(w: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
@@ -81,8 +80,5 @@ def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = 128, denominator:
 
     Equal to Δ · code of `rtn_codes(w)`, with one fp32 temporary of `w`'s size alive at a time (in place after).
     """
-    lo, hi = code_range(bits)
     scales = absmax_scales(group_absmax(w, group_size), bits, denominator).unsqueeze(-1)
-    out = _grouped(w, group_size) / torch.where(scales == 0, 1.0, scales)
-    out.round_().clamp_(lo, hi).mul_(scales)
-    return out.reshape(w.shape).to(w.dtype)
+    return round_to_codes(_grouped(w, group_size), scales, bits).mul_(scales).reshape(w.shape).to(w.dtype)
