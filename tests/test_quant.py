@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import warnings
 
 import pytest
@@ -12,8 +13,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from qunlearn.cli import main
+from qunlearn.errors import NumericalError
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import load_model, save_model
+from qunlearn.quant import gptq
 from qunlearn.quant.awq import apply_scales, block_mappings, search_scales
 from qunlearn.quant.base import capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
@@ -24,7 +27,6 @@ from qunlearn.quant.gptq import (
     SharedInputHessians,
     gptq_quantize,
     invert_hessian,
-    quantize_columns,
 )
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
@@ -134,15 +136,41 @@ def test_gptq_hessian_is_two_over_sequences_times_the_sum_of_xxt_over_tokens():
     assert torch.allclose(acc.hessian(), expected)  # up to fp32 rounding of √2·√2
 
 
-def test_inverse_hessian_factor_is_the_row_major_upper_cholesky_of_the_dampened_inverse():
+def test_inverse_hessian_factor_is_the_upper_cholesky_of_the_dampened_inverse_in_the_hessians_own_memory():
     hessian = hessian_of(correlated_inputs(256, 32, seed=6))
     dampened = hessian + 0.01 * torch.mean(torch.diag(hessian)) * torch.eye(32)
-    inverse = invert_hessian(hessian.clone(), (0.01,))
+    consumed = hessian.clone()
+    inverse = invert_hessian(consumed, 0.01)
     factor = inverse.factor
-    assert factor.is_contiguous()  # the column sweep reads rows of it: a column-major factor is ~2x slower
+    assert factor.data_ptr() == consumed.data_ptr()  # no second in×in matrix
     assert torch.equal(factor, torch.triu(factor))
     assert torch.allclose(factor.T @ factor, torch.linalg.inv(dampened), rtol=1e-3, atol=1e-5)
-    assert inverse.damp == 0.01 and inverse.perm is None and not inverse.dead.any()
+    assert inverse.perm is None and not inverse.dead.any()
+
+
+def test_inverse_hessian_equals_the_out_of_place_calls_of_llm_compressor_bit_for_bit():
+    hessian = hessian_of(correlated_inputs(256, 48, seed=7))
+    expected = hessian.clone()
+    torch.diagonal(expected).add_(0.01 * torch.mean(torch.diag(expected)))
+    expected = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(expected)), upper=True)
+    assert torch.equal(invert_hessian(hessian, 0.01).factor, expected)
+
+
+def test_act_order_permutes_the_hessian_in_place_a_slice_at_a_time(monkeypatch):
+    monkeypatch.setattr(gptq, "SLICE_ELEMENTS", 24)  # three rows of 8 per slice: slices end inside the matrix
+    matrix = torch.arange(64.0).reshape(8, 8)
+    perm = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
+    expected = matrix[perm][:, perm]
+    gptq.permute_in_place(matrix, perm)
+    assert torch.equal(matrix, expected)
+
+
+def test_hessian_sums_added_a_slice_of_rows_at_a_time_equal_the_whole_product(monkeypatch):
+    x = correlated_inputs(300, 40, seed=8)
+    rows = math.sqrt(2) * x
+    whole = rows.T @ rows
+    monkeypatch.setattr(gptq, "SLICE_ELEMENTS", 7 * 40)  # 7 rows a slice: the last slice is short
+    assert torch.equal(hessian_of(x), whole)
 
 
 def test_gptq_zeroes_dead_columns():
@@ -451,26 +479,17 @@ def test_cli_rejects_calibrated_scheme_without_text(tiny_benchmark, tmp_path, ca
 # --- fallbacks: recorded, never silent ------------------------------------------------------------------
 
 
-def test_gptq_retries_a_rejected_hessian_with_more_dampening_then_falls_back_to_rtn():
-    torch.manual_seed(0)
-    w = torch.randn(4, 8)
-    # mean(diag) = 0.869: dampening 0.01 adds 0.0087 (last entry stays negative), 0.1 adds 0.087 (positive).
+def test_gptq_gives_rtn_to_layers_whose_dampened_hessian_is_not_positive_definite_and_records_it():
+    # mean(diag) = 0.869: dampening 0.01 adds 0.0087, so the last entry stays negative.
     indefinite = torch.diag(torch.tensor([1.0, 1, 1, 1, 1, 1, 1, -0.05]))
     quantizer = get_quantizer("gptq4", group_size=8)
-    with pytest.warns(UserWarning, match="using dampening 0.1 for 2 layer"):
-        inverse = quantizer._invert(["q", "k"], indefinite.clone())
-    assert inverse.damp == 0.1
-    assert torch.equal(quantize_columns(w, inverse, 4, 8), gptq_quantize(w, indefinite, 4, 8, damp=0.1))
+    with pytest.warns(UserWarning, match="using RTN for 2 layer"):
+        assert quantizer._invert(["q", "k"], indefinite.clone()) is None
     assert quantizer.fallbacks == [
-        {"layers": ["q", "k"], "used": "dampening 0.1", "reason": "Hessian not positive definite at dampening 0.01"}
+        {"layers": ["q", "k"], "used": "RTN", "reason": "Hessian not positive definite at dampening 0.01"}
     ]
-    with pytest.warns(UserWarning, match="using RTN"):
-        assert quantizer._invert(["bad"], torch.full((8, 8), float("nan"))) is None
-    assert quantizer.fallbacks[-1] == {
-        "layers": ["bad"],
-        "used": "RTN",
-        "reason": "Hessian not positive definite up to dampening 1",
-    }
+    with pytest.raises(NumericalError, match="dampening 0.01"):
+        invert_hessian(torch.full((8, 8), float("nan")))
 
 
 def test_group_size_fallback_is_said_once_per_run_and_recorded():

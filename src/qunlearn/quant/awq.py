@@ -22,6 +22,7 @@ from qunlearn.quant.rtn import (
     absmax_scales,
     default_denominator,
     effective_group_size,
+    fake_quantize_,
     group_absmax,
     round_to_codes,
     rtn_quantize,
@@ -142,16 +143,18 @@ QUERY_KEY_LAYERS = ("q_proj", "k_proj", "qkv_proj", "query_key_value", "c_attn")
 
 
 def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
-    """Per input channel, the mean over output rows of |w| / max|w| of its quantization group."""
-    normalised = []
+    """Per input channel, the mean over the output rows of all `weights` of |w| / max|w| of its quantization group.
+
+    Summed one layer at a time (in fp64, as llm-compressor does), so one temporary of a layer's size is alive.
+    """
+    total, rows = None, 0
     for w in weights:
-        absolute = w.float().abs()
-        normalised.append(
-            (absolute.reshape(w.shape[0], -1, group_size) / (group_absmax(w, group_size).unsqueeze(-1) + 1e-6)).reshape(
-                w.shape
-            )
-        )
-    return torch.cat(normalised).mean(dim=0)
+        normalised = w.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True).abs_()
+        normalised.view(w.shape[0], -1, group_size).div_(group_absmax(w, group_size).unsqueeze(-1) + 1e-6)
+        column_sums = normalised.sum(dim=0, dtype=torch.float64)
+        total = column_sums if total is None else total + column_sums
+        rows += w.shape[0]
+    return (total / rows).float()
 
 
 def scale_grid(n_grid: int, duo_scaling: bool) -> list[tuple[float, bool]]:
@@ -182,16 +185,21 @@ def search_scales(
     n_grid: int = 20,
     duo_scaling: bool = True,
 ) -> tuple[torch.Tensor, float]:
-    """The scales (and α) minimising the parent's output MSE with balance weights set to Q(W·s)/s; weights restored."""
+    """The scales (and α) minimising the parent's output MSE with balance weights set to Q(W·s)/s; weights restored.
+
+    Beyond the model it holds one copy of the balance weights (to restore them): each candidate is quantized in
+    the layers' own weights (fp32) or in one fp32 workspace (other dtypes, transposed Conv1D weights).
+    """
     originals = [weight_matrix(b).detach().clone() for b in balances]
     reference = run_parent()
     w_mean = weight_means(originals, effective_group_size(originals[0].shape[1], group_size))
+    workspaces = _workspaces([weight_matrix(b) for b in balances])
     best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
     try:
         for ratio, duo in scale_grid(n_grid, duo_scaling):
             scales = candidate_scales(x_mean, w_mean, ratio, duo).to(originals[0].dtype)
-            for layer, w in zip(balances, originals):
-                weight_matrix(layer).copy_(rtn_quantize(w * scales, bits, group_size, denominator).div_(scales))
+            for layer, w, workspace in zip(balances, originals, workspaces):
+                _write_candidate(weight_matrix(layer), w, scales, workspace, bits, group_size, denominator)
             outputs = run_parent()
             error = sum(((o.float() - r.float()) ** 2).sum() for o, r in zip(outputs, reference)).item()
             error /= sum(r.numel() for r in reference)
@@ -203,6 +211,34 @@ def search_scales(
     if best[1] is None:
         raise ValueError("AWQ: no finite output error in the scale search (NaN in the parent's outputs?)")
     return best[1], best[2]
+
+
+def _write_candidate(
+    weight: torch.Tensor,
+    original: torch.Tensor,
+    scales: torch.Tensor,
+    workspace: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    denominator: float | None,
+) -> None:
+    """weight ← Q(original·s)/s, the product in the weight's dtype and Q in fp32 (as `rtn_quantize` computes it),
+    in the weight itself or, when it is not a contiguous fp32 matrix, in `workspace`."""
+    scaled = weight if workspace is None else workspace
+    torch.mul(original, scales, out=scaled)
+    fake_quantize_(scaled, bits, group_size, denominator)
+    if workspace is not None:
+        weight.copy_(scaled)
+    weight.div_(scales)
+
+
+def _workspaces(weights: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Per weight, None when it can be fake-quantized in its own memory (contiguous fp32), else an fp32 view of
+    one buffer that all such weights share (they are written one after the other)."""
+    own = [w.dtype == torch.float32 and w.is_contiguous() for w in weights]
+    largest = max((w.numel() for w, ok in zip(weights, own) if not ok), default=0)
+    buffer = torch.empty(largest, dtype=torch.float32, device=weights[0].device) if largest else None
+    return [None if ok else buffer[: w.numel()].view(w.shape) for w, ok in zip(weights, own)]
 
 
 def apply_scales(mapping: Mapping, scales: torch.Tensor) -> None:
@@ -255,6 +291,34 @@ def _collect_inputs(
     return seen
 
 
+def mapping_calibration(
+    block: nn.Module, mappings: list[Mapping], inputs: list[BlockInput]
+) -> list[tuple[list[tuple[tuple, dict]], torch.Tensor]]:
+    """One pass of the block: per mapping, its parent's (args, kwargs) on every sample, and the mean |x| per input
+    channel of its balance layers (|x| summed in fp32 a sample at a time, as llm-compressor does: no token matrix).
+    """
+    if not mappings:
+        return []
+    parents = {f"parent{i}": m.parent for i, m in enumerate(mappings)}
+    firsts = {f"first{i}": m.balances[0] for i, m in enumerate(mappings)}
+    cached: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in parents}
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(firsts, 0)
+
+    def record(name: str, args: tuple, kwargs: dict) -> None:
+        if name in cached:
+            cached[name].append((args, kwargs))
+            return
+        x = args[0].abs().flatten(0, -2).float()
+        sums[name] = sums[name] + x.sum(dim=0) if name in sums else x.sum(dim=0)
+        counts[name] += x.shape[0]
+
+    record_module_inputs(block, {**parents, **firsts}, inputs, record)
+    if not all(counts.values()):
+        raise ValueError(f"AWQ: no calibration input reached a balance layer of {type(block).__name__}")
+    return [(cached[f"parent{i}"], sums[f"first{i}"] / counts[f"first{i}"]) for i in range(len(mappings))]
+
+
 @dataclass
 class AWQQuantizer(CalibratedQuantizer):
     """AWQ per decoder block: scale search per mapping, scales folded in, optional clip search, then RTN."""
@@ -269,16 +333,13 @@ class AWQQuantizer(CalibratedQuantizer):
         if mappings is None:
             self.fall_back(list(linears), "RTN", f"no AWQ layout for {type(block).__name__} blocks")
             mappings = []
-        parents = {f"parent{i}": m.parent for i, m in enumerate(mappings)}
-        firsts = {f"first{i}": m.balances[0] for i, m in enumerate(mappings)}
-        seen = _collect_inputs(block, {**parents, **firsts}, inputs)
-        for i, mapping in enumerate(mappings):
-            cached = seen[f"parent{i}"]
-            x = torch.cat([a[0].reshape(-1, a[0].shape[-1]) for a, _ in seen[f"first{i}"]])
+        calibration = mapping_calibration(block, mappings, inputs)
+        for mapping in mappings:
+            cached, x_mean = calibration.pop(0)  # a mapping's cached inputs are freed once it is done
             scales, _ = search_scales(
                 mapping.balances,
                 lambda m=mapping, c=cached: [block_output(m.parent(*a, **k)) for a, k in c],
-                x.float().abs().mean(dim=0),
+                x_mean,
                 self.bits,
                 self.group_size,
                 self.denominator,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,16 +20,23 @@ from qunlearn.quant.rtn import (
     rtn_quantize,
 )
 
-# A Hessian that Cholesky rejects is retried with the dampening multiplied by these; then the layer gets RTN.
-DAMP_RETRY_FACTORS = (10.0, 100.0)
+# Products, permutations and updates on in×in matrices run a slice at a time, each temporary at most this many floats
+# (64 MB in fp32), so that no second in×in matrix is allocated (down_proj of a 7B model: 11008² floats, 485 MB).
+SLICE_ELEMENTS = 2**24
+
+
+def _slice_rows(width: int) -> int:
+    """How many rows of a matrix `width` wide fit in one slice."""
+    return max(1, SLICE_ELEMENTS // width)
 
 
 class HessianAccumulator:
     """Accumulates H = (2/S)·Σ xxᵀ over the S calibration sequences a Linear layer sees, in fp32, in place.
 
     The sum runs over every token row x; dividing by sequences rather than tokens and scaling x by √2 before the
-    product follow the reference GPTQ code and llm-compressor, so that both compute bit-identical Hessians (GPTQ
-    itself is invariant to H's scale).
+    product follow the reference GPTQ code and llm-compressor, so that both compute the same Hessians (GPTQ itself
+    is invariant to H's scale). The product is added a slice of rows at a time: each slice is the same dot
+    products as the whole product (bit-identical with PyTorch's CPU BLAS, tested), without its in×in temporary.
     """
 
     def __init__(self) -> None:
@@ -41,10 +47,12 @@ class HessianAccumulator:
         """Add the inputs of a batch of sequences (batch, tokens, in_features), or of one sequence (tokens, in)."""
         self.sequences += x.shape[0] if x.dim() > 2 else 1
         rows = math.sqrt(2) * x.reshape(-1, x.shape[-1]).float()
+        width = rows.shape[1]
         if self.sums is None:
-            self.sums = rows.T @ rows
-        else:
-            self.sums += rows.T @ rows
+            self.sums = torch.zeros(width, width, device=rows.device)
+        step = _slice_rows(width)
+        for i in range(0, width, step):
+            self.sums[i : i + step] += rows[:, i : i + step].T @ rows
 
     def hessian(self) -> torch.Tensor:
         """(2/S)·Σ xxᵀ, scaled in place: the accumulator is used up (no second in×in matrix)."""
@@ -93,50 +101,49 @@ class SharedInputHessians:
 
 @dataclass
 class InverseHessian:
-    """What GPTQ needs from a layer's Hessian: the upper Cholesky factor of its dampened inverse (row-major), the
-    dead input columns (zero Hessian diagonal), the column order (act-order permutation or None), the dampening used.
+    """What GPTQ needs from a layer's Hessian: the upper Cholesky factor of its dampened inverse (column-major, as
+    LAPACK writes it), the dead input columns (zero Hessian diagonal), the column order (act-order permutation or None).
     """
 
     factor: torch.Tensor
     dead: torch.Tensor
     perm: torch.Tensor | None
-    damp: float
 
 
 @torch.no_grad()
-def invert_hessian(hessian: torch.Tensor, damps: Sequence[float] = (0.01,), act_order: bool = False) -> InverseHessian:
-    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹ at the first λ in `damps` whose Cholesky succeeds.
+def invert_hessian(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = False) -> InverseHessian:
+    """Upper Cholesky factor of (H + λ·mean(diag H)·I)⁻¹, computed in `hessian`'s own memory (H is consumed).
 
-    Consumes `hessian` (modified in place and released once factorised), so that with no other reference at most
-    two in×in matrices are alive (down_proj of a 7B model: 485 MB each). Raises NumericalError when no λ works.
+    Each factorisation writes into the column-major view of the symmetric H, so one in×in matrix is alive where
+    out-of-place calls need two; the factor equals llm-compressor's bit for bit. Raises NumericalError when
+    H + λ·mean(diag H)·I is not positive definite (its layers then get RTN, as in llm-compressor).
     """
-    diag = torch.diag(hessian)
+    diag = hessian.diagonal()
     dead = diag == 0
-    hessian[dead, dead] = 1
-    perm = torch.argsort(torch.diag(hessian), descending=True) if act_order else None
+    diag[dead] = 1
+    perm = torch.argsort(diag, descending=True) if act_order else None
     if perm is not None:
-        hessian = hessian[perm][:, perm]
-    lower, damp = _dampened_cholesky(hessian, damps)
-    del hessian
-    lower = lower.contiguous()
-    torch.cholesky_inverse(lower, out=lower)
-    _, info = torch.linalg.cholesky_ex(lower, upper=True, out=(lower, torch.empty((), dtype=torch.int32)))
+        permute_in_place(hessian, perm)
+    diag.add_(damp * torch.mean(torch.diag(hessian)))  # mean of a contiguous copy: the view sums in another order
+    column_major = hessian.mT
+    info = torch.empty((), dtype=torch.int32, device=hessian.device)
+    torch.linalg.cholesky_ex(column_major, out=(column_major, info))
+    if int(info) != 0:
+        raise NumericalError(f"GPTQ: Hessian not positive definite with dampening {damp:g}")
+    torch.cholesky_inverse(column_major, out=column_major)
+    torch.linalg.cholesky_ex(column_major, upper=True, out=(column_major, info))
     if int(info) != 0:
         raise NumericalError(f"GPTQ: inverse Hessian not positive definite with dampening {damp:g}")
-    return InverseHessian(lower, dead, perm, damp)
+    return InverseHessian(column_major, dead, perm)
 
 
-def _dampened_cholesky(hessian: torch.Tensor, damps: Sequence[float]) -> tuple[torch.Tensor, float]:
-    """Lower Cholesky factor of H + λ·mean(diag H)·I at the first λ that works (H's diagonal is set in place)."""
-    original = torch.diag(hessian).clone()
-    mean = torch.mean(original)
-    for damp in damps:
-        hessian.diagonal().copy_(original + damp * mean)
-        lower, info = torch.linalg.cholesky_ex(hessian)
-        if int(info) == 0:
-            return lower, damp
-        del lower  # before the next attempt allocates another
-    raise NumericalError(f"GPTQ: Hessian not positive definite with dampening up to {damps[-1]:g}")
+def permute_in_place(matrix: torch.Tensor, perm: torch.Tensor) -> None:
+    """Overwrite a square `matrix` with matrix[perm][:, perm], a slice at a time (no second matrix)."""
+    step = _slice_rows(matrix.shape[0])
+    for i in range(0, matrix.shape[0], step):  # columns, within each slice of rows
+        matrix[i : i + step] = matrix[i : i + step][:, perm]
+    for j in range(0, matrix.shape[1], step):  # then rows, within each slice of columns
+        matrix[:, j : j + step] = matrix[:, j : j + step][perm]
 
 
 @torch.no_grad()
@@ -153,7 +160,8 @@ def quantize_columns(
 
     Static groups take each group's scale from the original weights (so the grid equals RTN's); dynamic
     groups take it from the error-updated weights when the group's first column is reached. Dead input
-    columns are set to zero. The quantized values overwrite one fp32 working copy of `w`.
+    columns are set to zero. The quantized values overwrite one fp32 working copy of `w`; the error feedback to
+    later columns is added in place (`addmm_`), which on CPU is bit-identical to llm-compressor's `W -= E·H⁻¹`.
     """
     weight = w.detach().float().clone()
     columns = weight.shape[1]
@@ -169,6 +177,7 @@ def quantize_columns(
     hinv = inverse.factor
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
+        local = hinv[i1:i2, i1:i2].contiguous()  # read by rows below: row-major is twice as fast
         block = weight[:, i1:i2].clone()
         errors = torch.zeros_like(block)
         for i in range(i2 - i1):
@@ -178,12 +187,12 @@ def quantize_columns(
                 scales[:, group_of[col]] = current.abs().amax(dim=1) / den
             step = scales[:, group_of[col]]
             q = round_to_codes(block[:, i], step, bits) * step
-            err = (block[:, i] - q) / hinv[col, col]
-            block[:, i:] -= err.unsqueeze(1) * hinv[col, col:i2].unsqueeze(0)
+            err = (block[:, i] - q) / local[i, i]
+            block[:, i:] -= err.unsqueeze(1) * local[i, i:].unsqueeze(0)
             block[:, i] = q  # the column is final: keep its quantized value where the working weight was
             errors[:, i] = err
         weight[:, i1:i2] = block
-        weight[:, i2:] -= errors @ hinv[i1:i2, i2:]
+        weight[:, i2:].addmm_(errors, hinv[i1:i2, i2:], alpha=-1)
     if inverse.perm is not None:
         weight = weight[:, torch.argsort(inverse.perm)]
     return weight.to(w.dtype)
@@ -204,7 +213,7 @@ def gptq_quantize(
 
     With `act_order`, columns go in decreasing diag(H). See `quantize_columns` for the grid.
     """
-    inverse = invert_hessian(hessian.float().clone(), (damp,), act_order)
+    inverse = invert_hessian(hessian.float().clone(), damp, act_order)
     return quantize_columns(w, inverse, bits, group_size, denominator, block_size, static_groups)
 
 
@@ -212,9 +221,9 @@ def gptq_quantize(
 class GPTQQuantizer(CalibratedQuantizer):
     """GPTQ per decoder block: Hessians from one pass of the block's inputs, then every selected layer quantized.
 
-    Layers reading the same input (q/k/v, gate/up) share one Hessian and its inverse. A Hessian that is not
-    positive definite is retried with more dampening, then its layers get RTN (as llm-compressor does); each such
-    layer is recorded in `fallbacks`.
+    Layers reading the same input (q/k/v, gate/up) share one Hessian and its inverse. When the dampened Hessian is
+    not positive definite its layers get RTN (as in llm-compressor), recorded in `fallbacks`: the factorisation
+    works in the Hessian's own memory, so there is no copy left to retry with more dampening.
     """
 
     block_size: int = 128
@@ -245,15 +254,9 @@ class GPTQQuantizer(CalibratedQuantizer):
                     )
 
     def _invert(self, names: list[str], hessian: torch.Tensor) -> InverseHessian | None:
-        """The inverse Hessian at the set dampening or the first larger one that works (recorded), else None (RTN)."""
-        damps = (self.damp, *(self.damp * f for f in DAMP_RETRY_FACTORS))
+        """The inverse Hessian of a group of layers, or None (recorded) when it has none: they get RTN."""
         try:
-            inverse = invert_hessian(hessian, damps, self.act_order)
+            return invert_hessian(hessian, self.damp, self.act_order)
         except NumericalError:
-            self.fall_back(names, "RTN", f"Hessian not positive definite up to dampening {damps[-1]:g}")
+            self.fall_back(names, "RTN", f"Hessian not positive definite at dampening {self.damp:g}")
             return None
-        if inverse.damp != self.damp:
-            self.fall_back(
-                names, f"dampening {inverse.damp:g}", f"Hessian not positive definite at dampening {self.damp:g}"
-            )
-        return inverse

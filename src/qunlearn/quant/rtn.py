@@ -46,8 +46,9 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def group_absmax(w: torch.Tensor, group_size: int = 128) -> torch.Tensor:
-    """max|w| of every group, shape (rows, groups)."""
-    return _grouped(w, group_size).abs().amax(dim=-1)
+    """max|w| of every group, shape (rows, groups), as max(max w, -min w): no temporary |w| of w's size."""
+    low, high = torch.aminmax(_grouped(w, group_size), dim=-1)
+    return torch.maximum(high, low.neg())
 
 
 def absmax_scales(absmax: torch.Tensor, bits: int, denominator: float | None = None) -> torch.Tensor:
@@ -55,10 +56,14 @@ def absmax_scales(absmax: torch.Tensor, bits: int, denominator: float | None = N
     return absmax / (default_denominator(bits) if denominator is None else denominator)
 
 
-def round_to_codes(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
-    """clamp(round(x/Δ), -2^(N-1), 2^(N-1)-1) as floats, `step` broadcast against `x`; where Δ = 0 the code is 0."""
+def round_to_codes(x: torch.Tensor, step: torch.Tensor, bits: int, *, in_place: bool = False) -> torch.Tensor:
+    """clamp(round(x/Δ), -2^(N-1), 2^(N-1)-1) as floats, `step` broadcast against `x`; where Δ = 0 the code is 0.
+
+    One temporary of x's size, or none `in_place` (x is overwritten with the codes).
+    """
     lo, hi = code_range(bits)
-    return (x / torch.where(step == 0, 1.0, step)).round_().clamp_(lo, hi)  # one temporary of x's size
+    safe = torch.where(step == 0, 1.0, step)
+    return (x.div_(safe) if in_place else x / safe).round_().clamp_(lo, hi)
 
 
 def codes_from_scales(w: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
@@ -75,10 +80,16 @@ def rtn_codes(
     return codes_from_scales(w, scales, bits), scales
 
 
-def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = 128, denominator: float | None = None) -> torch.Tensor:
-    """Fake-quantized (dequantized) `w` on the RTN grid, computed in fp32 and returned in `w`'s dtype.
-
-    Equal to Δ · code of `rtn_codes(w)`, with one fp32 temporary of `w`'s size alive at a time (in place after).
-    """
+def fake_quantize_(w: torch.Tensor, bits: int, group_size: int = 128, denominator: float | None = None) -> torch.Tensor:
+    """Overwrite a contiguous fp32 weight matrix with Δ · code of `rtn_codes(w)`, with no temporary of its size."""
+    if w.dtype != torch.float32 or not w.is_contiguous():
+        raise ValueError(f"fake_quantize_ works on a contiguous fp32 matrix, got {w.dtype} with strides {w.stride()}")
     scales = absmax_scales(group_absmax(w, group_size), bits, denominator).unsqueeze(-1)
-    return round_to_codes(_grouped(w, group_size), scales, bits).mul_(scales).reshape(w.shape).to(w.dtype)
+    round_to_codes(_grouped(w, group_size), scales, bits, in_place=True).mul_(scales)
+    return w
+
+
+def rtn_quantize(w: torch.Tensor, bits: int, group_size: int = 128, denominator: float | None = None) -> torch.Tensor:
+    """Fake-quantized (dequantized) `w` on the RTN grid, computed in one fp32 copy and returned in `w`'s dtype."""
+    work = w.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    return fake_quantize_(work, bits, group_size, denominator).to(w.dtype)
