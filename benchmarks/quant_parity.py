@@ -5,8 +5,13 @@ Run:    /tmp/lcvenv/bin/python benchmarks/quant_parity.py --model BENCH/models/t
         (or --calibration FILE, e.g. on the 7B-shaped model of benchmarks/real_shape.py)
 Both sides use llm-compressor's symmetric int grid (scale = amax / 7.5 at 4 bits), fp32, static groups,
 no act-order, the same calibration sequences in the same order (llm-compressor's: longest first; --our-order keeps
-ours). Reports, per scheme, how many weights differ and by how many steps (--per-layer: per layer);
---noise-control also runs our GPTQ on fp64-summed Hessians, to show how far float rounding alone moves weights.
+ours). Reports, per scheme, how many weights differ, how many sit on another grid point (more than half a step
+apart) and by how many steps at most (--per-layer: per layer); --noise-control also runs our GPTQ on fp64-summed
+Hessians, to show how far float rounding alone moves weights; --eager-attention calibrates ours with the attention
+kernel llm-compressor's calibration uses.
+AWQ: steps are llm-compressor's own group steps of its smoothed weights; the scales folded into the norms are
+compared too. Its AWQ pins cached inputs in page-locked memory, which torch refuses without an accelerator
+("Cannot access accelerator device when none is available"); `no_memory_pinning` skips that, and nothing else.
 """
 
 from __future__ import annotations
@@ -82,25 +87,35 @@ def compare(
     per_layer: bool = False,
     scales: dict[str, torch.Tensor] | None = None,
 ) -> str:
-    """Weights that differ, and the largest difference in steps, over all layers (and per layer if asked)."""
-    differ = total = 0
+    """Weights that differ, those on another grid point, and the largest difference in steps, over all layers (and
+    per layer if asked)."""
+    differ = moved = total = 0
     worst = 0.0
     lines = []
     scales = scales or {}
     for name, w in ours.items():
         diff = (w - theirs[name].to(w.dtype)).detach().abs().reshape(w.shape[0], -1, group_size)
-        layer_differ, layer_worst = (
+        in_steps = diff / steps[name].detach().unsqueeze(-1).clamp_min(1e-12)
+        layer_differ, layer_moved, layer_worst = (
             int((diff > 0).sum()),
-            float((diff / steps[name].unsqueeze(-1).clamp_min(1e-12)).max()),
+            int((in_steps > 0.5).sum()),
+            float(in_steps.max()),
         )
         differ += layer_differ
+        moved += layer_moved
         total += w.numel()
         worst = max(worst, layer_worst)
-        lines.append(f"  {name}: {100 * layer_differ / w.numel():.3f}% differ, max {layer_worst:.2f} steps")
+        lines.append(
+            f"  {name}: {100 * layer_differ / w.numel():.3f}% differ, {100 * layer_moved / w.numel():.3f}% on another"
+            f" grid point, max {layer_worst:.2f} steps"
+        )
         if per_layer and name in scales:
             rel = float(((scales[name] - steps[name]).abs() / steps[name].clamp_min(1e-12)).max())
             lines[-1] += f", group scales max rel. diff {rel:.3g}"
-    summary = f"{differ}/{total} weights differ ({100 * differ / total:.3f}%), max {worst:.2f} steps"
+    summary = (
+        f"{differ}/{total} weights differ ({100 * differ / total:.3f}%), {moved} on another grid point"
+        f" ({100 * moved / total:.3f}%), max {worst:.2f} steps"
+    )
     return "\n".join([summary, *lines]) if per_layer else summary
 
 
@@ -144,6 +159,40 @@ def library_sample_order(dataset: Dataset):
         quant_base.calibration_sequences = draw
 
 
+@contextlib.contextmanager
+def no_memory_pinning():
+    """llm-compressor's AWQ pins its cached parent inputs in page-locked memory before each grid search (for faster
+    host-to-accelerator copies); torch without an accelerator refuses `pin_memory()`. Skipping it changes no value."""
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    pin = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda *_args, **_kwargs: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = pin
+
+
+def norm_scale_differences(base, ours, theirs) -> dict[str, float]:
+    """Per decoder-block norm, the largest relative difference of the AWQ scales folded into it (base / smoothed)."""
+    base_state, our_state, their_state = base.state_dict(), ours.state_dict(), theirs.state_dict()
+    out = {}
+    for name, weight in base_state.items():
+        if ".layers." in name and name.endswith("norm.weight"):
+            our_s, their_s = weight / our_state[name], weight / their_state[name]
+            out[name.removesuffix(".weight")] = float(((our_s - their_s).abs() / their_s).max())
+    return out
+
+
+def our_copy(base, eager_attention: bool):
+    """A copy of the model for our quantizer, with eager attention if asked: llm-compressor's calibration forward
+    passes force it (`calibration_forward_context`), and sdpa's attention outputs differ from it in float rounding."""
+    model = copy.deepcopy(base)
+    if eager_attention:
+        model.set_attn_implementation("eager")
+    return model
+
+
 def perplexity(model, sequences: list[torch.Tensor]) -> float:
     with torch.no_grad():
         return math.exp(sum(model(input_ids=s, labels=s).loss.item() for s in sequences) / len(sequences))
@@ -170,6 +219,11 @@ def main() -> None:
         "--noise-control",
         action="store_true",
         help="GPTQ: also compare ours with ours on fp64-summed Hessians (how far float rounding alone moves weights)",
+    )
+    parser.add_argument(
+        "--eager-attention",
+        action="store_true",
+        help="calibrate ours with eager attention, as llm-compressor does (default: the model's own, e.g. sdpa)",
     )
     args = parser.parse_args()
     from llmcompressor import oneshot
@@ -203,38 +257,43 @@ def main() -> None:
     for kind in args.only or ["rtn", "gptq", "awq"]:
         start = time.perf_counter()
         with library_sample_order(dataset) if args.library_order else contextlib.nullcontext():
-            ours = ours_make[kind](copy.deepcopy(base))
+            ours = ours_make[kind](our_copy(base, args.eager_attention))
         ours_s = time.perf_counter() - start
         theirs = copy.deepcopy(base)
         start = time.perf_counter()
         try:
-            oneshot(
-                model=theirs,
-                recipe=library_recipe(kind, g),
-                dataset=None if kind == "rtn" else dataset,
-                num_calibration_samples=args.n_samples,
-                max_seq_length=args.seq_len,
-                shuffle_calibration_samples=False,
-            )
+            with no_memory_pinning() if kind == "awq" else contextlib.nullcontext():
+                oneshot(
+                    model=theirs,
+                    recipe=library_recipe(kind, g),
+                    dataset=None if kind == "rtn" else dataset,
+                    num_calibration_samples=args.n_samples,
+                    max_seq_length=args.seq_len,
+                    shuffle_calibration_samples=False,
+                )
         except Exception as err:  # noqa: BLE001 — record the library's failure and go on with the next scheme
             print(f"{kind}: llm-compressor failed: {type(err).__name__}: {err}")
             continue
         theirs_s = time.perf_counter() - start
         their_w = library_weights(theirs)
         our_w = {n: m.weight.detach() for n, m in target_linears(ours).items()}
-        line = f"{kind}: {compare(our_w, their_w, steps, g, args.per_layer, library_scales(theirs))}; time ours {ours_s:.1f}s, llm-compressor {theirs_s:.1f}s"
+        if kind == "awq":  # steps of llm-compressor's grid on its smoothed weights
+            result = compare(our_w, their_w, library_scales(theirs), g, args.per_layer)
+        else:
+            result = compare(our_w, their_w, steps, g, args.per_layer, library_scales(theirs))
+        line = f"{kind}: {result}; time ours {ours_s:.1f}s, llm-compressor {theirs_s:.1f}s"
         if kind == "awq":
-            norm = "model.layers.0.input_layernorm.weight"
-            base_norm = base.state_dict()[norm]
-            our_s, their_s = base_norm / ours.state_dict()[norm], base_norm / theirs.state_dict()[norm]
-            line += f"; layer-0 qkv scales max rel. diff {float(((our_s - their_s).abs() / their_s).max()):.3g}"
+            norms = norm_scale_differences(base, ours, theirs)
+            line += f"; norm scales max rel. diff {max(norms.values()):.3g}"
             for name, model in (("ours", ours), ("llm-compressor", theirs)):
                 line += f"; ppl {name} {perplexity(model, held_out):.4f}"
+            if args.per_layer:
+                line += "".join(f"\n  {name}: scales max rel. diff {rel:.3g}" for name, rel in norms.items())
         print(line, flush=True)
         if kind == "gptq" and args.noise_control:
             order = library_sample_order(dataset) if args.library_order else contextlib.nullcontext()
             with fp64_hessian_sums(), order:
-                control = ours_make["gptq"](copy.deepcopy(base))
+                control = ours_make["gptq"](our_copy(base, args.eager_attention))
             control_w = {n: m.weight.detach() for n, m in target_linears(control).items()}
             print(
                 f"gptq noise control, ours vs ours with fp64-summed Hessians: "
