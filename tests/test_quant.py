@@ -17,7 +17,7 @@ from qunlearn.errors import NumericalError
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import load_model, save_model
 from qunlearn.quant import gptq
-from qunlearn.quant.awq import apply_scales, block_mappings, search_scales
+from qunlearn.quant.awq import apply_scales, block_mappings, mapping_calibration, search_scales, weight_means
 from qunlearn.quant.base import capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
@@ -232,14 +232,42 @@ def test_awq_scales_lower_output_error_with_salient_input_channels():
     layer.weight.data = torch.randn(32, 64, generator=gen)
     x = torch.randn(256, 64, generator=gen)
     x[:, :4] *= 30  # a few salient channels
+    original = layer.weight.detach().clone()
     with torch.no_grad():
         reference = layer(x)
         scales, ratio = search_scales([layer], lambda: [layer(x)], x.abs().mean(0), 4, 32)
         awq_out = (x / scales) @ rtn_quantize(layer.weight * scales, 4, 32).T
         rtn_out = x @ rtn_quantize(layer.weight, 4, 32).T
     assert ratio > 0
-    assert torch.equal(layer.weight, layer.weight.detach())  # weights restored after the search
+    assert torch.equal(layer.weight, original)  # weights restored after the search
     assert (awq_out - reference).norm() < 0.9 * (rtn_out - reference).norm()
+
+
+def test_awq_weight_means_are_the_mean_over_all_rows_of_weights_normalised_by_their_group_absmax():
+    first = torch.tensor([[1.0, -2.0], [4.0, 1.0]])  # group size 2: row maxima 2 and 4
+    second = torch.tensor([[0.0, 3.0]])
+    means = weight_means([first, second], group_size=2)
+    assert means.dtype == torch.float64  # as llm-compressor: the scales built from them are fp64 too
+    # rows normalised: [0.5, 1], [1, 0.25], [0, 1] → column means 0.5 and 0.75 (up to the +1e-6 guard)
+    assert torch.allclose(means, torch.tensor([0.5, 0.75], dtype=torch.float64), rtol=1e-5)
+
+
+@torch.no_grad()
+def test_awq_calibration_keeps_a_parent_call_per_sample_and_the_mean_abs_input_of_its_balance_layers():
+    block, linears, inputs = one_block_with_inputs()
+    mappings = block_mappings(block, linears)
+    seen = {}
+    record_module_inputs(
+        block, linears, inputs, lambda name, args, _kw: seen.setdefault(name, []).append(args[0].flatten(0, -2))
+    )
+    calibration = mapping_calibration(block, mappings, inputs)
+    assert len(calibration) == len(mappings) == 4  # norm → q/k/v, v → o, norm → gate/up, up → down
+    for (cached, x_mean), first in zip(
+        calibration, ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"]
+    ):
+        assert len(cached) == len(inputs)
+        tokens = torch.cat(seen[f"model.layers.0.{first}"])
+        assert torch.allclose(x_mean, tokens.abs().mean(dim=0), rtol=1e-6)
 
 
 def random_llama(layers: int = 2) -> LlamaForCausalLM:
@@ -404,6 +432,29 @@ def test_awq_on_the_tiny_model_folds_scales_and_quantizes(tiny):
     ids = tokenizer(texts[0], return_tensors="pt")["input_ids"][:, :64]
     with torch.no_grad():
         assert torch.isfinite(quantized(ids).logits).all()
+
+
+@pytest.mark.parametrize("scheme", ["awq4", "gptq4"])
+def test_awq_passes_each_blocks_smoothed_unquantized_outputs_on_and_gptq_its_quantized_ones(tiny, scheme, monkeypatch):
+    model, tokenizer, texts = tiny
+    quantizer = get_quantizer(scheme, n_samples=2, seq_len=32)
+    passed_on = []  # each block's layer weights as its outputs are computed for the next block
+    quantize_block = quantizer.quantize_block
+
+    def quantize_block_and_keep_weights(block, linears, inputs):
+        quantize_block(block, linears, inputs)
+        passed_on.append({name: layer.weight.detach().clone() for name, layer in linears.items()})
+
+    monkeypatch.setattr(quantizer, "quantize_block", quantize_block_and_keep_weights)
+    quantized = quantizer.quantize(copy.deepcopy(model), tokenizer, texts)
+    assert len(passed_on) == model.config.num_hidden_layers
+    for weights in passed_on:
+        for name, weight in weights.items():
+            final = quantized.get_submodule(name).weight
+            if scheme == "awq4":  # smoothed, then RTN only after the next block has its inputs
+                assert not torch.equal(final, weight) and torch.equal(final, rtn_quantize(weight, 4))
+            else:
+                assert torch.equal(final, weight)
 
 
 def test_calibrated_quantizer_without_text_says_so(tiny):

@@ -145,7 +145,8 @@ QUERY_KEY_LAYERS = ("q_proj", "k_proj", "qkv_proj", "query_key_value", "c_attn")
 def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
     """Per input channel, the mean over the output rows of all `weights` of |w| / max|w| of its quantization group.
 
-    Summed one layer at a time (in fp64, as llm-compressor does), so one temporary of a layer's size is alive.
+    Summed one layer at a time in fp64 and returned in fp64, as llm-compressor does (so the scales are fp64 too);
+    one temporary of a layer's size is alive.
     """
     total, rows = None, 0
     for w in weights:
@@ -154,7 +155,7 @@ def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
         column_sums = normalised.sum(dim=0, dtype=torch.float64)
         total = column_sums if total is None else total + column_sums
         rows += w.shape[0]
-    return (total / rows).float()
+    return total / rows
 
 
 def scale_grid(n_grid: int, duo_scaling: bool) -> list[tuple[float, bool]]:
@@ -197,7 +198,7 @@ def search_scales(
     best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
     try:
         for ratio, duo in scale_grid(n_grid, duo_scaling):
-            scales = candidate_scales(x_mean, w_mean, ratio, duo).to(originals[0].dtype)
+            scales = candidate_scales(x_mean, w_mean, ratio, duo)
             for layer, w, workspace in zip(balances, originals, workspaces):
                 _write_candidate(weight_matrix(layer), w, scales, workspace, bits, group_size, denominator)
             outputs = run_parent()
@@ -321,7 +322,8 @@ def mapping_calibration(
 
 @dataclass
 class AWQQuantizer(CalibratedQuantizer):
-    """AWQ per decoder block: scale search per mapping, scales folded in, optional clip search, then RTN."""
+    """AWQ per decoder block: scale search per mapping, scales folded in, optional clip search; RTN once the block's
+    smoothed, unquantized outputs have been passed to the next block (as llm-compressor and AutoAWQ do)."""
 
     n_grid: int = 20
     duo_scaling: bool = True
@@ -349,6 +351,9 @@ class AWQQuantizer(CalibratedQuantizer):
             apply_scales(mapping, scales)
         if self.clip:
             self._clip(block, linears, inputs)
+
+    def finish_block(self, linears: dict[str, nn.Module]) -> None:
+        """RTN on the smoothed layers, once the next block has been given this block's unquantized outputs."""
         for linear in linears.values():
             weight = weight_matrix(linear)
             weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))

@@ -112,8 +112,10 @@ class CalibratedQuantizer(GridQuantizer):
 
     Only the current block's inputs are held (n_samples × seq_len × hidden floats); on an accelerator `device`, only
     the current block is moved there. A progress bar counts the blocks (`progress`). Each block's outputs replace its
-    inputs after quantization, so later blocks see quantized inputs. Selected Linear layers outside the decoder blocks
-    get plain RTN.
+    inputs after `quantize_block`, then `finish_block` runs: GPTQ quantizes in `quantize_block`, so later blocks see
+    quantized inputs (as in llm-compressor); AWQ only smooths there and quantizes in `finish_block`, so later blocks
+    see the smoothed, unquantized outputs (as in llm-compressor and AutoAWQ). Selected Linear layers outside the
+    decoder blocks get plain RTN.
     """
 
     n_samples: int = 128
@@ -125,7 +127,10 @@ class CalibratedQuantizer(GridQuantizer):
 
     @abstractmethod
     def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
-        """Quantize the selected projection layers of one block (keyed by full name) in place, given its inputs."""
+        """Quantize (or prepare) the selected projection layers of one block (keyed by full name), given its inputs."""
+
+    def finish_block(self, linears: dict[str, nn.Module]) -> None:
+        """Work on a block's layers after its outputs have been passed on (nothing by default)."""
 
     @torch.no_grad()
     def quantize(
@@ -151,6 +156,7 @@ class CalibratedQuantizer(GridQuantizer):
             self.quantize_block(block, linears, inputs)
             for i, (hidden, kwargs) in enumerate(inputs):  # in place: one set of activations alive, not two
                 inputs[i] = (block_output(block(hidden, **kwargs)), kwargs)
+            self.finish_block(linears)
             block.to(home)
         for name, linear in selected.items():
             if name not in in_blocks:
