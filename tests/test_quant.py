@@ -16,7 +16,7 @@ from qunlearn.cli import main
 from qunlearn.errors import NumericalError
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import load_model, save_model
-from qunlearn.quant import gptq
+from qunlearn.quant import gptq, memory
 from qunlearn.quant.awq import apply_scales, block_mappings, mapping_calibration, search_scales, weight_means
 from qunlearn.quant.base import capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
@@ -157,7 +157,7 @@ def test_inverse_hessian_equals_the_out_of_place_calls_of_llm_compressor_bit_for
 
 
 def test_act_order_permutes_the_hessian_in_place_a_slice_at_a_time(monkeypatch):
-    monkeypatch.setattr(gptq, "SLICE_ELEMENTS", 24)  # three rows of 8 per slice: slices end inside the matrix
+    monkeypatch.setattr(memory, "SLICE_ELEMENTS", 24)  # three rows of 8 per slice: slices end inside the matrix
     matrix = torch.arange(64.0).reshape(8, 8)
     perm = torch.tensor([3, 0, 7, 1, 6, 2, 5, 4])
     expected = matrix[perm][:, perm]
@@ -169,7 +169,7 @@ def test_hessian_sums_added_a_slice_of_rows_at_a_time_equal_the_whole_product(mo
     x = correlated_inputs(300, 40, seed=8)
     rows = math.sqrt(2) * x
     whole = rows.T @ rows
-    monkeypatch.setattr(gptq, "SLICE_ELEMENTS", 7 * 40)  # 7 rows a slice: the last slice is short
+    monkeypatch.setattr(memory, "SLICE_ELEMENTS", 7 * 40)  # 7 rows a slice: the last slice is short
     assert torch.equal(hessian_of(x), whole)
 
 

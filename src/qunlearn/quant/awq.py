@@ -18,6 +18,7 @@ from torch import nn
 from qunlearn.errors import UserInputError
 from qunlearn.quant.base import BlockInput, CalibratedQuantizer, block_output, record_module_inputs
 from qunlearn.quant.layers import in_features, out_features, weight_matrix
+from qunlearn.quant.memory import release_freed_memory, slices
 from qunlearn.quant.rtn import (
     absmax_scales,
     default_denominator,
@@ -146,13 +147,15 @@ def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
     """Per input channel, the mean over the output rows of all `weights` of |w| / max|w| of its quantization group.
 
     Summed one layer at a time in fp64 and returned in fp64, as llm-compressor does (so the scales are fp64 too);
-    one temporary of a layer's size is alive.
+    one fp32 temporary of a layer's size is alive, and fp64 ones of a slice of columns.
     """
     total, rows = None, 0
     for w in weights:
         normalised = w.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True).abs_()
         normalised.view(w.shape[0], -1, group_size).div_(group_absmax(w, group_size).unsqueeze(-1) + 1e-6)
-        column_sums = normalised.sum(dim=0, dtype=torch.float64)
+        column_sums = torch.cat(
+            [normalised[:, part].sum(dim=0, dtype=torch.float64) for part in slices(w.shape[1], w.shape[0])]
+        )
         total = column_sums if total is None else total + column_sums
         rows += w.shape[0]
     return total / rows
@@ -191,9 +194,10 @@ def search_scales(
     Beyond the model it holds one copy of the balance weights (to restore them): each candidate is quantized in
     the layers' own weights (fp32) or in one fp32 workspace (other dtypes, transposed Conv1D weights).
     """
-    originals = [weight_matrix(b).detach().clone() for b in balances]
+    weights = [weight_matrix(b) for b in balances]
+    w_mean = weight_means(weights, effective_group_size(weights[0].shape[1], group_size))  # before the copies
+    originals = [w.detach().clone() for w in weights]
     reference = run_parent()
-    w_mean = weight_means(originals, effective_group_size(originals[0].shape[1], group_size))
     workspaces = _workspaces([weight_matrix(b) for b in balances])
     best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
     try:
@@ -226,11 +230,13 @@ def _write_candidate(
     """weight ← Q(original·s)/s, the product in the weight's dtype and Q in fp32 (as `rtn_quantize` computes it),
     in the weight itself or, when it is not a contiguous fp32 matrix, in `workspace`."""
     scaled = weight if workspace is None else workspace
-    torch.mul(original, scales, out=scaled)
+    for rows in slices(*weight.shape):  # fp64 products a slice at a time
+        torch.mul(original[rows], scales, out=scaled[rows])
     fake_quantize_(scaled, bits, group_size, denominator)
     if workspace is not None:
         weight.copy_(scaled)
-    weight.div_(scales)
+    for rows in slices(*weight.shape):
+        weight[rows].div_(scales)
 
 
 def _workspaces(weights: list[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -248,11 +254,15 @@ def apply_scales(mapping: Mapping, scales: torch.Tensor) -> None:
     if smooth.weight.dim() == 1:  # a norm: y = norm(x) · (offset + w)
         smooth.weight.copy_((smooth.weight + mapping.offset) / scales - mapping.offset)
     else:
-        weight_matrix(smooth)[-len(scales) :].div_(scales.view(-1, 1))
+        tail = weight_matrix(smooth)[-len(scales) :]
+        for rows in slices(*tail.shape):  # the scales are fp64: a slice at a time keeps the fp64 temporary small
+            tail[rows].div_(scales[rows].view(-1, 1))
     if getattr(smooth, "bias", None) is not None:
         smooth.bias[-len(scales) :].div_(scales)
     for layer in mapping.balances:
-        weight_matrix(layer).mul_(scales.view(1, -1))
+        weight = weight_matrix(layer)
+        for rows in slices(*weight.shape):
+            weight[rows].mul_(scales.view(1, -1))
 
 
 def search_clip(
@@ -337,7 +347,8 @@ class AWQQuantizer(CalibratedQuantizer):
             mappings = []
         calibration = mapping_calibration(block, mappings, inputs)
         for mapping in mappings:
-            cached, x_mean = calibration.pop(0)  # a mapping's cached inputs are freed once it is done
+            cached, x_mean = calibration.pop(0)  # the previous mapping's cached inputs are freed here
+            release_freed_memory()
             scales, _ = search_scales(
                 mapping.balances,
                 lambda m=mapping, c=cached: [block_output(m.parent(*a, **k)) for a, k in c],

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from qunlearn.quant.calibration import calibration_sequences
 from qunlearn.quant.layers import DEFAULT_SKIP, decoder_layers, target_linears, weight_matrix
+from qunlearn.quant.memory import release_freed_memory
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
 
 BlockInput = tuple[torch.Tensor, dict[str, Any]]
@@ -148,6 +149,7 @@ class CalibratedQuantizer(GridQuantizer):
         in_blocks = set()
         with _outside_blocks_on(model, layers, device):
             inputs = capture_block_inputs(model, layers[0], sequences, device)
+        release_freed_memory()
         for index, block in enumerate(tqdm(layers, desc=f"{self.name} blocks", leave=False, disable=not self.progress)):
             prefix = f"{layers_name}.{index}."
             linears = {n: m for n, m in selected.items() if n.startswith(prefix)}
@@ -158,6 +160,7 @@ class CalibratedQuantizer(GridQuantizer):
                 inputs[i] = (block_output(block(hidden, **kwargs)), kwargs)
             self.finish_block(linears)
             block.to(home)
+            release_freed_memory()
         for name, linear in selected.items():
             if name not in in_blocks:
                 weight = weight_matrix(linear)

@@ -11,6 +11,7 @@ from torch import nn
 from qunlearn.errors import NumericalError
 from qunlearn.quant.base import BlockInput, CalibratedQuantizer, record_module_inputs
 from qunlearn.quant.layers import weight_matrix
+from qunlearn.quant.memory import release_freed_memory, slices
 from qunlearn.quant.rtn import (
     absmax_scales,
     default_denominator,
@@ -19,15 +20,6 @@ from qunlearn.quant.rtn import (
     round_to_codes,
     rtn_quantize,
 )
-
-# Products, permutations and updates on in×in matrices run a slice at a time, each temporary at most this many floats
-# (64 MB in fp32), so that no second in×in matrix is allocated (down_proj of a 7B model: 11008² floats, 485 MB).
-SLICE_ELEMENTS = 2**24
-
-
-def _slice_rows(width: int) -> int:
-    """How many rows of a matrix `width` wide fit in one slice."""
-    return max(1, SLICE_ELEMENTS // width)
 
 
 class HessianAccumulator:
@@ -50,9 +42,8 @@ class HessianAccumulator:
         width = rows.shape[1]
         if self.sums is None:
             self.sums = torch.zeros(width, width, device=rows.device)
-        step = _slice_rows(width)
-        for i in range(0, width, step):
-            self.sums[i : i + step] += rows[:, i : i + step].T @ rows
+        for part in slices(width, width):
+            self.sums[part] += rows[:, part].T @ rows
 
     def hessian(self) -> torch.Tensor:
         """(2/S)·Σ xxᵀ, scaled in place: the accumulator is used up (no second in×in matrix)."""
@@ -139,11 +130,10 @@ def invert_hessian(hessian: torch.Tensor, damp: float = 0.01, act_order: bool = 
 
 def permute_in_place(matrix: torch.Tensor, perm: torch.Tensor) -> None:
     """Overwrite a square `matrix` with matrix[perm][:, perm], a slice at a time (no second matrix)."""
-    step = _slice_rows(matrix.shape[0])
-    for i in range(0, matrix.shape[0], step):  # columns, within each slice of rows
-        matrix[i : i + step] = matrix[i : i + step][:, perm]
-    for j in range(0, matrix.shape[1], step):  # then rows, within each slice of columns
-        matrix[:, j : j + step] = matrix[:, j : j + step][perm]
+    for rows in slices(*matrix.shape):  # columns, within each slice of rows
+        matrix[rows] = matrix[rows][:, perm]
+    for columns in slices(*matrix.shape):  # then rows, within each slice of columns
+        matrix[:, columns] = matrix[:, columns][perm]
 
 
 @torch.no_grad()
@@ -234,6 +224,7 @@ class GPTQQuantizer(CalibratedQuantizer):
     def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> None:
         hessians = SharedInputHessians()
         record_module_inputs(block, linears, inputs, lambda name, args, _kwargs: hessians.add(name, args[0]))
+        release_freed_memory()  # the forward pass's temporaries, before the inversions
         for names in hessians.groups():
             inverse = self._invert(names, hessians.take(names[0]))
             for name in names:
