@@ -184,6 +184,7 @@ def record_module_inputs(
     try:
         for hidden, kwargs in inputs:
             block(hidden, **kwargs)
+            release_freed_memory()  # each pass's temporaries, or they pile up beside what `record` keeps
     finally:
         for handle in handles:
             handle.remove()
