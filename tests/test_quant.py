@@ -156,6 +156,12 @@ def test_inverse_hessian_equals_the_out_of_place_calls_of_llm_compressor_bit_for
     assert torch.equal(invert_hessian(hessian, 0.01).factor, expected)
 
 
+def test_slices_cover_every_index_once_and_hold_at_most_the_element_budget(monkeypatch):
+    monkeypatch.setattr(memory, "SLICE_ELEMENTS", 10)
+    assert memory.slices(7, 3) == [slice(0, 3), slice(3, 6), slice(6, 9)]  # 3 rows of 3 ≤ 10 elements each
+    assert memory.slices(2, 100) == [slice(0, 1), slice(1, 2)]  # wider than the budget: one index at a time
+
+
 def test_act_order_permutes_the_hessian_in_place_a_slice_at_a_time(monkeypatch):
     monkeypatch.setattr(memory, "SLICE_ELEMENTS", 24)  # three rows of 8 per slice: slices end inside the matrix
     matrix = torch.arange(64.0).reshape(8, 8)

@@ -198,7 +198,7 @@ def search_scales(
     w_mean = weight_means(weights, effective_group_size(weights[0].shape[1], group_size))  # before the copies
     originals = [w.detach().clone() for w in weights]
     reference = run_parent()
-    workspaces = _workspaces([weight_matrix(b) for b in balances])
+    workspaces = _workspaces(weights)
     best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
     try:
         for ratio, duo in scale_grid(n_grid, duo_scaling):
@@ -227,8 +227,8 @@ def _write_candidate(
     group_size: int,
     denominator: float | None,
 ) -> None:
-    """weight ← Q(original·s)/s, the product in the weight's dtype and Q in fp32 (as `rtn_quantize` computes it),
-    in the weight itself or, when it is not a contiguous fp32 matrix, in `workspace`."""
+    """weight ← Q(original·s)/s: products and quotients in the scales' fp64, rounded to the weight's dtype, and Q in
+    fp32 (as llm-compressor computes them), in the weight itself or, when it is not contiguous fp32, in `workspace`."""
     scaled = weight if workspace is None else workspace
     for rows in slices(*weight.shape):  # fp64 products a slice at a time
         torch.mul(original[rows], scales, out=scaled[rows])
