@@ -42,8 +42,12 @@ class HessianAccumulator:
         width = rows.shape[1]
         if self.sums is None:
             self.sums = torch.zeros(width, width, device=rows.device)
-        for part in slices(width, width):
-            self.sums[part] += rows[:, part].T @ rows
+        parts = slices(width, width)
+        product = torch.empty(parts[0].stop - parts[0].start, width, device=rows.device)  # one buffer for all slices
+        for part in parts:
+            n = min(part.stop, width) - part.start
+            torch.matmul(rows[:, part].T, rows, out=product[:n])
+            self.sums[part] += product[:n]
 
     def hessian(self) -> torch.Tensor:
         """(2/S)·Σ xxᵀ, scaled in place: the accumulator is used up (no second in×in matrix)."""
