@@ -29,7 +29,7 @@ from qunlearn.quant.gptq import (
     invert_hessian,
 )
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
-from qunlearn.quant.rtn import rtn_codes, rtn_quantize
+from qunlearn.quant.rtn import fake_quantize_, rtn_codes, rtn_quantize
 
 
 def row(*values: float) -> torch.Tensor:
@@ -88,6 +88,18 @@ def test_codes_fit_in_n_bits_and_dequantized_weights_lie_on_the_grid(bits):
 def test_any_dtype_in_same_dtype_out():
     w = torch.randn(4, 128).to(torch.bfloat16)
     assert rtn_quantize(w, 4).dtype == torch.bfloat16
+
+
+def test_fake_quantize_in_place_equals_rtn_and_refuses_what_it_cannot_overwrite():
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(9))
+    expected = rtn_quantize(w, 3, group_size=16)
+    target = w.clone()
+    assert fake_quantize_(target, 3, group_size=16) is target and torch.equal(target, expected)
+    assert torch.equal(rtn_quantize(w.T.contiguous().T, 3, group_size=16), expected)  # a transposed view is copied
+    with pytest.raises(ValueError, match="contiguous fp32"):
+        fake_quantize_(w.T.contiguous().T, 3, group_size=16)  # a reshape of it is a copy: in place would round that
+    with pytest.raises(ValueError, match="contiguous fp32"):
+        fake_quantize_(w.bfloat16(), 3, group_size=16)
 
 
 def test_bits_out_of_range_are_rejected():
