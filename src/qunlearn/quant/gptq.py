@@ -43,7 +43,7 @@ class HessianAccumulator:
         if self.sums is None:
             self.sums = torch.zeros(width, width, device=rows.device)
         parts = slices(width, width)
-        product = torch.empty(parts[0].stop - parts[0].start, width, device=rows.device)  # one buffer for all slices
+        product = torch.empty(min(parts[0].stop, width), width, device=rows.device)  # one buffer for every slice
         for part in parts:
             n = min(part.stop, width) - part.start
             torch.matmul(rows[:, part].T, rows, out=product[:n])
