@@ -43,11 +43,11 @@ class HessianAccumulator:
         if self.sums is None:
             self.sums = torch.zeros(width, width, device=rows.device)
         parts = slices(width, width)
-        product = torch.empty(min(parts[0].stop, width), width, device=rows.device)  # one buffer for every slice
+        product = torch.empty(parts[0].stop, width, device=rows.device)  # one buffer for every slice
         for part in parts:
-            n = min(part.stop, width) - part.start
-            torch.matmul(rows[:, part].T, rows, out=product[:n])
-            self.sums[part] += product[:n]
+            taken = product[: part.stop - part.start]
+            torch.matmul(rows[:, part].T, rows, out=taken)
+            self.sums[part] += taken
 
     def hessian(self) -> torch.Tensor:
         """(2/S)·Σ xxᵀ, scaled in place: the accumulator is used up (no second in×in matrix)."""

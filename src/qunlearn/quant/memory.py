@@ -15,7 +15,7 @@ def slices(length: int, other: int) -> list[slice]:
     """Consecutive slices over `length` indices of a matrix whose other dimension is `other` wide, each covering at
     most SLICE_ELEMENTS elements (and at least one index)."""
     step = max(1, SLICE_ELEMENTS // max(1, other))
-    return [slice(start, start + step) for start in range(0, length, step)]
+    return [slice(start, min(start + step, length)) for start in range(0, length, step)]
 
 
 @functools.cache
