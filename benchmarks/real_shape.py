@@ -5,6 +5,7 @@ step needs beyond the loaded model is also given, in GB and in decoder blocks (f
 cost assumes the step's time is spent in the decoder blocks (the lm_head is never quantized); the 32-block
 figure is 16× the 2-block time. Unlearning steps are measured by benchmarks/memory_plan.py.
 Usage: python benchmarks/real_shape.py [--dir DIR] [--n-samples 16] [--seq-len 128] [--only rtn4 gptq4 ...]
+                                      [--offload-activations none|cpu|disk]
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from qunlearn.models.io import load_model, save_model
 from qunlearn.models.shapes import LLAMA2_7B_BLOCKS, llama2_7b_config
 from qunlearn.models.tokenizer import train_tokenizer
+from qunlearn.quant.activations import OFFLOAD
 from qunlearn.quant.registry import get_quantizer
 
 STEPS = ("load", "rtn4", "bnb-nf4", "evaluate", "gptq4", "awq4")
@@ -51,7 +53,7 @@ def _status_gb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure(step: str, model_dir: Path, n_samples: int, seq_len: int) -> dict:
+def measure(step: str, model_dir: Path, n_samples: int, seq_len: int, offload: str = "none") -> dict:
     """Run one step in this process; seconds exclude loading (except for 'load'); peak RSS includes it.
 
     `extra_gb` is the step's own peak above the resident size right after loading (the peak counter is reset
@@ -68,7 +70,8 @@ def measure(step: str, model_dir: Path, n_samples: int, seq_len: int) -> dict:
         with torch.no_grad():
             model.generate(**prompts, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     elif step != "load":
-        options = {"n_samples": n_samples, "seq_len": seq_len} if step in ("gptq4", "awq4") else {}
+        calibrated = step in ("gptq4", "awq4")
+        options = {"n_samples": n_samples, "seq_len": seq_len, "offload_activations": offload} if calibrated else {}
         get_quantizer(step, **options).quantize(model, tokenizer, TEXT)
     seconds = load_s if step == "load" else time.perf_counter() - start
     block = model.model.layers[0]
@@ -87,16 +90,17 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
+    parser.add_argument("--offload-activations", choices=OFFLOAD, default="none", help="for gptq4 and awq4")
     parser.add_argument("--one", choices=STEPS, help=argparse.SUPPRESS)  # the child process' step
     args = parser.parse_args()
     model_dir = make_model(Path(args.dir or tempfile.mkdtemp()))
     if args.one:
-        print(json.dumps(measure(args.one, model_dir, args.n_samples, args.seq_len)))
+        print(json.dumps(measure(args.one, model_dir, args.n_samples, args.seq_len, args.offload_activations)))
         return
     size_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**30
     print(
         f"model: {model_dir} ({size_gb:.2f} GB fp32, 2 of {LLAMA2_7B_BLOCKS} blocks); "
-        f"calibration {args.n_samples} x {args.seq_len} tokens"
+        f"calibration {args.n_samples} x {args.seq_len} tokens, activations offloaded: {args.offload_activations}"
     )
     for step in args.only:
         child = subprocess.run(
@@ -111,6 +115,8 @@ def main() -> None:
                 str(args.n_samples),
                 "--seq-len",
                 str(args.seq_len),
+                "--offload-activations",
+                args.offload_activations,
             ],
             capture_output=True,
             text=True,

@@ -535,6 +535,10 @@ RUN_CONFIG_ERRORS = [
     ),
     ("quantizers: [gptq4]\nquantize: {n_samples: -1}", "quantize.n_samples: must be at least 1, got -1"),
     ("quantizers: [rtn4]\nquantize: {group_size: 0}", "quantize.group_size: must be positive or -1"),
+    (
+        "quantizers: [awq4]\nquantize: {offload_activations: ssd}",
+        "quantize.offload_activations: must be one of none, cpu, disk, got 'ssd'",
+    ),
     ("quantizers: [rtn4]\nquantize: {group_size: big}", "quantize.group_size: expected int, got str 'big'"),
     ("target: m/missing\ncorpus: c\nmetrics: [knowmem_f]", "target m/missing: directory not found"),
 ]

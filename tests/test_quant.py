@@ -6,6 +6,7 @@ import argparse
 import copy
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,20 +14,29 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from qunlearn.cli import main
-from qunlearn.errors import NumericalError
+from qunlearn.errors import NumericalError, UserInputError
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import load_model, save_model
 from qunlearn.quant import gptq, memory
-from qunlearn.quant.awq import apply_scales, block_mappings, mapping_calibration, search_scales, weight_means
+from qunlearn.quant.activations import ActivationStore
+from qunlearn.quant.awq import (
+    apply_scales,
+    block_mappings,
+    first_input_rows,
+    mapping_calibration,
+    search_scales,
+    weight_means,
+)
 from qunlearn.quant.base import capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.diagnostics import code_flips, weight_movement
 from qunlearn.quant.gptq import (
     HessianAccumulator,
-    SharedInputHessians,
     gptq_quantize,
+    group_hessian,
     invert_hessian,
+    shared_input_groups,
 )
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.quant.rtn import fake_quantize_, rtn_codes, rtn_quantize
@@ -204,34 +214,42 @@ def one_block_with_inputs() -> tuple[nn.Module, dict[str, nn.Module], list]:
     ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
     block = model.model.layers[0]
     linears = {f"model.layers.0.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-    return block, linears, capture_block_inputs(model, block, list(ids.split(1)), torch.device("cpu"))
+    return block, linears, capture_block_inputs(model, block, list(ids.split(1)), ActivationStore(device="cpu"))
 
 
 @torch.no_grad()
-def test_layers_reading_the_same_input_share_one_hessian():
+def test_layers_reading_the_same_input_share_one_hessian_from_a_pass_that_stops_at_the_group():
     block, linears, inputs = one_block_with_inputs()
-    hessians, separate = SharedInputHessians(), {n: HessianAccumulator() for n in linears}
-
-    def record(name, args, _kwargs):
-        hessians.add(name, args[0])
-        separate[name].add(args[0])
-
-    record_module_inputs(block, linears, inputs, record)
-    groups = hessians.groups()
+    separate = {n: HessianAccumulator() for n in linears}
+    record_module_inputs(block, linears, inputs, lambda name, args, _kw: separate[name].add(args[0]))
+    groups = shared_input_groups(block, linears, inputs[0])
     assert [[n.removeprefix("model.layers.0.") for n in names] for names in groups] == [
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
         ["self_attn.o_proj"],
         ["mlp.gate_proj", "mlp.up_proj"],
         ["mlp.down_proj"],
     ]
+    mlp_calls = []
+    block.mlp.register_forward_pre_hook(lambda *_: mlp_calls.append(1))
     for names in groups:
-        shared = hessians.take(names[0])
+        shared = group_hessian(block, names, linears, inputs)
         for name in names:
             assert torch.equal(shared, separate[name].hessian())
+    assert len(mlp_calls) == 2 * len(inputs)  # the attention groups' passes stopped before the MLP
+
+
+def test_gptq_names_a_projection_layer_its_block_never_calls():
+    block, linears, inputs = one_block_with_inputs()
+    block.unused_proj = nn.Linear(64, 64)
+    linears["model.layers.0.unused_proj"] = block.unused_proj
+    with pytest.raises(
+        UserInputError, match="LlamaDecoderLayer's forward pass does not call model.layers.0.unused_proj"
+    ):
+        get_quantizer("gptq4", group_size=32).quantize_block(block, linears, inputs)
 
 
 @torch.no_grad()
-def test_gptq_with_shared_hessians_equals_gptq_with_each_layers_own():
+def test_gptq_quantizes_each_layer_with_its_own_hessian_of_one_pass_over_the_unquantized_block():
     block, linears, inputs = one_block_with_inputs()
     own = {name: HessianAccumulator() for name in linears}
     record_module_inputs(block, linears, inputs, lambda name, args, _kw: own[name].add(args[0]))
@@ -239,6 +257,54 @@ def test_gptq_with_shared_hessians_equals_gptq_with_each_layers_own():
     get_quantizer("gptq4", group_size=32).quantize_block(block, linears, inputs)
     for name, linear in linears.items():
         assert torch.equal(linear.weight, expected[name]), name
+
+
+# --- where calibration activations wait -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offload", ["none", "cpu", "disk"])
+def test_activation_store_hands_back_what_it_was_given(offload):
+    store = ActivationStore(offload, device="cpu")
+    items = [(torch.randn(1, 4, 8), {"mask": torch.ones(4), "flag": True, "none": None}) for _ in range(3)]
+    for item in items:
+        store.append(item)
+    store[1] = (torch.zeros(1, 4, 8), items[1][1])
+    items[1] = (torch.zeros(1, 4, 8), items[1][1])
+    assert len(store) == 3
+    for (hidden, kwargs), (want_hidden, want_kwargs) in zip(store, items):
+        assert torch.equal(hidden, want_hidden) and torch.equal(kwargs["mask"], want_kwargs["mask"])
+        assert (kwargs["flag"], kwargs["none"]) == (True, None)
+    store.close()
+    assert len(store) == 0
+
+
+def test_disk_store_writes_a_views_own_elements_and_removes_its_files(tmp_path):
+    store = ActivationStore("disk")
+    big = torch.randn(1000, 100)
+    store.append(big[:2])  # a view of 100,000 floats holding 200
+    (path,) = list(Path(store._directory.name).iterdir())
+    assert path.stat().st_size < 20_000
+    assert torch.equal(store[0], big[:2])
+    store.close()
+    assert not path.parent.exists()
+
+
+@pytest.mark.parametrize("scheme", ["gptq4", "awq4"])
+@pytest.mark.parametrize("offload", ["cpu", "disk"])
+def test_offloading_calibration_activations_changes_no_weight(tiny, scheme, offload):
+    model, tokenizer, texts = tiny
+    options = {"n_samples": 3, "seq_len": 32, "group_size": 16}
+    kept = get_quantizer(scheme, **options).quantize(copy.deepcopy(model), tokenizer, texts)
+    offloaded = get_quantizer(scheme, offload_activations=offload, **options).quantize(
+        copy.deepcopy(model), tokenizer, texts
+    )
+    for name, weight in kept.state_dict().items():
+        assert torch.equal(offloaded.state_dict()[name], weight), name
+
+
+def test_an_unknown_offload_place_is_refused_naming_the_option():
+    with pytest.raises(ValueError, match="gptq4: offload_activations must be one of none, cpu, disk, got 'gpu'"):
+        get_quantizer("gptq4", offload_activations="gpu")
 
 
 # --- AWQ ------------------------------------------------------------------------------------------------
@@ -278,7 +344,7 @@ def test_awq_calibration_keeps_a_parent_call_per_sample_and_the_mean_abs_input_o
     record_module_inputs(
         block, linears, inputs, lambda name, args, _kw: seen.setdefault(name, []).append(args[0].flatten(0, -2))
     )
-    calibration = mapping_calibration(block, mappings, inputs)
+    calibration = mapping_calibration(block, mappings, inputs, ActivationStore)
     assert len(calibration) == len(mappings) == 4  # norm → q/k/v, v → o, norm → gate/up, up → down
     for (cached, x_mean), first in zip(
         calibration, ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj"]
@@ -286,6 +352,36 @@ def test_awq_calibration_keeps_a_parent_call_per_sample_and_the_mean_abs_input_o
         assert len(cached) == len(inputs)
         tokens = torch.cat(seen[f"model.layers.0.{first}"])
         assert torch.allclose(x_mean, tokens.abs().mean(dim=0), rtol=1e-6)
+
+
+@torch.no_grad()
+def test_awq_clip_search_reads_the_first_rows_each_layer_sees_and_stops_passes_once_it_has_them():
+    block, linears, inputs = one_block_with_inputs()  # 4 samples of 16 tokens
+    chosen = {n: m for n, m in linears.items() if n.endswith(("o_proj", "down_proj"))}
+    seen = {}
+    record_module_inputs(
+        block, chosen, inputs, lambda name, args, _kw: seen.setdefault(name, []).append(args[0].flatten(0, -2))
+    )
+    mlp_calls = []
+    block.mlp.register_forward_pre_hook(lambda *_: mlp_calls.append(1))
+    rows = first_input_rows(block, chosen, inputs, 20)
+    for name in chosen:
+        assert torch.equal(rows[name], torch.cat(seen[name])[:20])
+    assert len(mlp_calls) == 2  # samples 3 and 4 stop at o_proj: both layers had their 20 rows
+
+
+def test_awq_clip_search_leaves_queries_and_keys_alone_and_clips_other_layers(tiny):
+    model, tokenizer, texts = tiny
+    runs = {
+        clip: get_quantizer("awq4", n_samples=2, seq_len=32, group_size=16, clip=clip)
+        .quantize(copy.deepcopy(model), tokenizer, texts)
+        .model.layers[0]
+        for clip in (False, True)
+    }
+    linears = [n for n, m in runs[False].named_modules() if isinstance(m, nn.Linear)]
+    same = [n for n in linears if torch.equal(runs[False].get_submodule(n).weight, runs[True].get_submodule(n).weight)]
+    assert {"self_attn.q_proj", "self_attn.k_proj"} <= set(same)  # the first block's inputs are the same in both
+    assert len(same) < len(linears)
 
 
 def random_llama(layers: int = 2) -> LlamaForCausalLM:
@@ -507,12 +603,15 @@ def test_cli_quantize_and_codeflips(tiny_benchmark, tmp_path, capsys):
                 str(tiny_benchmark.corpus_dir),
                 "--n-samples",
                 "4",
+                "--offload-activations",
+                "disk",
             ]
         )
         == 0
     )
     settings = read_yaml(out / "quantize.yaml")
     assert settings["scheme"] == "gptq4" and settings["options"]["n_samples"] == 4
+    assert settings["options"]["offload_activations"] == "disk"
     assert settings["calibration"].endswith("(generic)")
     load_model(out)
     flips = tmp_path / "flips.json"

@@ -14,6 +14,7 @@ from qunlearn.errors import UserInputError
 from qunlearn.evaluate.registry import METRICS
 from qunlearn.fileio import read_yaml
 from qunlearn.models.io import parse_dtype
+from qunlearn.quant.activations import OFFLOAD
 from qunlearn.quant.registry import QUANTIZERS, quantizer_fields
 from qunlearn.unlearn.methods import METHODS
 from qunlearn.unlearn.settings import UnlearnSettings
@@ -270,6 +271,8 @@ def _validate_quantize_options(options: dict[str, Any], names: list[str]) -> Non
         validate_type(value, quantizer_fields(takers[0])[option], f"quantize.{option}")
         if option in ("n_samples", "seq_len") and value < 1:
             raise UserInputError(f"quantize.{option}: must be at least 1, got {value}")
+        if option == "offload_activations" and value not in OFFLOAD:
+            raise UserInputError(f"quantize.offload_activations: must be one of {', '.join(OFFLOAD)}, got '{value}'")
         if option == "group_size" and not (value > 0 or value == -1):
             raise UserInputError(f"quantize.group_size: must be positive or -1 (per row), got {value}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from qunlearn.quant.activations import OFFLOAD
 from qunlearn.quant.calibration import CALIBRATE_ON
 from qunlearn.quant.registry import QUANTIZERS
 
@@ -60,3 +61,9 @@ def add_scheme_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--n-samples", type=int, help="calibration sequences (default 128)")
     parser.add_argument("--device", default=None, help="device for GPTQ/AWQ blocks (default: where the model is)")
+    parser.add_argument(
+        "--offload-activations",
+        choices=OFFLOAD,
+        help="where GPTQ/AWQ keep calibration activations between uses: on the compute device (none, default), in "
+        "host memory (cpu) or in temporary files (disk); 1 GB per 7B block at 128 x 512 tokens, several GB for AWQ",
+    )

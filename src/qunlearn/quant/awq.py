@@ -9,14 +9,16 @@ The scaling pairs of each model family come from one table, `LAYOUTS`; a block n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from qunlearn.errors import UserInputError
-from qunlearn.quant.base import BlockInput, CalibratedQuantizer, block_output, record_module_inputs
+from qunlearn.quant.activations import ActivationStore
+from qunlearn.quant.base import BlockInput, CalibratedQuantizer, StopBlock, block_output, record_module_inputs
 from qunlearn.quant.layers import in_features, out_features, weight_matrix
 from qunlearn.quant.memory import release_freed_memory, slices
 from qunlearn.quant.rtn import (
@@ -181,23 +183,29 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, ratio: float, d
 
 def search_scales(
     balances: list[nn.Module],
-    run_parent: Callable[[], list[torch.Tensor]],
+    run_parent: Callable[[], Iterable[torch.Tensor]],
     x_mean: torch.Tensor,
     bits: int,
     group_size: int,
     denominator: float | None = None,
     n_grid: int = 20,
     duo_scaling: bool = True,
+    reference: ActivationStore | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The scales (and α) minimising the parent's output MSE with balance weights set to Q(W·s)/s; weights restored.
 
-    Beyond the model it holds one copy of the balance weights (to restore them): each candidate is quantized in
-    the layers' own weights (fp32) or in one fp32 workspace (other dtypes, transposed Conv1D weights).
+    `run_parent` yields the parent's output per calibration sample; the unquantized outputs are kept in `reference`
+    (an empty store; default: in memory) and each candidate's are compared with them one sample at a time. Beyond
+    the model it holds one copy of the balance weights (to restore them): each candidate is quantized in the layers'
+    own weights (fp32) or in one fp32 workspace (other dtypes, transposed Conv1D weights).
     """
     weights = [weight_matrix(b) for b in balances]
     w_mean = weight_means(weights, effective_group_size(weights[0].shape[1], group_size))  # before the copies
     originals = [w.detach().clone() for w in weights]
-    reference = run_parent()
+    reference = ActivationStore() if reference is None else reference
+    for output in run_parent():
+        reference.append(output)
+    elements = sum(r.numel() for r in reference)
     workspaces = _workspaces(weights)
     best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
     try:
@@ -205,14 +213,14 @@ def search_scales(
             scales = candidate_scales(x_mean, w_mean, ratio, duo)
             for layer, w, workspace in zip(balances, originals, workspaces):
                 _write_candidate(weight_matrix(layer), w, scales, workspace, bits, group_size, denominator)
-            outputs = run_parent()
-            error = sum(((o.float() - r.float()) ** 2).sum() for o, r in zip(outputs, reference)).item()
-            error /= sum(r.numel() for r in reference)
+            error = sum(((o.float() - r.float()) ** 2).sum() for o, r in zip(run_parent(), reference)).item()
+            error /= elements
             if error < best[0]:
                 best = (error, scales.clone(), ratio)
     finally:
         for layer, w in zip(balances, originals):
             weight_matrix(layer).copy_(w)
+        reference.close()
     if best[1] is None:
         raise ValueError("AWQ: no finite output error in the scale search (NaN in the parent's outputs?)")
     return best[1], best[2]
@@ -293,26 +301,18 @@ def search_clip(
     return best_max
 
 
-def _collect_inputs(
-    block: nn.Module, modules: dict[str, nn.Module], inputs: list[BlockInput]
-) -> dict[str, list[tuple[tuple, dict]]]:
-    """Run the block once and record, per named module, its (args, kwargs) on every sample."""
-    seen: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in modules}
-    record_module_inputs(block, modules, inputs, lambda name, args, kwargs: seen[name].append((args, kwargs)))
-    return seen
-
-
 def mapping_calibration(
-    block: nn.Module, mappings: list[Mapping], inputs: list[BlockInput]
-) -> list[tuple[list[tuple[tuple, dict]], torch.Tensor]]:
-    """One pass of the block: per mapping, its parent's (args, kwargs) on every sample, and the mean |x| per input
-    channel of its balance layers (|x| summed in fp32 a sample at a time, as llm-compressor does: no token matrix).
+    block: nn.Module, mappings: list[Mapping], inputs: Iterable[BlockInput], store: Callable[[], ActivationStore]
+) -> list[tuple[ActivationStore, torch.Tensor]]:
+    """One pass of the block: per mapping, its parent's (args, kwargs) on every sample, kept in a new `store()`, and
+    the mean |x| per input channel of its balance layers (|x| summed in fp32 a sample at a time, as llm-compressor
+    does: no token matrix).
     """
     if not mappings:
         return []
     parents = {f"parent{i}": m.parent for i, m in enumerate(mappings)}
     firsts = {f"first{i}": m.balances[0] for i, m in enumerate(mappings)}
-    cached: dict[str, list[tuple[tuple, dict]]] = {name: [] for name in parents}
+    cached = {name: store() for name in parents}
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(firsts, 0)
 
@@ -330,6 +330,26 @@ def mapping_calibration(
     return [(cached[f"parent{i}"], sums[f"first{i}"] / counts[f"first{i}"]) for i in range(len(mappings))]
 
 
+def first_input_rows(
+    block: nn.Module, layers: dict[str, nn.Module], inputs: Iterable[BlockInput], rows: int
+) -> dict[str, torch.Tensor]:
+    """Per named layer, the first `rows` token rows it reads over the block's calibration inputs (fewer when there
+    are fewer), from one pass of the unchanged block; once every layer has its rows, forward passes stop early."""
+    taken: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    counts = dict.fromkeys(layers, 0)
+
+    def record(name: str, args: tuple, _kwargs: dict) -> None:
+        if min(counts.values()) >= rows:
+            raise StopBlock
+        if counts[name] < rows:
+            x = args[0].reshape(-1, args[0].shape[-1])[: rows - counts[name]].clone()  # not a view of the sample
+            taken[name].append(x)
+            counts[name] += x.shape[0]
+
+    record_module_inputs(block, layers, inputs, record)
+    return {name: torch.cat(parts) for name, parts in taken.items()}
+
+
 @dataclass
 class AWQQuantizer(CalibratedQuantizer):
     """AWQ per decoder block: scale search per mapping, scales folded in, optional clip search; RTN once the block's
@@ -340,25 +360,28 @@ class AWQQuantizer(CalibratedQuantizer):
     clip: bool = False
     clip_tokens: int = 512
 
-    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> None:
+    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: ActivationStore) -> None:
         mappings = block_mappings(block, linears)
         if mappings is None:
             self.fall_back(list(linears), "RTN", f"no AWQ layout for {type(block).__name__} blocks")
             mappings = []
-        calibration = mapping_calibration(block, mappings, inputs)
+        store = functools.partial(self.activation_store, inputs.device)
+        calibration = mapping_calibration(block, mappings, inputs, store)
         for mapping in mappings:
-            cached, x_mean = calibration.pop(0)  # the previous mapping's cached inputs are freed here
+            cached, x_mean = calibration.pop(0)
             release_freed_memory()
             scales, _ = search_scales(
                 mapping.balances,
-                lambda m=mapping, c=cached: [block_output(m.parent(*a, **k)) for a, k in c],
+                lambda m=mapping, c=cached: (block_output(m.parent(*a, **k)) for a, k in c),
                 x_mean,
                 self.bits,
                 self.group_size,
                 self.denominator,
                 self.n_grid,
                 self.duo_scaling,
+                reference=store(),
             )
+            cached.close()  # this mapping's cached inputs are freed here
             apply_scales(mapping, scales)
         if self.clip:
             self._clip(block, linears, inputs)
@@ -369,12 +392,13 @@ class AWQQuantizer(CalibratedQuantizer):
             weight = weight_matrix(linear)
             weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))
 
-    def _clip(self, block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> None:
-        """Clip each weight group (except queries/keys, whose errors softmax amplifies) to its searched threshold."""
+    def _clip(self, block: nn.Module, linears: dict[str, nn.Module], inputs: ActivationStore) -> None:
+        """Clip each weight group (except queries/keys, whose errors softmax amplifies) to its searched threshold,
+        judged on the first `clip_tokens` token rows the layer reads."""
         chosen = {n: m for n, m in linears.items() if not n.endswith(QUERY_KEY_LAYERS)}
-        seen = _collect_inputs(block, chosen, inputs)
+        seen = first_input_rows(block, chosen, inputs, self.clip_tokens)
         for name, linear in chosen.items():
-            x = torch.cat([a[0].reshape(-1, a[0].shape[-1]) for a, _ in seen[name]])[: self.clip_tokens]
+            x = seen.pop(name)
             weight = weight_matrix(linear)
             max_val = search_clip(weight, x, self.bits, self.group_size, self.denominator).unsqueeze(-1)
             grouped = weight.reshape(max_val.shape[0], max_val.shape[1], -1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from qunlearn.quant.activations import OFFLOAD, ActivationStore
 from qunlearn.quant.calibration import calibration_sequences
 from qunlearn.quant.layers import DEFAULT_SKIP, decoder_layers, target_linears, weight_matrix
 from qunlearn.quant.memory import release_freed_memory
@@ -111,23 +112,31 @@ class RTNQuantizer(GridQuantizer):
 class CalibratedQuantizer(GridQuantizer):
     """Runs calibration text through the model one decoder block at a time, quantizing each block in turn.
 
-    Only the current block's inputs are held (n_samples × seq_len × hidden floats); on an accelerator `device`, only
-    the current block is moved there. A progress bar counts the blocks (`progress`). Each block's outputs replace its
-    inputs after `quantize_block`, then `finish_block` runs: GPTQ quantizes in `quantize_block`, so later blocks see
-    quantized inputs (as in llm-compressor); AWQ only smooths there and quantizes in `finish_block`, so later blocks
-    see the smoothed, unquantized outputs (as in llm-compressor and AutoAWQ). Selected Linear layers outside the
-    decoder blocks get plain RTN.
+    Only the current block's inputs are held (n_samples × seq_len × hidden floats), where `offload_activations` says:
+    on the compute device ('none'), in host memory ('cpu') or on disk ('disk'), one sample at a time on the device
+    when used; on an accelerator `device`, only the current block is moved there. A progress bar counts the blocks
+    (`progress`). Each block's outputs replace its inputs after `quantize_block`, then `finish_block` runs: GPTQ
+    quantizes in `quantize_block`, so later blocks see quantized inputs (as in llm-compressor); AWQ only smooths there
+    and quantizes in `finish_block`, so later blocks see the smoothed, unquantized outputs (as in llm-compressor and
+    AutoAWQ). Selected Linear layers outside the decoder blocks get plain RTN.
     """
 
     n_samples: int = 128
     seq_len: int = 512
     seed: int = 0
     device: str | None = None
+    offload_activations: str = "none"
     progress: bool = True
     needs_calibration: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        if self.offload_activations not in OFFLOAD:
+            raise ValueError(
+                f"{self.name}: offload_activations must be one of {', '.join(OFFLOAD)}, got '{self.offload_activations}'"
+            )
+
     @abstractmethod
-    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: list[BlockInput]) -> None:
+    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Linear], inputs: ActivationStore) -> None:
         """Quantize (or prepare) the selected projection layers of one block (keyed by full name), given its inputs."""
 
     def finish_block(self, linears: dict[str, nn.Module]) -> None:
@@ -147,34 +156,49 @@ class CalibratedQuantizer(GridQuantizer):
         selected = target_linears(model, self.skip)
         self.note_group_sizes(selected)
         in_blocks = set()
-        with _outside_blocks_on(model, layers, device):
-            inputs = capture_block_inputs(model, layers[0], sequences, device)
-        release_freed_memory()
-        for index, block in enumerate(tqdm(layers, desc=f"{self.name} blocks", leave=False, disable=not self.progress)):
-            prefix = f"{layers_name}.{index}."
-            linears = {n: m for n, m in selected.items() if n.startswith(prefix)}
-            in_blocks.update(linears)
-            block.to(device)
-            self.quantize_block(block, linears, inputs)
-            for i, (hidden, kwargs) in enumerate(inputs):  # in place: one set of activations alive, not two
-                inputs[i] = (block_output(block(hidden, **kwargs)), kwargs)
-            self.finish_block(linears)
-            block.to(home)
+        inputs = self.activation_store(device)
+        try:
+            with _outside_blocks_on(model, layers, device):
+                capture_block_inputs(model, layers[0], sequences, inputs)
             release_freed_memory()
+            blocks = tqdm(layers, desc=f"{self.name} blocks", leave=False, disable=not self.progress)
+            for index, block in enumerate(blocks):
+                prefix = f"{layers_name}.{index}."
+                linears = {n: m for n, m in selected.items() if n.startswith(prefix)}
+                in_blocks.update(linears)
+                block.to(device)
+                self.quantize_block(block, linears, inputs)
+                for i, (hidden, kwargs) in enumerate(inputs):  # in place: one set of activations alive, not two
+                    inputs[i] = (block_output(block(hidden, **kwargs)), kwargs)
+                    del hidden
+                self.finish_block(linears)
+                block.to(home)
+                release_freed_memory()
+        finally:
+            inputs.close()
         for name, linear in selected.items():
             if name not in in_blocks:
                 weight = weight_matrix(linear)
                 weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))
         return model
 
+    def activation_store(self, device: torch.device) -> ActivationStore:
+        """An empty store for calibration activations used on `device`, kept where `offload_activations` says."""
+        return ActivationStore(self.offload_activations, device)
+
+
+class StopBlock(Exception):
+    """Raised by a `record_module_inputs` callback when it has what it needs: the rest of the forward pass is skipped."""
+
 
 def record_module_inputs(
     block: nn.Module,
     modules: dict[str, nn.Module],
-    inputs: list[BlockInput],
+    inputs: Iterable[BlockInput],
     record: Callable[[str, tuple, dict], None],
 ) -> None:
-    """Run `block` over its calibration inputs, calling `record(name, args, kwargs)` as each named module is entered."""
+    """Run `block` over its calibration inputs, calling `record(name, args, kwargs)` as each named module is entered;
+    `record` may raise StopBlock to end that sample's forward pass there."""
     handles = [
         module.register_forward_pre_hook(
             lambda _m, args, kwargs, name=name: record(name, args, kwargs), with_kwargs=True
@@ -183,15 +207,14 @@ def record_module_inputs(
     ]
     try:
         for hidden, kwargs in inputs:
-            block(hidden, **kwargs)
+            try:
+                block(hidden, **kwargs)
+            except StopBlock:
+                pass
             release_freed_memory()  # each pass's temporaries, or they pile up beside what `record` keeps
     finally:
         for handle in handles:
             handle.remove()
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook once the first block's inputs are recorded."""
 
 
 def block_output(output: Any) -> torch.Tensor:
@@ -200,22 +223,22 @@ def block_output(output: Any) -> torch.Tensor:
 
 
 def capture_block_inputs(
-    model: nn.Module, first_block: nn.Module, sequences: list[torch.Tensor], device: torch.device
-) -> list[BlockInput]:
-    """Run each sequence up to the first decoder block and record that block's (hidden states, kwargs)."""
-    captured: list[BlockInput] = []
+    model: nn.Module, first_block: nn.Module, sequences: list[torch.Tensor], captured: ActivationStore
+) -> ActivationStore:
+    """Run each sequence up to the first decoder block and add that block's (hidden states, kwargs) to `captured`
+    (the sequences go to the store's device)."""
 
     def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs.pop("hidden_states")
         captured.append((hidden, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}))
-        raise _StopForward
+        raise StopBlock
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for ids in sequences:
             try:
-                model(input_ids=ids.to(device), use_cache=False)
-            except _StopForward:
+                model(input_ids=ids.to(captured.device), use_cache=False)
+            except StopBlock:
                 pass
     finally:
         handle.remove()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from qunlearn.errors import NumericalError
-from qunlearn.quant.base import BlockInput, CalibratedQuantizer, record_module_inputs
+from qunlearn.errors import NumericalError, UserInputError
+from qunlearn.quant.activations import ActivationStore
+from qunlearn.quant.base import BlockInput, CalibratedQuantizer, StopBlock, record_module_inputs
 from qunlearn.quant.layers import weight_matrix
 from qunlearn.quant.memory import release_freed_memory, slices
 from qunlearn.quant.rtn import (
@@ -57,41 +59,49 @@ class HessianAccumulator:
         return hessian
 
 
-class SharedInputHessians:
-    """One Hessian per distinct input: layers that read the very same tensor (q/k/v, gate/up) share one.
+def shared_input_groups(block: nn.Module, linears: dict[str, nn.Module], sample: BlockInput) -> list[list[str]]:
+    """The layers of `linears` in the order one forward pass of `block` calls them, grouped by the input they read:
+    a layer joins the group of the layer called just before it when both received the very same tensor (q/k/v share
+    one, gate/up another). A layer the block never calls, or calls twice, is an error naming it."""
+    groups: list[list[str]] = []
+    last: list[torch.Tensor | None] = [None]
 
-    Grouping is decided on the first calibration sample (a layer joins the group of the layer called just before it
-    when both received the same tensor object) and checked on every later one.
-    """
+    def record(name: str, args: tuple, _kwargs: dict) -> None:
+        if any(name in group for group in groups):
+            raise UserInputError(f"GPTQ: {type(block).__name__} calls {name} more than once per forward pass")
+        if last[0] is args[0]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        last[0] = args[0]
 
-    def __init__(self) -> None:
-        self.leader: dict[str, str] = {}  # layer → the first layer of its group
-        self.accumulators: dict[str, HessianAccumulator] = {}  # leader → its accumulator
-        self._last: tuple[str, torch.Tensor] | None = None  # (leader, input) of the latest call
+    record_module_inputs(block, linears, [sample], record)
+    missing = [name for name in linears if not any(name in group for group in groups)]
+    if missing:
+        raise UserInputError(f"GPTQ: {type(block).__name__}'s forward pass does not call {missing[0]}")
+    return groups
 
-    def add(self, name: str, x: torch.Tensor) -> None:
-        """Record layer `name`'s input `x`."""
-        if name not in self.leader:
-            shares = self._last is not None and self._last[1] is x
-            self.leader[name] = self._last[0] if shares else name
-        leader = self.leader[name]
-        if leader == name:
-            self.accumulators.setdefault(name, HessianAccumulator()).add(x)
-            self._last = (name, x)
-        elif self._last is None or self._last[1] is not x:
-            raise RuntimeError(f"GPTQ: {name} no longer reads the same input as {leader}")
 
-    def groups(self) -> list[list[str]]:
-        """Layer names per shared Hessian, leader first, in call order."""
-        members: dict[str, list[str]] = {}
-        for name, leader in self.leader.items():
-            members.setdefault(leader, []).append(name)
-        self._last = None  # drop the reference to the last input
-        return list(members.values())
+def group_hessian(
+    block: nn.Module, names: list[str], linears: dict[str, nn.Module], inputs: Iterable[BlockInput]
+) -> torch.Tensor:
+    """The Hessian of one group of layers sharing an input, from a pass of the block over its calibration inputs that
+    stops at the group's last layer (the layers called later do not change what the group sees)."""
+    accumulator = HessianAccumulator()
+    shared: list[torch.Tensor | None] = [None]
 
-    def take(self, leader: str) -> torch.Tensor:
-        """The finished Hessian of `leader`'s group; the only reference passes to the caller."""
-        return self.accumulators.pop(leader).hessian()
+    def record(name: str, args: tuple, _kwargs: dict) -> None:
+        if name == names[0]:
+            accumulator.add(args[0])
+            shared[0] = args[0]
+        elif args[0] is not shared[0]:
+            raise RuntimeError(f"GPTQ: {name} no longer reads the same input as {names[0]}")
+        if name == names[-1]:
+            shared[0] = None
+            raise StopBlock
+
+    record_module_inputs(block, {name: linears[name] for name in names}, inputs, record)
+    return accumulator.hessian()
 
 
 @dataclass
@@ -213,11 +223,14 @@ def gptq_quantize(
 
 @dataclass
 class GPTQQuantizer(CalibratedQuantizer):
-    """GPTQ per decoder block: Hessians from one pass of the block's inputs, then every selected layer quantized.
+    """GPTQ per decoder block: every selected layer quantized with the Hessian of its unquantized block's inputs.
 
-    Layers reading the same input (q/k/v, gate/up) share one Hessian and its inverse. When the dampened Hessian is
-    not positive definite its layers get RTN (as in llm-compressor), recorded in `fallbacks`: the factorisation
-    works in the Hessian's own memory, so there is no copy left to retry with more dampening.
+    Layers reading the same input (q/k/v, gate/up) share one Hessian and its inverse. The groups go last-called first,
+    each from its own pass of the block (stopped at the group), so that one Hessian is alive at a time: a layer called
+    later cannot change an earlier layer's input, so the Hessians equal those of one pass over the unquantized block
+    (as in llm-compressor), bit for bit, for at most one extra forward pass per block. When the dampened Hessian is not
+    positive definite its layers get RTN (as in llm-compressor), recorded in `fallbacks`: the factorisation works in
+    the Hessian's own memory, so there is no copy left to retry with more dampening.
     """
 
     block_size: int = 128
@@ -225,12 +238,12 @@ class GPTQQuantizer(CalibratedQuantizer):
     act_order: bool = False
     static_groups: bool = True
 
-    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: list[BlockInput]) -> None:
-        hessians = SharedInputHessians()
-        record_module_inputs(block, linears, inputs, lambda name, args, _kwargs: hessians.add(name, args[0]))
-        release_freed_memory()  # the forward pass's temporaries, before the inversions
-        for names in hessians.groups():
-            inverse = self._invert(names, hessians.take(names[0]))
+    def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: ActivationStore) -> None:
+        for names in reversed(shared_input_groups(block, linears, inputs[0])):
+            hessian = group_hessian(block, names, linears, inputs)
+            release_freed_memory()  # the forward passes' temporaries, before the inversion
+            inverse = self._invert(names, hessian)
+            del hessian  # the inverse lives in its memory
             for name in names:
                 weight = weight_matrix(linears[name])
                 if inverse is None:
@@ -247,6 +260,7 @@ class GPTQQuantizer(CalibratedQuantizer):
                             self.static_groups,
                         )
                     )
+            del inverse
 
     def _invert(self, names: list[str], hessian: torch.Tensor) -> InverseHessian | None:
         """The inverse Hessian of a group of layers, or None (recorded) when it has none: they get RTN."""

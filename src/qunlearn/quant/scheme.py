@@ -21,6 +21,7 @@ class SchemeSettings:
     group_size: int | None = None
     n_samples: int | None = None
     device: str | None = None  # where GPTQ/AWQ run their blocks (None: where the model is)
+    offload_activations: str | None = None  # where GPTQ/AWQ keep calibration activations (None: 'none')
     calibration: str | None = None
     corpus: str | None = None
     calibrate_on: str = "generic"
@@ -49,7 +50,12 @@ def configured_quantizer(settings: SchemeSettings) -> tuple[Quantizer, list[str]
     """The quantizer with each given option it takes, available here, and its calibration text (read even for a
     scheme that takes none); errors name the command-line flag."""
     takes = quantizer_fields(settings.scheme) if settings.scheme in QUANTIZERS else {}
-    given = {"group_size": settings.group_size, "n_samples": settings.n_samples, "device": settings.device}
+    given = {
+        "group_size": settings.group_size,
+        "n_samples": settings.n_samples,
+        "device": settings.device,
+        "offload_activations": settings.offload_activations,
+    }
     quantizer = get_quantizer(settings.scheme, **{k: v for k, v in given.items() if v is not None and k in takes})
     reason = quantizer.unavailable_reason()
     if reason:
