@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from qunlearn.cli import main
 from qunlearn.errors import NumericalError, UserInputError
@@ -300,6 +300,21 @@ def test_offloading_calibration_activations_changes_no_weight(tiny, scheme, offl
     )
     for name, weight in kept.state_dict().items():
         assert torch.equal(offloaded.state_dict()[name], weight), name
+
+
+@pytest.mark.parametrize("scheme", ["gptq4", "awq4"])
+def test_calibration_runs_without_dropout_and_leaves_the_models_mode_as_it_was(tiny, scheme):
+    _, tokenizer, texts = tiny
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    model = GPT2LMHeadModel(config).train()  # dropout 0.1 everywhere
+    runs = [
+        get_quantizer(scheme, n_samples=2, seq_len=32, group_size=16).quantize(copy.deepcopy(model), tokenizer, texts)
+        for _ in range(2)
+    ]
+    assert all(run.training for run in runs)
+    for name, weight in runs[0].state_dict().items():
+        assert torch.equal(runs[1].state_dict()[name], weight), name
 
 
 def test_an_unknown_offload_place_is_refused_naming_the_option():

@@ -157,6 +157,8 @@ class CalibratedQuantizer(GridQuantizer):
         self.note_group_sizes(selected)
         in_blocks = set()
         inputs = self.activation_store(device)
+        training = model.training
+        model.eval()  # calibration activations without dropout, whatever mode the caller's model is in
         try:
             with _outside_blocks_on(model, layers, device):
                 capture_block_inputs(model, layers[0], sequences, inputs)
@@ -176,6 +178,7 @@ class CalibratedQuantizer(GridQuantizer):
                 release_freed_memory()
         finally:
             inputs.close()
+            model.train(training)
         for name, linear in selected.items():
             if name not in in_blocks:
                 weight = weight_matrix(linear)
