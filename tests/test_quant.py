@@ -34,8 +34,9 @@ from qunlearn.quant.diagnostics import code_flips, weight_movement
 from qunlearn.quant.gptq import (
     HessianAccumulator,
     gptq_quantize,
-    group_hessian,
+    hessian_passes,
     invert_hessian,
+    pass_hessians,
     shared_input_groups,
 )
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
@@ -218,10 +219,11 @@ def one_block_with_inputs() -> tuple[nn.Module, dict[str, nn.Module], list]:
 
 
 @torch.no_grad()
-def test_layers_reading_the_same_input_share_one_hessian_from_a_pass_that_stops_at_the_group():
+def test_layers_reading_the_same_input_share_one_hessian_from_a_pass_that_stops_after_them():
     block, linears, inputs = one_block_with_inputs()
     separate = {n: HessianAccumulator() for n in linears}
     record_module_inputs(block, linears, inputs, lambda name, args, _kw: separate[name].add(args[0]))
+    own = {name: accumulator.hessian() for name, accumulator in separate.items()}
     groups = shared_input_groups(block, linears, inputs[0])
     assert [[n.removeprefix("model.layers.0.") for n in names] for names in groups] == [
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
@@ -231,11 +233,19 @@ def test_layers_reading_the_same_input_share_one_hessian_from_a_pass_that_stops_
     ]
     mlp_calls = []
     block.mlp.register_forward_pre_hook(lambda *_: mlp_calls.append(1))
-    for names in groups:
-        shared = group_hessian(block, names, linears, inputs)
-        for name in names:
-            assert torch.equal(shared, separate[name].hessian())
-    assert len(mlp_calls) == 2 * len(inputs)  # the attention groups' passes stopped before the MLP
+    for groups_of_pass in ([groups[0]], groups[:2], groups[2:]):
+        for names, shared in zip(groups_of_pass, pass_hessians(block, groups_of_pass, linears, inputs)):
+            for name in names:
+                assert torch.equal(shared, own[name])
+    assert len(mlp_calls) == len(inputs)  # only the pass that reached gate/up and down ran the MLP
+
+
+def test_gptq_hessian_passes_hold_no_more_than_the_largest_hessian_and_go_last_called_first():
+    qkv, o, gate_up, down = ["q", "k", "v"], ["o"], ["gate", "up"], ["down"]
+    widths = {"q": 4096, "k": 4096, "v": 4096, "o": 4096, "gate": 4096, "up": 4096, "down": 11008}  # Llama-2-7B
+    assert hessian_passes([qkv, o, gate_up, down], widths) == [[down], [qkv, o, gate_up]]
+    widths["down"] = 4096  # four equal Hessians: one each
+    assert hessian_passes([qkv, o, gate_up, down], widths) == [[down], [gate_up], [o], [qkv]]
 
 
 def test_gptq_names_a_projection_layer_its_block_never_calls():

@@ -12,7 +12,7 @@ from torch import nn
 from qunlearn.errors import NumericalError, UserInputError
 from qunlearn.quant.activations import ActivationStore
 from qunlearn.quant.base import BlockInput, CalibratedQuantizer, StopBlock, record_module_inputs
-from qunlearn.quant.layers import weight_matrix
+from qunlearn.quant.layers import in_features, weight_matrix
 from qunlearn.quant.memory import release_freed_memory, slices
 from qunlearn.quant.rtn import (
     absmax_scales,
@@ -82,26 +82,47 @@ def shared_input_groups(block: nn.Module, linears: dict[str, nn.Module], sample:
     return groups
 
 
-def group_hessian(
-    block: nn.Module, names: list[str], linears: dict[str, nn.Module], inputs: Iterable[BlockInput]
-) -> torch.Tensor:
-    """The Hessian of one group of layers sharing an input, from a pass of the block over its calibration inputs that
-    stops at the group's last layer (the layers called later do not change what the group sees)."""
-    accumulator = HessianAccumulator()
-    shared: list[torch.Tensor | None] = [None]
+def hessian_passes(groups: list[list[str]], widths: dict[str, int]) -> list[list[list[str]]]:
+    """The groups (in call order) split into passes over the block, last-called first: each pass a run of consecutive
+    groups whose Hessians together hold no more elements than the largest one alone (`widths`: input width per layer).
+
+    For Llama-2-7B: down_proj's 11008² alone, then q/k/v, o and gate/up (3 × 4096²) in one pass.
+    """
+    budget = max(widths[group[0]] ** 2 for group in groups)
+    passes: list[list[list[str]]] = [[]]
+    held = 0
+    for group in reversed(groups):
+        size = widths[group[0]] ** 2
+        if passes[-1] and held + size > budget:
+            passes.append([])
+            held = 0
+        passes[-1].insert(0, group)
+        held += size
+    return passes
+
+
+def pass_hessians(
+    block: nn.Module, groups: list[list[str]], linears: dict[str, nn.Module], inputs: Iterable[BlockInput]
+) -> list[torch.Tensor]:
+    """The Hessian of each group of layers sharing an input, from one pass of the block over its calibration inputs
+    that stops at the last group's last layer (the layers called later cannot change what the groups see)."""
+    accumulators = {group[0]: HessianAccumulator() for group in groups}
+    leader_of = {name: group[0] for group in groups for name in group}
+    shared: dict[str, torch.Tensor] = {}
 
     def record(name: str, args: tuple, _kwargs: dict) -> None:
-        if name == names[0]:
-            accumulator.add(args[0])
-            shared[0] = args[0]
-        elif args[0] is not shared[0]:
-            raise RuntimeError(f"GPTQ: {name} no longer reads the same input as {names[0]}")
-        if name == names[-1]:
-            shared[0] = None
+        leader = leader_of[name]
+        if name == leader:
+            accumulators[leader].add(args[0])
+            shared[leader] = args[0]
+        elif args[0] is not shared[leader]:
+            raise RuntimeError(f"GPTQ: {name} no longer reads the same input as {leader}")
+        if name == groups[-1][-1]:
+            shared.clear()
             raise StopBlock
 
-    record_module_inputs(block, {name: linears[name] for name in names}, inputs, record)
-    return accumulator.hessian()
+    record_module_inputs(block, {name: linears[name] for name in leader_of}, inputs, record)
+    return [accumulators.pop(group[0]).hessian() for group in groups]
 
 
 @dataclass
@@ -225,10 +246,11 @@ def gptq_quantize(
 class GPTQQuantizer(CalibratedQuantizer):
     """GPTQ per decoder block: every selected layer quantized with the Hessian of its unquantized block's inputs.
 
-    Layers reading the same input (q/k/v, gate/up) share one Hessian and its inverse. The groups go last-called first,
-    each from its own pass of the block (stopped at the group), so that one Hessian is alive at a time: a layer called
-    later cannot change an earlier layer's input, so the Hessians equal those of one pass over the unquantized block
-    (as in llm-compressor), bit for bit, for at most one extra forward pass per block. When the dampened Hessian is not
+    Layers reading the same input (q/k/v, gate/up) share one Hessian and its inverse. The Hessians are built in passes
+    of the block, last-called layers first (`hessian_passes`), each pass stopped after its layers, so that no more
+    Hessian memory than the largest one's is alive: a layer called later cannot change an earlier layer's input, so the
+    Hessians equal those of one pass over the unquantized block (as in llm-compressor), bit for bit, for part of an
+    extra forward pass per block (Llama: up to gate/up). When the dampened Hessian is not
     positive definite its layers get RTN (as in llm-compressor), recorded in `fallbacks`: the factorisation works in
     the Hessian's own memory, so there is no copy left to retry with more dampening.
     """
@@ -239,28 +261,32 @@ class GPTQQuantizer(CalibratedQuantizer):
     static_groups: bool = True
 
     def quantize_block(self, block: nn.Module, linears: dict[str, nn.Module], inputs: ActivationStore) -> None:
-        for names in reversed(shared_input_groups(block, linears, inputs[0])):
-            hessian = group_hessian(block, names, linears, inputs)
-            release_freed_memory()  # the forward passes' temporaries, before the inversion
-            inverse = self._invert(names, hessian)
-            del hessian  # the inverse lives in its memory
-            for name in names:
-                weight = weight_matrix(linears[name])
-                if inverse is None:
-                    weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))
-                else:
-                    weight.copy_(
-                        quantize_columns(
-                            weight,
-                            inverse,
-                            self.bits,
-                            self.group_size,
-                            self.denominator,
-                            self.block_size,
-                            self.static_groups,
-                        )
+        groups = shared_input_groups(block, linears, inputs[0])
+        for groups_of_pass in hessian_passes(groups, {name: in_features(layer) for name, layer in linears.items()}):
+            hessians = pass_hessians(block, groups_of_pass, linears, inputs)
+            release_freed_memory()  # the forward passes' temporaries, before the inversions
+            for names in reversed(groups_of_pass):
+                self._quantize_group(names, hessians.pop(), linears)
+
+    def _quantize_group(self, names: list[str], hessian: torch.Tensor, linears: dict[str, nn.Module]) -> None:
+        """Quantize a group of layers sharing `hessian` (consumed: the inverse is computed in its memory)."""
+        inverse = self._invert(names, hessian)
+        for name in names:
+            weight = weight_matrix(linears[name])
+            if inverse is None:
+                weight.copy_(rtn_quantize(weight, self.bits, self.group_size, self.denominator))
+            else:
+                weight.copy_(
+                    quantize_columns(
+                        weight,
+                        inverse,
+                        self.bits,
+                        self.group_size,
+                        self.denominator,
+                        self.block_size,
+                        self.static_groups,
                     )
-            del inverse
+                )
 
     def _invert(self, names: list[str], hessian: torch.Tensor) -> InverseHessian | None:
         """The inverse Hessian of a group of layers, or None (recorded) when it has none: they get RTN."""
