@@ -203,9 +203,10 @@ def search_scales(
     w_mean = weight_means(weights, effective_group_size(weights[0].shape[1], group_size))  # before the copies
     originals = [w.detach().clone() for w in weights]
     reference = ActivationStore() if reference is None else reference
+    elements = 0
     for output in run_parent():
         reference.append(output)
-    elements = sum(r.numel() for r in reference)
+        elements += output.numel()
     workspaces = _workspaces(weights)
     best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
     try:
