@@ -250,9 +250,9 @@ class GPTQQuantizer(CalibratedQuantizer):
     of the block, last-called layers first (`hessian_passes`), each pass stopped after its layers, so that no more
     Hessian memory than the largest one's is alive: a layer called later cannot change an earlier layer's input, so the
     Hessians equal those of one pass over the unquantized block (as in llm-compressor), bit for bit, for part of an
-    extra forward pass per block (Llama: up to gate/up). When the dampened Hessian is not
-    positive definite its layers get RTN (as in llm-compressor), recorded in `fallbacks`: the factorisation works in
-    the Hessian's own memory, so there is no copy left to retry with more dampening.
+    extra forward pass per block (Llama: up to gate/up). When the dampened Hessian is not positive definite its
+    layers get RTN (as in llm-compressor), recorded in `fallbacks`: the factorisation works in the Hessian's own
+    memory, so there is no copy left to retry with more dampening.
     """
 
     block_size: int = 128
