@@ -23,7 +23,8 @@ from qunlearn.cli import main
 from qunlearn.config import load_run_config
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import TOKENIZER_FILES, load_model, load_tokenizer, save_model
-from qunlearn.quant.awq import apply_scales, block_mappings
+from qunlearn.quant.awq import apply_scales
+from qunlearn.quant.awq_layouts import block_mappings
 from qunlearn.quant.bnb import bnb_fake_quantize, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.layers import decoder_layers, target_linears, weight_matrix

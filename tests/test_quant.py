@@ -21,12 +21,12 @@ from qunlearn.quant import gptq, memory
 from qunlearn.quant.activations import ActivationStore
 from qunlearn.quant.awq import (
     apply_scales,
-    block_mappings,
     first_input_rows,
     mapping_calibration,
     search_scales,
     weight_means,
 )
+from qunlearn.quant.awq_layouts import block_mappings
 from qunlearn.quant.base import capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts

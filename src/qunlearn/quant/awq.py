@@ -4,7 +4,8 @@ Follows llm-compressor's AWQModifier: scales `s = mean|x|^α / (w_mean^(1-α) + 
 `mean|x|^α`, normalised by sqrt(max·min); α searched on a grid (the identity included) to minimise the
 parent module's output MSE with the balance layers fake-quantized as `Q(W·s)/s`; then the smooth op's
 weight is divided by `s` and the balance layers' weights multiplied by `s`, and all projection layers get RTN.
-The scaling pairs of each model family come from one table, `LAYOUTS`; a block not in it gets RTN (recorded).
+The scaling pairs of each model family come from one table, `awq_layouts.LAYOUTS`; a block not in it gets RTN
+(recorded).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qunlearn.errors import UserInputError
 from qunlearn.quant.activations import ActivationStore
+from qunlearn.quant.awq_layouts import QUERY_KEY_LAYERS, Mapping, block_mappings
 from qunlearn.quant.base import BlockInput, CalibratedQuantizer, StopBlock, block_output, record_module_inputs
-from qunlearn.quant.layers import in_features, out_features, weight_matrix
+from qunlearn.quant.layers import weight_matrix
 from qunlearn.quant.memory import release_freed_memory, slices
 from qunlearn.quant.rtn import (
     absmax_scales,
@@ -30,119 +31,6 @@ from qunlearn.quant.rtn import (
     round_to_codes,
     rtn_quantize,
 )
-
-
-@dataclass
-class Mapping:
-    """A smooth op whose output feeds the balance layers, and the parent module whose output error is measured.
-
-    `offset` is what the smooth op adds to its weight before multiplying (Gemma's RMSNorm scales by 1 + w);
-    `tail` marks a fused smooth layer whose last rows alone feed the balance layers (v of qkv, up of gate_up).
-    """
-
-    smooth: nn.Module
-    balances: list[nn.Module]
-    parent: nn.Module
-    offset: float = 0.0
-    tail: bool = False
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One scaling pair of a family, as module paths inside its decoder block."""
-
-    smooth: str
-    balances: tuple[str, ...]
-    parent: str
-    tail: bool = False
-
-
-LLAMA = (
-    Pair("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
-    Pair("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"),
-    Pair("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
-    Pair("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj"),
-)
-# Gemma-2/3 put a pre_feedforward_layernorm between the attention's output norm and the MLP.
-GEMMA = (*LLAMA[:2], Pair("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"), LLAMA[3])
-# Phi-3 fuses q/k/v (v = the last rows) and gate/up (up = the second half).
-PHI3 = (
-    Pair("input_layernorm", ("self_attn.qkv_proj",), "self_attn"),
-    Pair("self_attn.qkv_proj", ("self_attn.o_proj",), "self_attn.o_proj", tail=True),
-    Pair("post_attention_layernorm", ("mlp.gate_up_proj",), "mlp"),
-    Pair("mlp.gate_up_proj", ("mlp.down_proj",), "mlp.down_proj", tail=True),
-)
-# GPT-NeoX interleaves q/k/v per head and has GELU before its down projection: only the norms smooth.
-# Each norm feeds one branch, so the pairs hold with and without use_parallel_residual.
-NEOX = (
-    Pair("input_layernorm", ("attention.query_key_value",), "attention"),
-    Pair("post_attention_layernorm", ("mlp.dense_h_to_4h",), "mlp"),
-)
-# OPT (pre-norm variants): ReLU commutes with positive scales, so fc1 → fc2 folds.
-OPT = (
-    Pair("self_attn_layer_norm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
-    Pair("self_attn.v_proj", ("self_attn.out_proj",), "self_attn.out_proj"),
-    Pair("final_layer_norm", ("fc1",), "fc1"),
-    Pair("fc1", ("fc2",), "fc2"),
-)
-# GPT-2 (Conv1D): c_attn's last third is v; GELU sits between c_fc and the MLP's c_proj.
-GPT2 = (
-    Pair("ln_1", ("attn.c_attn",), "attn"),
-    Pair("attn.c_attn", ("attn.c_proj",), "attn.c_proj", tail=True),
-    Pair("ln_2", ("mlp.c_fc",), "mlp"),
-)
-
-LAYOUTS: dict[str, tuple[tuple[Pair, ...], float]] = {  # decoder block class → (pairs, norm weight offset)
-    **{
-        name: (LLAMA, 0.0)
-        for name in ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
-    },
-    "Gemma2DecoderLayer": (GEMMA, 1.0),
-    "Gemma3DecoderLayer": (GEMMA, 1.0),
-    "Phi3DecoderLayer": (PHI3, 0.0),
-    "GPTNeoXLayer": (NEOX, 0.0),
-    "OPTDecoderLayer": (OPT, 0.0),
-    "GPT2Block": (GPT2, 0.0),
-}
-
-
-def block_mappings(block: nn.Module, linears: dict[str, nn.Module]) -> list[Mapping] | None:
-    """The scaling pairs of a decoder block from `LAYOUTS`, or None for a layout not in the table.
-
-    A pair is kept when all its balance layers are selected and the smooth op's output (or its tail) is as
-    wide as their input: v → o drops out under grouped-query attention, as in AutoAWQ and llm-compressor.
-    """
-    kind = type(block).__name__
-    if kind not in LAYOUTS or (kind == "OPTDecoderLayer" and not _opt_pre_norm(block)):
-        return None
-    pairs, offset = LAYOUTS[kind]
-    chosen = {id(m) for m in linears.values()}
-    mappings = []
-    for pair in pairs:
-        try:
-            smooth, parent = block.get_submodule(pair.smooth), block.get_submodule(pair.parent)
-            balances = [block.get_submodule(path) for path in pair.balances]
-        except AttributeError as exc:
-            raise UserInputError(f"AWQ: {kind} lacks a module of its layout ({exc})") from None
-        width = in_features(balances[0])
-        fits = (
-            width == smooth.weight.shape[0]
-            if smooth.weight.dim() == 1
-            else (out_features(smooth) == width or (pair.tail and out_features(smooth) > width))
-        )
-        if fits and all(id(b) in chosen for b in balances):
-            norm_offset = offset if smooth.weight.dim() == 1 else 0.0
-            mappings.append(Mapping(smooth, balances, parent, norm_offset, pair.tail))
-    return mappings
-
-
-def _opt_pre_norm(block: nn.Module) -> bool:
-    """OPT applies its layer norms before attention/MLP except in opt-350m (do_layer_norm_before=False)."""
-    return bool(getattr(block, "do_layer_norm_before", True))
-
-
-# Layers that compute queries or keys (alone or fused): AWQ's clip search leaves them alone.
-QUERY_KEY_LAYERS = ("q_proj", "k_proj", "qkv_proj", "query_key_value", "c_attn")
 
 
 def weight_means(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
