@@ -50,6 +50,7 @@ def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
         "mistral": tf.MistralConfig(**common, num_key_value_heads=2),
         "qwen2": tf.Qwen2Config(**common, num_key_value_heads=2),
         "qwen3": tf.Qwen3Config(**common, num_key_value_heads=2, head_dim=16),
+        "phi": tf.PhiConfig(**common),
         "phi3": tf.Phi3Config(**common),
         "gemma2": tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=16),
         "gemma3": tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16),
@@ -71,13 +72,14 @@ def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
 # Projection layers per decoder block, named by hand for each family.
 PROJECTIONS = {
     **{f: 7 for f in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")},  # q k v o gate up down
+    "phi": 6,  # q k v dense fc1 fc2
     "phi3": 4,  # qkv_proj o_proj gate_up_proj down_proj
     "gpt_neox": 4,  # query_key_value dense dense_h_to_4h dense_4h_to_h
     "opt": 6,  # q k v out_proj fc1 fc2
     "gpt2": 4,  # c_attn c_proj (attention) c_fc c_proj (MLP), all Conv1D
 }
 FAMILIES = list(PROJECTIONS)
-# Pairs AWQ scales per block: v → o drops out under GQA; GELU stops NeoX/GPT-2's MLP pair.
+# Pairs AWQ scales per block: v → o drops out under GQA; GELU stops Phi/NeoX/GPT-2's MLP pair.
 AWQ_PAIRS = {
     "llama": 3,
     "mistral": 3,
@@ -85,6 +87,7 @@ AWQ_PAIRS = {
     "qwen3": 3,
     "gemma2": 3,
     "gemma3": 3,
+    "phi": 2,
     "phi3": 4,
     "gpt_neox": 2,
     "opt": 4,

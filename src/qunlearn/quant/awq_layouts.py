@@ -31,7 +31,7 @@ class Mapping:
 
 @dataclass(frozen=True)
 class Pair:
-    """One scaling pair of a family, as module paths inside its decoder block."""
+    """One scaling pair of a family, as module paths inside its decoder block ("" is the block itself)."""
 
     smooth: str
     balances: tuple[str, ...]
@@ -67,6 +67,12 @@ OPT = (
     Pair("final_layer_norm", ("fc1",), "fc1"),
     Pair("fc1", ("fc2",), "fc2"),
 )
+# Phi-1.5/Phi-2: attention and MLP read one norm's output in parallel (llm-compressor's Cohere layout), so that
+# pair's parent is the whole block; GELU sits between fc1 and fc2.
+PHI = (
+    Pair("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.fc1"), ""),
+    Pair("self_attn.v_proj", ("self_attn.dense",), "self_attn.dense"),
+)
 # GPT-2 (Conv1D): c_attn's last third is v; GELU sits between c_fc and the MLP's c_proj.
 GPT2 = (
     Pair("ln_1", ("attn.c_attn",), "attn"),
@@ -81,6 +87,7 @@ LAYOUTS: dict[str, tuple[tuple[Pair, ...], float]] = {  # decoder block class â†
     },
     "Gemma2DecoderLayer": (GEMMA, 1.0),
     "Gemma3DecoderLayer": (GEMMA, 1.0),
+    "PhiDecoderLayer": (PHI, 0.0),
     "Phi3DecoderLayer": (PHI3, 0.0),
     "GPTNeoXLayer": (NEOX, 0.0),
     "OPTDecoderLayer": (OPT, 0.0),
