@@ -52,6 +52,7 @@ def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
         "qwen3": tf.Qwen3Config(**common, num_key_value_heads=2, head_dim=16),
         "phi": tf.PhiConfig(**common),
         "phi3": tf.Phi3Config(**common),
+        "gemma": tf.GemmaConfig(**common, num_key_value_heads=2, head_dim=16),
         "gemma2": tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=16),
         "gemma3": tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16),
         "gpt_neox": tf.GPTNeoXConfig(**common),
@@ -71,7 +72,7 @@ def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
 
 # Projection layers per decoder block, named by hand for each family.
 PROJECTIONS = {
-    **{f: 7 for f in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")},  # q k v o gate up down
+    **{f: 7 for f in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")},  # q k v o gate up down
     "phi": 6,  # q k v dense fc1 fc2
     "phi3": 4,  # qkv_proj o_proj gate_up_proj down_proj
     "gpt_neox": 4,  # query_key_value dense dense_h_to_4h dense_4h_to_h
@@ -85,6 +86,7 @@ AWQ_PAIRS = {
     "mistral": 3,
     "qwen2": 3,
     "qwen3": 3,
+    "gemma": 3,
     "gemma2": 3,
     "gemma3": 3,
     "phi": 2,

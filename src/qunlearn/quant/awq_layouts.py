@@ -85,6 +85,7 @@ LAYOUTS: dict[str, tuple[tuple[Pair, ...], float]] = {  # decoder block class â†
         name: (LLAMA, 0.0)
         for name in ("LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
     },
+    "GemmaDecoderLayer": (LLAMA, 1.0),
     "Gemma2DecoderLayer": (GEMMA, 1.0),
     "Gemma3DecoderLayer": (GEMMA, 1.0),
     "PhiDecoderLayer": (PHI, 0.0),
