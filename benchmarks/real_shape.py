@@ -1,11 +1,11 @@
 """Time and peak memory of each step on a model with Llama-2-7B's layer shapes and 2 decoder blocks (667M params).
 
 Each measurement runs in its own subprocess, so every peak RSS is that step's alone (load included); the memory a
-step needs beyond the loaded model is also given, in GB and in decoder blocks (fp32 block: 0.75 GB). Per-block
-cost assumes the step's time is spent in the decoder blocks (the lm_head is never quantized); the 32-block
-figure is 16× the 2-block time. Unlearning steps are measured by benchmarks/memory_plan.py.
+step needs beyond the loaded model is also given, in GB and in decoder blocks of the loaded dtype (fp32: 0.75 GB,
+bf16: 0.38 GB). Per-block cost assumes the step's time is spent in the decoder blocks (the lm_head is never
+quantized); the 32-block figure is 16× the 2-block time. Unlearning steps are measured by benchmarks/memory_plan.py.
 Usage: python benchmarks/real_shape.py [--dir DIR] [--n-samples 16] [--seq-len 128] [--only rtn4 gptq4 ...]
-                                      [--offload-activations none|cpu|disk]
+                                      [--offload-activations none|cpu|disk] [--dtype fp32|bf16]
 """
 
 from __future__ import annotations
@@ -53,14 +53,16 @@ def _status_gb(field: str) -> float:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure(step: str, model_dir: Path, n_samples: int, seq_len: int, offload: str = "none") -> dict:
+def measure(
+    step: str, model_dir: Path, n_samples: int, seq_len: int, offload: str = "none", dtype: str = "fp32"
+) -> dict:
     """Run one step in this process; seconds exclude loading (except for 'load'); peak RSS includes it.
 
     `extra_gb` is the step's own peak above the resident size right after loading (the peak counter is reset
     there), i.e. what the step needs beyond the model itself; `block_gb` is one decoder block's weights.
     """
     start = time.perf_counter()
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, dtype=dtype)
     load_s = time.perf_counter() - start
     loaded_gb = _status_gb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -91,15 +93,19 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--only", nargs="+", choices=STEPS, default=list(STEPS))
     parser.add_argument("--offload-activations", choices=OFFLOAD, default="none", help="for gptq4 and awq4")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="the weights' dtype once loaded")
     parser.add_argument("--one", choices=STEPS, help=argparse.SUPPRESS)  # the child process' step
     args = parser.parse_args()
     model_dir = make_model(Path(args.dir or tempfile.mkdtemp()))
     if args.one:
-        print(json.dumps(measure(args.one, model_dir, args.n_samples, args.seq_len, args.offload_activations)))
+        print(
+            json.dumps(measure(args.one, model_dir, args.n_samples, args.seq_len, args.offload_activations, args.dtype))
+        )
         return
-    size_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**30
+    size_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 2**30  # saved in fp32
+    size_gb *= 0.5 if args.dtype == "bf16" else 1.0
     print(
-        f"model: {model_dir} ({size_gb:.2f} GB fp32, 2 of {LLAMA2_7B_BLOCKS} blocks); "
+        f"model: {model_dir} ({size_gb:.2f} GB {args.dtype}, 2 of {LLAMA2_7B_BLOCKS} blocks); "
         f"calibration {args.n_samples} x {args.seq_len} tokens, activations offloaded: {args.offload_activations}"
     )
     for step in args.only:
@@ -117,6 +123,8 @@ def main() -> None:
                 str(args.seq_len),
                 "--offload-activations",
                 args.offload_activations,
+                "--dtype",
+                args.dtype,
             ],
             capture_output=True,
             text=True,

@@ -21,10 +21,12 @@ from qunlearn.quant import gptq, memory
 from qunlearn.quant.activations import ActivationStore
 from qunlearn.quant.awq import (
     apply_scales,
+    candidate_workspace,
     first_input_rows,
     mapping_calibration,
     search_scales,
     weight_means,
+    write_candidate,
 )
 from qunlearn.quant.awq_layouts import block_mappings
 from qunlearn.quant.base import capture_block_inputs, record_module_inputs
@@ -350,6 +352,22 @@ def test_awq_scales_lower_output_error_with_salient_input_channels():
     assert ratio > 0
     assert torch.equal(layer.weight, original)  # weights restored after the search
     assert (awq_out - reference).norm() < 0.9 * (rtn_out - reference).norm()
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "transposed"])
+def test_awq_candidates_are_written_a_slice_of_rows_at_a_time_as_q_of_w_times_s_over_s(monkeypatch, kind):
+    gen = torch.Generator().manual_seed(9)
+    base = torch.randn(10, 64, generator=gen)
+    weight = {"fp32": base.clone(), "bf16": base.bfloat16(), "transposed": base.T.contiguous().T}[kind]
+    original, scales = weight.clone(), torch.rand(64, generator=gen, dtype=torch.float64) + 0.5
+    # Products and quotients in fp64, Q in fp32, each result rounded to the weight's dtype (llm-compressor's order).
+    quantized = rtn_quantize((original.double() * scales).float(), 4, 32).to(weight.dtype)
+    expected = (quantized.double() / scales).to(weight.dtype)
+    monkeypatch.setattr(memory, "SLICE_ELEMENTS", 3 * 64)  # 3 rows a slice: the last slice is short
+    workspace = candidate_workspace([weight])
+    assert workspace is None if kind == "fp32" else workspace.numel() == 3 * 64  # fp32 rows are quantized in place
+    write_candidate(weight, original, scales, workspace, 4, 32, None)
+    assert torch.equal(weight, expected)
 
 
 def test_awq_weight_means_are_the_mean_over_all_rows_of_weights_normalised_by_their_group_absmax():

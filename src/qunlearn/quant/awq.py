@@ -85,7 +85,8 @@ def search_scales(
     `run_parent` yields the parent's output per calibration sample; the unquantized outputs are kept in `reference`
     (an empty store; default: in memory) and each candidate's are compared with them one sample at a time. Beyond
     the model it holds one copy of the balance weights (to restore them): each candidate is quantized in the layers'
-    own weights (fp32) or in one fp32 workspace (other dtypes, transposed Conv1D weights).
+    own weights (fp32) or, a slice of rows at a time, in one small fp32 workspace (other dtypes, transposed Conv1D
+    weights).
     """
     weights = [weight_matrix(b) for b in balances]
     w_mean = weight_means(weights, effective_group_size(weights[0].shape[1], group_size))  # before the copies
@@ -95,13 +96,13 @@ def search_scales(
     for output in run_parent():
         reference.append(output)
         elements += output.numel()
-    workspaces = _workspaces(weights)
+    workspace = candidate_workspace(weights)
     best: tuple[float, torch.Tensor | None, float] = (float("inf"), None, -1.0)
     try:
         for ratio, duo in scale_grid(n_grid, duo_scaling):
             scales = candidate_scales(x_mean, w_mean, ratio, duo)
-            for layer, w, workspace in zip(balances, originals, workspaces):
-                _write_candidate(weight_matrix(layer), w, scales, workspace, bits, group_size, denominator)
+            for layer, w in zip(balances, originals):
+                write_candidate(weight_matrix(layer), w, scales, workspace, bits, group_size, denominator)
             error = sum(((o.float() - r.float()) ** 2).sum() for o, r in zip(run_parent(), reference)).item()
             error /= elements
             if error < best[0]:
@@ -115,7 +116,7 @@ def search_scales(
     return best[1], best[2]
 
 
-def _write_candidate(
+def write_candidate(
     weight: torch.Tensor,
     original: torch.Tensor,
     scales: torch.Tensor,
@@ -124,25 +125,29 @@ def _write_candidate(
     group_size: int,
     denominator: float | None,
 ) -> None:
-    """weight ← Q(original·s)/s: products and quotients in the scales' fp64, rounded to the weight's dtype, and Q in
-    fp32 (as llm-compressor computes them), in the weight itself or, when it is not contiguous fp32, in `workspace`."""
-    scaled = weight if workspace is None else workspace
-    for rows in slices(*weight.shape):  # fp64 products a slice at a time
-        torch.mul(original[rows], scales, out=scaled[rows])
-    fake_quantize_(scaled, bits, group_size, denominator)
-    if workspace is not None:
-        weight.copy_(scaled)
+    """weight ← Q(original·s)/s, a slice of rows at a time (Q's groups lie within rows): products and quotients in the
+    scales' fp64, rounded to the weight's dtype, and Q in fp32 (as llm-compressor computes them), in the weight itself
+    or, when it is not contiguous fp32, in `workspace` (a slice's worth of fp32)."""
+    in_place = _in_place(weight)
     for rows in slices(*weight.shape):
+        height = rows.stop - rows.start
+        scaled = weight[rows] if in_place else workspace[: height * weight.shape[1]].view(height, -1)
+        torch.mul(original[rows], scales, out=scaled)
+        fake_quantize_(scaled, bits, group_size, denominator)
+        if not in_place:
+            weight[rows].copy_(scaled)
         weight[rows].div_(scales)
 
 
-def _workspaces(weights: list[torch.Tensor]) -> list[torch.Tensor | None]:
-    """Per weight, None when it can be fake-quantized in its own memory (contiguous fp32), else an fp32 view of
-    one buffer that all such weights share (they are written one after the other)."""
-    own = [w.dtype == torch.float32 and w.is_contiguous() for w in weights]
-    largest = max((w.numel() for w, ok in zip(weights, own) if not ok), default=0)
-    buffer = torch.empty(largest, dtype=torch.float32, device=weights[0].device) if largest else None
-    return [None if ok else buffer[: w.numel()].view(w.shape) for w, ok in zip(weights, own)]
+def _in_place(weight: torch.Tensor) -> bool:
+    """True when a weight can be fake-quantized in its own memory (contiguous fp32)."""
+    return weight.dtype == torch.float32 and weight.is_contiguous()
+
+
+def candidate_workspace(weights: list[torch.Tensor]) -> torch.Tensor | None:
+    """One fp32 buffer holding a slice of rows of any of `weights` that cannot be fake-quantized in place, or None."""
+    sizes = [(part.stop - part.start) * w.shape[1] for w in weights if not _in_place(w) for part in slices(*w.shape)]
+    return torch.empty(max(sizes), dtype=torch.float32, device=weights[0].device) if sizes else None
 
 
 def apply_scales(mapping: Mapping, scales: torch.Tensor) -> None:

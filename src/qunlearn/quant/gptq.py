@@ -188,7 +188,7 @@ def quantize_columns(
     columns are set to zero. The quantized values overwrite one fp32 working copy of `w`; the error feedback to
     later columns is added in place (`addmm_`), which on CPU is bit-identical to llm-compressor's `W -= E·H⁻¹`.
     """
-    weight = w.detach().float().clone()
+    weight = w.detach().to(torch.float32, copy=True)  # one copy, whatever the dtype (.float().clone() makes two)
     columns = weight.shape[1]
     g = effective_group_size(columns, group_size)
     den = default_denominator(bits) if denominator is None else denominator
@@ -238,7 +238,7 @@ def gptq_quantize(
 
     With `act_order`, columns go in decreasing diag(H). See `quantize_columns` for the grid.
     """
-    inverse = invert_hessian(hessian.float().clone(), damp, act_order)
+    inverse = invert_hessian(hessian.to(torch.float32, copy=True), damp, act_order)
     return quantize_columns(w, inverse, bits, group_size, denominator, block_size, static_groups)
 
 
