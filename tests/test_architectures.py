@@ -167,6 +167,28 @@ def test_awq_layout_folds_scales_without_changing_the_model(checkpoints, family)
         assert torch.allclose(model(ids).logits, before, atol=1e-4)
 
 
+def test_awq_drops_the_fused_v_to_o_pair_under_grouped_query_attention():
+    """Phi-3-medium / Phi-4 style: with fewer KV heads, qkv_proj's last rows are not o_proj's input (v is narrower)."""
+    torch.manual_seed(0)
+    model = tf.Phi3ForCausalLM(
+        tf.Phi3Config(**SIZES, vocab_size=100, num_key_value_heads=2, pad_token_id=0, eos_token_id=2)
+    ).eval()
+    ids = torch.randint(0, 100, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(ids).logits
+        for block in model.model.layers:
+            mappings = block_mappings(block, dict(block.named_modules()))
+            assert [m.smooth for m in mappings] == [
+                block.input_layernorm,
+                block.post_attention_layernorm,
+                block.mlp.gate_up_proj,
+            ]
+            for mapping in mappings:
+                width = weight_matrix(mapping.balances[0]).shape[1]
+                apply_scales(mapping, torch.rand(width, generator=torch.Generator().manual_seed(2)) + 0.5)
+        assert torch.allclose(model(ids).logits, before, atol=1e-4)
+
+
 def _quantize(model: nn.Module, tokenizer, scheme: str, texts: list[str]) -> nn.Module:
     options = {"group_size": GROUP} if not scheme.startswith("bnb") else {}
     if scheme in ("gptq4", "awq4"):

@@ -18,25 +18,28 @@ from qunlearn.quant.layers import in_features, out_features
 class Mapping:
     """A smooth op whose output feeds the balance layers, and the parent module whose output error is measured.
 
-    `offset` is what the smooth op adds to its weight before multiplying (Gemma's RMSNorm scales by 1 + w);
-    `tail` marks a fused smooth layer whose last rows alone feed the balance layers (v of qkv, up of gate_up).
+    `offset` is what the smooth op adds to its weight before multiplying (Gemma's RMSNorm scales by 1 + w). A fused
+    smooth layer (qkv, gate_up) feeds the balance layers with its last rows only (v, up): those are the ones scaled.
     """
 
     smooth: nn.Module
     balances: list[nn.Module]
     parent: nn.Module
     offset: float = 0.0
-    tail: bool = False
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One scaling pair of a family, as module paths inside its decoder block ("" is the block itself)."""
+    """One scaling pair of a family, as module paths inside its decoder block ("" is the block itself).
+
+    `parts` > 1: the smooth layer is fused, its output `parts` equal slices (q/k/v: 3, gate/up: 2) of which the last
+    feeds the balance layers; the pair holds only when the slices are equal (not under grouped-query attention).
+    """
 
     smooth: str
     balances: tuple[str, ...]
     parent: str
-    tail: bool = False
+    parts: int = 1
 
 
 LLAMA = (
@@ -50,9 +53,9 @@ GEMMA = (*LLAMA[:2], Pair("pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up
 # Phi-3 fuses q/k/v (v = the last rows) and gate/up (up = the second half).
 PHI3 = (
     Pair("input_layernorm", ("self_attn.qkv_proj",), "self_attn"),
-    Pair("self_attn.qkv_proj", ("self_attn.o_proj",), "self_attn.o_proj", tail=True),
+    Pair("self_attn.qkv_proj", ("self_attn.o_proj",), "self_attn.o_proj", parts=3),
     Pair("post_attention_layernorm", ("mlp.gate_up_proj",), "mlp"),
-    Pair("mlp.gate_up_proj", ("mlp.down_proj",), "mlp.down_proj", tail=True),
+    Pair("mlp.gate_up_proj", ("mlp.down_proj",), "mlp.down_proj", parts=2),
 )
 # GPT-NeoX interleaves q/k/v per head and has GELU before its down projection: only the norms smooth.
 # Each norm feeds one branch, so the pairs hold with and without use_parallel_residual.
@@ -76,7 +79,7 @@ PHI = (
 # GPT-2 (Conv1D): c_attn's last third is v; GELU sits between c_fc and the MLP's c_proj.
 GPT2 = (
     Pair("ln_1", ("attn.c_attn",), "attn"),
-    Pair("attn.c_attn", ("attn.c_proj",), "attn.c_proj", tail=True),
+    Pair("attn.c_attn", ("attn.c_proj",), "attn.c_proj", parts=3),
     Pair("ln_2", ("mlp.c_fc",), "mlp"),
 )
 
@@ -99,8 +102,8 @@ LAYOUTS: dict[str, tuple[tuple[Pair, ...], float]] = {  # decoder block class �
 def block_mappings(block: nn.Module, linears: dict[str, nn.Module]) -> list[Mapping] | None:
     """The scaling pairs of a decoder block from `LAYOUTS`, or None for a layout not in the table.
 
-    A pair is kept when all its balance layers are selected and the smooth op's output (or its tail) is as
-    wide as their input: v → o drops out under grouped-query attention, as in AutoAWQ and llm-compressor.
+    A pair is kept when all its balance layers are selected and the smooth op's output (or, fused, each of its
+    slices) is as wide as their input: v → o drops out under grouped-query attention, as in AutoAWQ and llm-compressor.
     """
     kind = type(block).__name__
     if kind not in LAYOUTS or (kind == "OPTDecoderLayer" and not _opt_pre_norm(block)):
@@ -116,13 +119,11 @@ def block_mappings(block: nn.Module, linears: dict[str, nn.Module]) -> list[Mapp
             raise UserInputError(f"AWQ: {kind} lacks a module of its layout ({exc})") from None
         width = in_features(balances[0])
         fits = (
-            width == smooth.weight.shape[0]
-            if smooth.weight.dim() == 1
-            else (out_features(smooth) == width or (pair.tail and out_features(smooth) > width))
+            width == smooth.weight.shape[0] if smooth.weight.dim() == 1 else out_features(smooth) == pair.parts * width
         )
         if fits and all(id(b) in chosen for b in balances):
             norm_offset = offset if smooth.weight.dim() == 1 else 0.0
-            mappings.append(Mapping(smooth, balances, parent, norm_offset, pair.tail))
+            mappings.append(Mapping(smooth, balances, parent, norm_offset))
     return mappings
 
 
