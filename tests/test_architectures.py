@@ -54,7 +54,9 @@ def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
         "phi3": tf.Phi3Config(**common),
         "gemma": tf.GemmaConfig(**common, num_key_value_heads=2, head_dim=16),
         "gemma2": tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=16),
-        "gemma3": tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16),
+        "gemma3": tf.Gemma3TextConfig(  # a sliding-window and a full-attention layer (own mask, rotary base)
+            **common, num_key_value_heads=2, head_dim=16, layer_types=["sliding_attention", "full_attention"]
+        ),
         "gpt_neox": tf.GPTNeoXConfig(**common),
         "opt": tf.OPTConfig(
             vocab_size=vocab,

@@ -6,12 +6,20 @@ import argparse
 import copy
 import math
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from qunlearn.cli import main
 from qunlearn.errors import NumericalError, UserInputError
@@ -29,9 +37,9 @@ from qunlearn.quant.awq import (
     write_candidate,
 )
 from qunlearn.quant.awq_layouts import block_mappings
-from qunlearn.quant.base import capture_block_inputs, record_module_inputs
+from qunlearn.quant.base import CalibratedQuantizer, block_output, capture_block_inputs, record_module_inputs
 from qunlearn.quant.bnb import BnbQuantizer, bnb_unavailable_reason
-from qunlearn.quant.calibration import calibration_texts
+from qunlearn.quant.calibration import calibration_sequences, calibration_texts
 from qunlearn.quant.diagnostics import code_flips, weight_movement
 from qunlearn.quant.gptq import (
     HessianAccumulator,
@@ -41,6 +49,7 @@ from qunlearn.quant.gptq import (
     pass_hessians,
     shared_input_groups,
 )
+from qunlearn.quant.layers import decoder_layers
 from qunlearn.quant.registry import QUANTIZERS, get_quantizer
 from qunlearn.quant.rtn import fake_quantize_, rtn_codes, rtn_quantize
 
@@ -217,7 +226,9 @@ def one_block_with_inputs() -> tuple[nn.Module, dict[str, nn.Module], list]:
     ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
     block = model.model.layers[0]
     linears = {f"model.layers.0.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-    return block, linears, capture_block_inputs(model, block, list(ids.split(1)), ActivationStore(device="cpu"))
+    inputs = ActivationStore(device="cpu")
+    capture_block_inputs(model, model.model.layers, list(ids.split(1)), inputs, ActivationStore(device="cpu"))
+    return block, linears, inputs
 
 
 @torch.no_grad()
@@ -560,6 +571,76 @@ def test_weight_movement_of_an_unchanged_matrix_is_empty():
 
 
 # --- through the tiny benchmark: calibrated quantizers, checkpoints, the CLI ------------------------------
+
+
+@dataclass
+class InputRecorder(CalibratedQuantizer):
+    """A calibrated 'quantizer' that changes nothing and keeps, per block, its outputs on the inputs it was given."""
+
+    outputs: list = field(default_factory=list)
+
+    def quantize_block(self, block: nn.Module, linears: dict, inputs: ActivationStore) -> None:
+        self.outputs.append([block_output(block(hidden, **kwargs)) for hidden, kwargs in inputs])
+
+
+def gemma3_with_a_full_attention_layer(vocab: int) -> nn.Module:
+    """Gemma-3 whose middle layer attends fully (its own rotary base and mask) between sliding-window layers."""
+    config = Gemma3TextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_hidden_layers=3,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        sliding_window=8,  # shorter than the calibration sequences: the masks differ too
+        vocab_size=vocab,
+        pad_token_id=0,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("family", "offload"), [("gemma3", "none"), ("gemma3", "disk"), ("gpt2-eager", "none"), ("llama", "none")]
+)
+@torch.no_grad()
+def test_every_block_is_calibrated_with_the_arguments_the_model_itself_calls_it_with(tiny, family, offload):
+    """Each block's outputs during calibration equal its outputs in the model's own forward pass: Gemma-3's
+    full-attention layer gets its own mask and rotary embeddings, GPT-2 (eager) its mask passed positionally."""
+    _, tokenizer, texts = tiny
+    torch.manual_seed(0)
+    vocab = len(tokenizer)
+    model = {
+        "gemma3": lambda: gemma3_with_a_full_attention_layer(vocab),
+        "gpt2-eager": lambda: AutoModelForCausalLM.from_config(
+            GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4), attn_implementation="eager"
+        ),
+        "llama": lambda: LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=vocab
+            )
+        ),
+    }[family]().eval()
+    recorder = InputRecorder("record", n_samples=2, seq_len=16, offload_activations=offload, progress=False)
+    recorder.quantize(model, tokenizer, texts)
+    _, layers = decoder_layers(model)
+    real: list[torch.Tensor] = []
+    for block in layers:  # the model is the test's own: the hooks stay
+        block.register_forward_hook(lambda _m, _a, out: real.append(block_output(out)))
+    for sample, ids in enumerate(calibration_sequences(tokenizer, texts, 2, 16, 0)):
+        real.clear()
+        model(input_ids=ids, use_cache=False)
+        for index, output in enumerate(real):
+            assert torch.allclose(recorder.outputs[index][sample], output, atol=1e-6), f"{family} block {index}"
+
+
+def test_blocks_called_alike_share_one_kwargs_set_and_none_is_stored_apart():
+    ids = [torch.randint(3, 90, (1, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    for model, expected in ((random_llama(layers=3), [0, 0, 0]), (gemma3_with_a_full_attention_layer(200), [0, 1, 0])):
+        inputs, sets = ActivationStore(device="cpu"), ActivationStore(device="cpu")
+        assert capture_block_inputs(model.eval(), decoder_layers(model)[1], ids, inputs, sets) == expected
+        assert len(inputs) == 2 and len(sets) == (2 if expected[1] else 0)
+        assert all("forward" not in block.__dict__ for block in decoder_layers(model)[1])  # blocks restored
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -156,12 +157,12 @@ class CalibratedQuantizer(GridQuantizer):
         selected = target_linears(model, self.skip)
         self.note_group_sizes(selected)
         in_blocks = set()
-        inputs = self.activation_store(device)
+        inputs, kwargs_sets = self.activation_store(device), self.activation_store(device)
         training = model.training
         model.eval()  # calibration activations without dropout, whatever mode the caller's model is in
         try:
             with _outside_blocks_on(model, layers, device):
-                capture_block_inputs(model, layers[0], sequences, inputs)
+                set_of_block = capture_block_inputs(model, layers, sequences, inputs, kwargs_sets)
             release_freed_memory()
             blocks = tqdm(layers, desc=f"{self.name} blocks", leave=False, disable=not self.progress)
             for index, block in enumerate(blocks):
@@ -170,14 +171,17 @@ class CalibratedQuantizer(GridQuantizer):
                 in_blocks.update(linears)
                 block.to(device)
                 self.quantize_block(block, linears, inputs)
+                following = set_of_block[min(index + 1, len(layers) - 1)]
                 for i, (hidden, kwargs) in enumerate(inputs):  # in place: one set of activations alive, not two
-                    inputs[i] = (block_output(block(hidden, **kwargs)), kwargs)
+                    output = block_output(block(hidden, **kwargs))
                     del hidden
+                    inputs[i] = (output, kwargs if following == set_of_block[index] else kwargs_sets[i][following])
                 self.finish_block(linears)
                 block.to(home)
                 release_freed_memory()
         finally:
             inputs.close()
+            kwargs_sets.close()
             model.train(training)
         for name, linear in selected.items():
             if name not in in_blocks:
@@ -226,26 +230,89 @@ def block_output(output: Any) -> torch.Tensor:
 
 
 def capture_block_inputs(
-    model: nn.Module, first_block: nn.Module, sequences: list[torch.Tensor], captured: ActivationStore
-) -> ActivationStore:
-    """Run each sequence up to the first decoder block and add that block's (hidden states, kwargs) to `captured`
-    (the sequences go to the store's device)."""
+    model: nn.Module,
+    layers: nn.ModuleList,
+    sequences: list[torch.Tensor],
+    captured: ActivationStore,
+    kwargs_sets: ActivationStore,
+) -> list[int]:
+    """Run each sequence through the model with its decoder blocks skipped, adding the first block's (hidden states,
+    kwargs) to `captured`; return which of a sample's distinct kwargs sets each block is called with.
 
-    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}))
-        raise StopBlock
-
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+    Blocks are not all called alike: Gemma-3's full-attention layers get other masks and rotary embeddings than its
+    sliding-window ones. When there is more than one set, each sample's sets are added to `kwargs_sets`. Positional
+    arguments after the hidden states (GPT-2 passes its mask so) are kept by name. The sequences go to `captured`'s
+    device.
+    """
+    calls: list[tuple[torch.Tensor, dict[str, Any]]] = []
+    set_of_block: list[int] | None = None
+    skipping = _SkippedBlocks(layers, calls)
+    with skipping:
         for ids in sequences:
+            calls.clear()
             try:
                 model(input_ids=ids.to(captured.device), use_cache=False)
             except StopBlock:
                 pass
-    finally:
-        handle.remove()
-    return captured
+            if len(calls) != len(layers):
+                raise RuntimeError(f"the model called {len(calls)} of its {len(layers)} decoder blocks")
+            sets, assignment = _distinct_kwargs([kwargs for _, kwargs in calls])
+            if set_of_block is not None and assignment != set_of_block:
+                raise RuntimeError("calibration samples share arguments between decoder blocks differently")
+            set_of_block = assignment
+            captured.append(calls[0])
+            if len(sets) > 1:
+                kwargs_sets.append(sets)
+    return set_of_block or []
+
+
+class _SkippedBlocks:
+    """Context manager: each decoder block records (hidden states, other arguments by name) in `calls` and returns its
+    input unchanged; the last one stops the forward pass (StopBlock), so neither blocks nor head compute."""
+
+    def __init__(self, layers: nn.ModuleList, calls: list[tuple[torch.Tensor, dict[str, Any]]]) -> None:
+        self.layers, self.calls = layers, calls
+        self.saved: list[Any] = []
+
+    def _recorder(self, index: int) -> Callable[..., torch.Tensor]:
+        names = list(inspect.signature(type(self.layers[index]).forward).parameters)[1:]  # after `self`
+
+        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            kwargs |= dict(zip(names[1:], args[1:]))
+            self.calls.append((hidden, {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values")}))
+            if index == len(self.layers) - 1:
+                raise StopBlock
+            return hidden
+
+        return forward
+
+    def __enter__(self) -> None:
+        for index, block in enumerate(self.layers):
+            self.saved.append(block.__dict__.get("forward"))  # a forward patched by others (accelerate's hooks)
+            block.forward = self._recorder(index)
+
+    def __exit__(self, *exc: object) -> None:
+        for block, saved in zip(self.layers, self.saved):
+            if saved is None:
+                del block.forward
+            else:
+                block.forward = saved
+
+
+def _distinct_kwargs(calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The distinct kwargs dicts among the blocks' calls (the same objects under the same names) and, per block, the
+    index of its own among them."""
+    sets: list[dict[str, Any]] = []
+    keys: list[tuple] = []
+    assignment = []
+    for kwargs in calls:
+        key = tuple(sorted((name, id(value)) for name, value in kwargs.items()))
+        if key not in keys:
+            keys.append(key)
+            sets.append(kwargs)
+        assignment.append(keys.index(key))
+    return sets, assignment
 
 
 class _outside_blocks_on:
