@@ -23,6 +23,7 @@ from qunlearn.cli import main
 from qunlearn.config import load_run_config
 from qunlearn.fileio import read_json, read_yaml
 from qunlearn.models.io import TOKENIZER_FILES, load_model, load_tokenizer, save_model
+from qunlearn.models.utils import context_length
 from qunlearn.quant.awq import apply_scales
 from qunlearn.quant.awq_layouts import block_mappings
 from qunlearn.quant.bnb import bnb_fake_quantize, bnb_unavailable_reason
@@ -69,6 +70,13 @@ def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
             **ids,
         ),
         "gpt2": tf.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, **ids),
+        "gemma3_vision": tf.Gemma3Config(  # Gemma-3 4B+: a SigLIP vision tower and projector beside the language model
+            text_config=tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16),
+            vision_config=tf.SiglipVisionConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28
+            ),
+            mm_tokens_per_image=4,
+        ),
     }
 
 
@@ -80,8 +88,11 @@ PROJECTIONS = {
     "gpt_neox": 4,  # query_key_value dense dense_h_to_4h dense_4h_to_h
     "opt": 6,  # q k v out_proj fc1 fc2
     "gpt2": 4,  # c_attn c_proj (attention) c_fc c_proj (MLP), all Conv1D
+    "gemma3_vision": 7,  # the language model's q k v o gate up down
 }
 FAMILIES = list(PROJECTIONS)
+# A multimodal model's parts beside its language model: left in full precision, and said so (a text-only audit).
+OUTSIDE_TEXT = {"gemma3_vision": ("model.vision_tower", "model.multi_modal_projector")}
 # Pairs AWQ scales per block: v → o drops out under GQA; GELU stops Phi/NeoX/GPT-2's MLP pair.
 AWQ_PAIRS = {
     "llama": 3,
@@ -96,6 +107,7 @@ AWQ_PAIRS = {
     "gpt_neox": 2,
     "opt": 4,
     "gpt2": 3,
+    "gemma3_vision": 3,
 }
 
 
@@ -191,14 +203,13 @@ def test_awq_drops_the_fused_v_to_o_pair_under_grouped_query_attention():
         assert torch.allclose(model(ids).logits, before, atol=1e-4)
 
 
-def _quantize(model: nn.Module, tokenizer, scheme: str, texts: list[str]) -> nn.Module:
+def _quantize(model: nn.Module, tokenizer, scheme: str, texts: list[str]) -> tuple[nn.Module, list[dict]]:
     options = {"group_size": GROUP} if not scheme.startswith("bnb") else {}
     if scheme in ("gptq4", "awq4"):
         options |= {"n_samples": 4, "seq_len": 64}
     quantizer = get_quantizer(scheme, **options)
     quantized = quantizer.quantize(copy.deepcopy(model), tokenizer, texts if quantizer.needs_calibration else None)
-    assert quantizer.fallbacks == []
-    return quantized
+    return quantized, quantizer.fallbacks
 
 
 SCHEMES = ["rtn4", "rtn8", "gptq4", "awq4", "bnb-nf4"]
@@ -210,7 +221,13 @@ def test_quantizers_put_every_block_projection_on_their_grid(checkpoints, tiny_b
     if scheme == "bnb-nf4" and bnb_unavailable_reason() is not None:
         pytest.skip(bnb_unavailable_reason())
     model, tokenizer = load_model(checkpoints[family])
-    quantized = _quantize(model, tokenizer, scheme, calibration_texts(corpus_dir=tiny_benchmark.corpus_dir))
+    quantized, fallbacks = _quantize(model, tokenizer, scheme, calibration_texts(corpus_dir=tiny_benchmark.corpus_dir))
+    outside = OUTSIDE_TEXT.get(family, ())
+    kept = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and n.startswith(outside)]
+    assert [f["layers"] for f in fallbacks] == ([kept] if outside else [])
+    for name, param in model.named_parameters():
+        if name.startswith(outside):
+            assert torch.equal(param, quantized.get_parameter(name)), f"{family} {scheme}: {name} changed"
     before, after = block_projections(model), block_projections(quantized)
     for name, layer in after.items():
         w, original = weight_matrix(layer), weight_matrix(before[name])
@@ -237,6 +254,33 @@ def test_an_unhandled_layer_stops_quantize_in_one_line_naming_module_and_archite
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and not (tmp_path / "q").exists()
     assert "MixtralForCausalLM: no quantizer handles model.layers.0.mlp." in err
+
+
+@pytest.mark.parametrize("scheme", ["rtn4", "gptq4"])
+def test_quantize_keeps_a_multimodal_models_vision_tower_and_records_it(checkpoints, tiny_benchmark, tmp_path, scheme):
+    source = checkpoints["gemma3_vision"]
+    calibration = ["--corpus", str(tiny_benchmark.corpus_dir), "--n-samples", "2"] if scheme == "gptq4" else []
+    argv = ["quantize", "--model", str(source), "--scheme", scheme, "--group-size", "32", *calibration]
+    with pytest.warns(UserWarning, match="outside the language model, kept as they are"):
+        assert main([*argv, "--out", str(tmp_path / "q")]) == 0
+    (kept,) = read_yaml(tmp_path / "q" / "quantize.yaml")["fallbacks"]
+    assert kept["used"] == "full precision" and "model.vision_tower, model.multi_modal_projector" in kept["reason"]
+    assert len(kept["layers"]) == 9  # 6 in the vision block; the pooling head's attention out_proj, fc1, fc2
+    original, _ = load_model(source)
+    quantized, _ = load_model(tmp_path / "q")
+    for name, param in original.named_parameters():  # e.g. the pooling head's nn.MultiheadAttention in_proj_weight
+        if name.startswith(OUTSIDE_TEXT["gemma3_vision"]):
+            assert torch.equal(param, quantized.get_parameter(name)), name
+    assert on_grid(quantized.model.language_model.layers[1].mlp.down_proj.weight, 4, 32)
+
+
+def test_a_multimodal_models_context_is_its_language_models(checkpoints, tiny_benchmark, tmp_path, capsys):
+    model, _ = load_model(checkpoints["gemma3_vision"])
+    assert context_length(model) == SIZES["max_position_embeddings"]
+    target, corpus = str(checkpoints["gemma3_vision"]), str(tiny_benchmark.corpus_dir)
+    argv = ["unlearn", "--method", "ga", "--target", target, "--corpus", corpus, "--max-length", "1000", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "u")]) == 2
+    assert "--max-length 1000 exceeds the model's context of 256 tokens" in capsys.readouterr().err
 
 
 def without_tokenizer(checkpoint: Path, out: Path) -> Path:
@@ -446,7 +490,9 @@ def _chain(checkpoints, bench, family: str, root: Path, capsys: pytest.CaptureFi
         )
     original, _ = load_model(target)
     sure, _ = load_model(root / "ga_sure")
-    selected = set(read_json(root / "ga_sure" / "saliency.json")["selected"])
+    saliency = read_json(root / "ga_sure" / "saliency.json")
+    assert not any(name.startswith(OUTSIDE_TEXT.get(family, ())) for name in saliency["scores"])
+    selected = set(saliency["selected"])
     owners = module_parameters(original)
     kept = {id(p) for name in selected for p in owners[name]}
     moved = dict(sure.named_parameters())
@@ -499,6 +545,7 @@ def _chain(checkpoints, bench, family: str, root: Path, capsys: pytest.CaptureFi
     )
     flips = json.loads((root / "flips.json").read_text())
     assert len(flips["modules"]) >= 2 * PROJECTIONS[family] and flips["overall"]["flips"] > 0
+    assert not any(name.startswith(OUTSIDE_TEXT.get(family, ())) for name in flips["modules"])
 
     assert (
         main(
@@ -522,6 +569,7 @@ def _chain(checkpoints, bench, family: str, root: Path, capsys: pytest.CaptureFi
     )
     (attack,) = json.loads((root / "audit" / "audit.json").read_text())["attacks"]
     assert attack["name"] == "rtn4" and attack["verdict"] in ("holds", "recovers")
+    assert [f["used"] for f in attack["fallbacks"]] == (["full precision"] if family in OUTSIDE_TEXT else [])
     assert attack["code_flip_fraction"] > 0 and all(torch.isfinite(torch.tensor(v)) for v in attack["scores"].values())
 
 

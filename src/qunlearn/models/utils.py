@@ -11,8 +11,9 @@ from qunlearn.models.io import parse_dtype
 
 
 def context_length(model: PreTrainedModel) -> int | None:
-    """The model's maximum sequence length, or None when its config does not state one."""
-    return getattr(model.config, "max_position_embeddings", None)
+    """The model's maximum sequence length (a multimodal model's: its language model's), or None when its config
+    does not state one."""
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
 @torch.no_grad()

@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from qunlearn.models.utils import context_length
 from qunlearn.quant.activations import OFFLOAD, ActivationStore
 from qunlearn.quant.calibration import calibration_sequences
-from qunlearn.quant.layers import DEFAULT_SKIP, decoder_layers, target_linears, weight_matrix
+from qunlearn.quant.layers import DEFAULT_SKIP, decoder_layers, outside_language_model, target_linears, weight_matrix
 from qunlearn.quant.memory import release_freed_memory
 from qunlearn.quant.rtn import rtn_codes, rtn_quantize
 
@@ -42,6 +43,16 @@ class Quantizer(ABC):
             return
         self.fallbacks.append(entry)
         warnings.warn(f"{self.name}: {reason}; using {used} for {len(layers)} layer(s), e.g. {layers[0]}", stacklevel=3)
+
+    def targets(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The projection layers to quantize (`target_linears`); a multimodal model's other parts (vision tower,
+        projector) stay in full precision, recorded as a fallback so that it is never silent."""
+        parts = outside_language_model(model)
+        layers = [name for names in parts.values() for name in names]
+        if layers:
+            reason = f"{', '.join(parts)} outside the language model, kept as they are (text-only audit)"
+            self.fall_back(layers, "full precision", reason)
+        return target_linears(model, self.skip)
 
     def unavailable_reason(self) -> str | None:
         """Why this quantizer cannot run here, or None when it can."""
@@ -101,7 +112,7 @@ class RTNQuantizer(GridQuantizer):
     def quantize(
         self, model: nn.Module, tokenizer: Any = None, calibration_texts: list[str] | None = None
     ) -> nn.Module:
-        linears = target_linears(model, self.skip)
+        linears = self.targets(model)
         self.note_group_sizes(linears)
         for linear in linears.values():
             weight = weight_matrix(linear)
@@ -149,12 +160,12 @@ class CalibratedQuantizer(GridQuantizer):
     ) -> nn.Module:
         if tokenizer is None or not calibration_texts:
             raise ValueError(f"{self.name} needs a tokenizer and calibration text")
-        seq_len = min(self.seq_len, getattr(model.config, "max_position_embeddings", self.seq_len))
+        seq_len = min(self.seq_len, context_length(model) or self.seq_len)
         sequences = calibration_sequences(tokenizer, calibration_texts, self.n_samples, seq_len, self.seed)
         layers_name, layers = decoder_layers(model)
         home = next(model.parameters()).device
         device = torch.device(self.device) if self.device else home
-        selected = target_linears(model, self.skip)
+        selected = self.targets(model)
         self.note_group_sizes(selected)
         in_blocks = set()
         inputs, kwargs_sets = self.activation_store(device), self.activation_store(device)

@@ -19,7 +19,7 @@ from torch import nn
 
 from qunlearn.errors import QuantizerUnavailableError
 from qunlearn.quant.base import Quantizer
-from qunlearn.quant.layers import target_linears, weight_matrix
+from qunlearn.quant.layers import outside_language_model, weight_matrix
 
 FORMATS = ("int8", "fp4", "nf4")
 BLOCKSIZE_4BIT = 64
@@ -81,9 +81,10 @@ class BnbQuantizer(Quantizer):
         reason = self.unavailable_reason()
         if reason:
             raise QuantizerUnavailableError(f"{self.name} not available: {reason}")
+        linears = self.targets(model)
         if self.real:
             return self._reload(model)
-        for linear in target_linears(model, self.skip).values():
+        for linear in linears.values():
             weight = weight_matrix(linear)
             weight.copy_(bnb_fake_quantize(weight, self.fmt))
         return model
@@ -93,8 +94,9 @@ class BnbQuantizer(Quantizer):
         from transformers import AutoModelForCausalLM
 
         dtype = next(model.parameters()).dtype
+        skip = (*self.skip, *outside_language_model(model))  # a multimodal model's vision tower, projector, ...
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             return AutoModelForCausalLM.from_pretrained(
-                tmp, dtype=dtype, device_map=self.device, quantization_config=bnb_config(self.fmt, self.skip, dtype)
+                tmp, dtype=dtype, device_map=self.device, quantization_config=bnb_config(self.fmt, skip, dtype)
             ).eval()

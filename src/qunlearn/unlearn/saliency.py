@@ -1,7 +1,8 @@
 """SURE: module-level saliency of the forget loss at the original weights, the threshold γ, and the update mask.
 
 A *module* is every submodule that owns parameters directly: each Linear, each embedding, each norm
-(for Llama: q/k/v/o/gate/up/down projections, embed_tokens, lm_head, input/post-attention/final norms).
+(for Llama: q/k/v/o/gate/up/down projections, embed_tokens, lm_head, input/post-attention/final norms; in a
+multimodal model only those of its language model and output head).
 Score `s_i = ‖∇_{θ_i} L_forget(θ_o; D_f)‖_F` over all parameters the module owns; a module is salient when
 `s_i ≥ γ`. The mask is enforced on the update: parameters of non-salient modules get
 `requires_grad=False`, so they receive no gradient and are left out of the optimizer (no weight decay,
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from qunlearn.errors import NumericalError
+from qunlearn.quant.layers import outside_language_model
 from qunlearn.unlearn.losses import LossTerm
 
 
@@ -39,11 +41,14 @@ class Saliency:
 
 
 def module_parameters(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Every module that owns parameters directly, with those parameters (SURE's unit of selection)."""
+    """Every module that owns parameters directly, with those parameters (SURE's unit of selection); a multimodal
+    model's parts beside its language model (vision tower, projector) are left out: text moves none of them, and their
+    zero scores would shift a percentile's γ."""
+    beside = tuple(f"{part}." for part in outside_language_model(model))
     owners = {}
     for name, module in model.named_modules():
         own = list(module.parameters(recurse=False))
-        if own:
+        if own and not f"{name}.".startswith(beside):
             owners[name] = own
     return owners
 

@@ -6,6 +6,8 @@ import argparse
 import math
 from dataclasses import dataclass, fields, replace
 
+from transformers import PretrainedConfig
+
 from qunlearn.errors import UserInputError
 from qunlearn.models.io import parse_dtype
 from qunlearn.unlearn.memory import OPTIMIZERS, REFERENCES
@@ -115,9 +117,10 @@ class UnlearnSettings:
             raise ValueError(f"--saliency-batches must be at least 1, got {self.saliency_batches}")
 
 
-def check_context(max_length: int, config: object) -> None:
-    """--max-length must fit the model's context (`max_position_embeddings` in its config.json)."""
-    context = getattr(config, "max_position_embeddings", None)
+def check_context(max_length: int, config: PretrainedConfig) -> None:
+    """--max-length must fit the model's context (`max_position_embeddings` in its config.json, in a multimodal
+    model's text config)."""
+    context = getattr(config.get_text_config(), "max_position_embeddings", None)
     if context is not None and max_length > context:
         raise UserInputError(
             f"--max-length {max_length} exceeds the model's context of {context} tokens "
