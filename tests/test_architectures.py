@@ -586,3 +586,5 @@ def test_example_configs_are_valid_runs(path):
     config = load_run_config(path)
     config.validate()
     assert config.target and config.corpus and config.dtype == "bf16" and "gptq4" in config.quantizers
+    if config.target.startswith("muse-bench/"):  # MUSE's checkpoints ship no tokenizer; MUSE uses Llama-2's
+        assert config.tokenizer == "meta-llama/Llama-2-7b-hf"

@@ -7,14 +7,19 @@ import json
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
+from qunlearn.audit.attacks import expand_attacks
 from qunlearn.audit.render import recovery_plot, to_html, to_markdown
 from qunlearn.audit.split import split_forget
 from qunlearn.audit.verdict import Signal, Thresholds, level, recovery, signal_verdict, summary, verdict, worst_attack
 from qunlearn.cli import main
 from qunlearn.data.muse import load_corpus
+from qunlearn.models import io
 from qunlearn.quant.registry import QUANTIZERS
 
 ATTACKS = ["rtn8", "rtn4", "relearn", "bf16"]
@@ -251,6 +256,45 @@ def test_bad_attack_is_a_one_line_error(tiny_benchmark, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "unknown attack 'rtn5'" in capsys.readouterr().err
+
+
+def test_audit_in_bf16_loads_every_model_in_bf16_and_casts_only_the_fp16_attack(tiny_benchmark, tmp_path, monkeypatch):
+    loaded, real = [], AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        model, info = real(*args, **kwargs)
+        loaded.append((Path(args[0]).name, next(model.parameters()).dtype))
+        return model, info
+
+    monkeypatch.setattr(io.AutoModelForCausalLM, "from_pretrained", spy)
+    bench, out = tiny_benchmark, tmp_path / "audit"
+    argv = ["audit", "--target", bench.target_dir, "--unlearned", bench.target_dir, "--corpus", bench.corpus_dir]
+    argv += ["--retrain", bench.retrain_dir, "--dtype", "bf16", "--attacks", "rtn4", "relearn", "fp16"]
+    assert main([str(a) for a in [*argv, "--relearn-steps", "2", "--out", out]]) == 0
+    bf16, fp16 = torch.bfloat16, torch.float16
+    # retrain (AUC_retrain), target, unlearned, then the attacked copies: rtn4, relearn, fp16
+    assert [dtype for _, dtype in loaded] == [bf16, bf16, bf16, bf16, bf16, fp16]
+    assert [name for name, _ in loaded][:2] == ["retrain", "target"]
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["settings"]["dtype"] == "bf16" and audit["skipped"] == []
+    assert [a["name"] for a in audit["attacks"]] == ["rtn4", "relearn", "fp16"]
+    # the target audited as its own unlearned model: nothing was forgotten, so every attack recovers
+    assert all(a["verdict"] == "recovers" for a in audit["attacks"]) and "privleak" in audit["attacks"][0]["scores"]
+    assert "Every model was loaded in bf16 (--dtype bf16)" in (out / "audit.md").read_text()
+
+
+def test_the_precision_attack_to_the_audits_own_dtype_is_skipped_or_refused(tiny_benchmark, tmp_path, capsys):
+    attacks, skipped = expand_attacks(None, "bf16")
+    assert [a.name for a in attacks if a.kind == "precision"] == ["fp16"]
+    reason = "the audit loads every model in bf16 (--dtype bf16): the cast changes nothing"
+    assert {"name": "bf16", "reason": reason} in skipped
+    assert [a.name for a in expand_attacks(None)[0] if a.kind == "precision"] == ["fp16", "bf16"]  # fp32: both
+    with pytest.raises(ValueError, match="attack fp16: the audit loads every model in fp16"):
+        expand_attacks(["rtn4", "fp16"], "float16")
+    bench = tiny_benchmark
+    argv = ["audit", "--target", bench.target_dir, "--unlearned", bench.retrain_dir, "--corpus", bench.corpus_dir]
+    assert main([str(a) for a in [*argv, "--dtype", "bf16", "--attacks", "bf16", "--out", tmp_path]]) == 2
+    assert "attack bf16: the audit loads every model in bf16" in capsys.readouterr().err
 
 
 def test_demo_layout_resolves_each_unlearned_model(tmp_path):

@@ -148,6 +148,27 @@ def test_a_checkpoint_that_needs_remote_code_is_refused_naming_why(model_copy, t
     assert "trust_remote_code=True`" not in err
 
 
+def test_trust_remote_code_loads_checkpoints_with_their_own_code_in_evaluate_and_audit_retrain_too(
+    own_code_models, tiny_benchmark, tmp_path, capsys
+):
+    target, retrain, corpus = own_code_models.target, own_code_models.retrain, tiny_benchmark.corpus_dir
+    before = tree_hash(retrain)
+    evaluate = ["evaluate", "--model", target, "--retrain", retrain, "--corpus", corpus, "--no-progress"]
+    evaluate += ["--metrics", "knowmem_f", "privleak", "--out", tmp_path / "eval.json"]
+    code, err = cli(capsys, *evaluate)
+    assert code == 2 and "needs its own Python code" in err  # without the flag: refused
+    code, err = cli(capsys, *evaluate, "--trust-remote-code")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    assert metrics["privleak"]["value"] < 0 and metrics["knowmem_f"]["value"] > 0  # the target, against the retrain
+    audit = ["audit", "--target", target, "--unlearned", retrain, "--retrain", retrain, "--corpus", corpus]
+    code, err = cli(capsys, *audit, "--attacks", "rtn4", "--out", tmp_path / "audit", "--trust-remote-code")
+    assert code == 0, err
+    record = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert "privleak" in record["baselines"]["unlearned"] and record["attacks"][0]["verdict"]
+    assert tree_hash(retrain) == before
+
+
 def test_quantize_codeflips_unlearn_and_audit_refuse_a_nan_model(model_copy, tiny_benchmark, tmp_path, capsys):
     edit_weights(model_copy, nan_at)
     before, target = tree_hash(model_copy), tiny_benchmark.target_dir

@@ -151,6 +151,29 @@ def test_run_config_yaml_errors_name_the_file_and_field(tmp_path):
     assert main(["run", "--config", str(tmp_path / "none.yaml")]) == 2
 
 
+def test_trust_remote_code_in_a_run_config_reaches_every_model_the_run_loads(own_code_models, tiny_benchmark, tmp_path):
+    own = {"target": str(own_code_models.target), "retrain": str(own_code_models.retrain)}
+    config = small_config(tmp_path / "run", tiny_benchmark.root, methods=["ga"], metrics=["knowmem_f", "privleak"])
+    config = replace(config, **own, trust_remote_code=True)
+    with pytest.raises(UserInputError, match="needs its own Python code"):
+        run_grid(replace(config, out=str(tmp_path / "refused"), trust_remote_code=False), progress=False)
+    assert config_hash(config) == config_hash(replace(config, trust_remote_code=False))  # it changes no value
+    results = run_grid(config, progress=False)  # target, retrain (AUC_retrain), unlearned, quantized, code flips
+    values = {(r["model"], r["quantizer"], r["metric"]): r["value"] for r in records(results)}
+    assert len(values) == 3 * 2 * 2 + 1 and values[("target", "fp", "privleak")] < 0
+    assert read_yaml(tmp_path / "run/config.yaml")["trust_remote_code"] is True
+    saved = tmp_path / "run/models/quantized/ga@rtn4"
+    assert (saved / "modeling_mine.py").is_file()  # saved with its own code
+    stamp = (saved / "model.safetensors").stat().st_mtime_ns
+    results.unlink()
+    run_grid(config, progress=False)  # now from the saved quantized checkpoints
+    assert {(r["model"], r["quantizer"], r["metric"]): r["value"] for r in records(results)} == values
+    assert (saved / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not quantized again
+    (tmp_path / "run.yaml").write_text("out: x\ntrust_remote_code: 'yes'\n")
+    with pytest.raises(UserInputError, match=r"run\.yaml\.trust_remote_code: expected bool"):
+        load_run_config(tmp_path / "run.yaml")
+
+
 def test_example_config_is_valid():
     config = load_run_config(Path(__file__).parent.parent / "examples/muse-news-llama2-7b.yaml")
     config.validate()

@@ -197,7 +197,8 @@ class RunConfig:
     With `target` unset, the embedded benchmark (`benchmark`) supplies target, retrain and corpus.
     `unlearn` holds UnlearnSettings overrides (lr, epochs, profile, ...); `quantize` holds quantizer
     options (group_size, n_samples, ...); `calibration` is 'generic' (retain+holdout) or 'forget'.
-    `tokenizer` is a tokenizer directory for target/retrain checkpoints saved without tokenizer files.
+    `tokenizer` is a tokenizer directory (or hub id) for target/retrain checkpoints saved without tokenizer files;
+    `trust_remote_code` lets every model of the run load with its own Python code (`auto_map`; off by default).
     """
 
     out: str
@@ -218,6 +219,7 @@ class RunConfig:
     batch_size: int = 16
     keep_quantized: bool = True
     tokenizer: str | None = None
+    trust_remote_code: bool = False
 
     @classmethod
     def from_cli(cls, args: argparse.Namespace) -> RunConfig:

@@ -78,6 +78,7 @@ def config_hash(config: RunConfig) -> str:
             "device",
             "device_map",
             "tokenizer",
+            "trust_remote_code",
         )
     }
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
@@ -196,7 +197,19 @@ class RunDriver:
             progress=False,
             resume=same_unlearning(out_dir, model_name, settings),
             tokenizer=self.config.tokenizer,
+            trust_remote_code=self.config.trust_remote_code,
         )
+
+    @property
+    def loading(self) -> dict[str, Any]:
+        """`load_model`'s options for the run's models (target, retrain, unlearned, quantized): the config's."""
+        return {
+            "dtype": self.config.dtype,
+            "device": self.config.device,
+            "device_map": self.config.device_map,
+            "tokenizer": self.config.tokenizer,
+            "trust_remote_code": self.config.trust_remote_code,
+        }
 
     @cached_property
     def calibration(self) -> list[str]:
@@ -216,16 +229,8 @@ class RunDriver:
             and read_text(stamp).strip() == self.run_hash
             and cell_key(model_name, quantizer_name) in load_fallbacks(fallbacks_file, self.run_hash)
         ):
-            return load_model(
-                saved, dtype=self.config.dtype, device=self.config.device, device_map=self.config.device_map
-            )
-        model, tokenizer = load_model(
-            path,
-            dtype=self.config.dtype,
-            device=self.config.device,
-            device_map=self.config.device_map,
-            tokenizer=self.config.tokenizer,
-        )
+            return load_model(saved, **self.loading | {"tokenizer": None})  # saved with its tokenizer
+        model, tokenizer = load_model(path, **self.loading)
         quantizer = make_quantizer(quantizer_name, self.config.quantize)
         if not quantizer.available():
             raise QuantizerUnavailableError(f"{quantizer_name} not available: {quantizer.unavailable_reason()}")
@@ -246,13 +251,10 @@ class RunDriver:
         return retrain_auc(
             self.inputs.retrain,
             self.corpus,
-            dtype=self.config.dtype,
-            device=self.config.device,
             batch_size=self.config.batch_size,
             progress=False,
             cache_dir=self.out,
-            device_map=self.config.device_map,
-            tokenizer=self.config.tokenizer,
+            **self.loading,
         )
 
     def evaluate_cell(self, model_name: str, path: Path, quantizer: str, metrics: list[str], bar: tqdm) -> None:
@@ -285,10 +287,9 @@ class RunDriver:
     def code_flips_cells(self, model_name: str, path: Path, schemes: list[str], bar: tqdm) -> None:
         """Share of quantized codes that differ between the target and this model, per scheme, and for grid schemes
         the update size against the scheme's step (`quant.diagnostics.update_size`)."""
-        target, tokenizer = load_model(
-            self.inputs.target, dtype=self.config.dtype, device="cpu", tokenizer=self.config.tokenizer
-        )
-        model, _ = load_model(path, dtype=self.config.dtype, device="cpu", tokenizer=self.config.tokenizer)
+        on_cpu = self.loading | {"device": "cpu", "device_map": None}
+        target, tokenizer = load_model(self.inputs.target, **on_cpu)
+        model, _ = load_model(path, **on_cpu)
         for scheme in schemes:
             bar.set_postfix_str(f"{model_name}: code flips {scheme}")
             quantizer = make_quantizer(scheme, self.config.quantize)

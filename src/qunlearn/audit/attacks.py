@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from qunlearn.data.batches import iterate_batches, tokenize_documents
+from qunlearn.models.io import parse_dtype
 from qunlearn.quant.calibration import CALIBRATE_ON
 from qunlearn.quant.registry import get_quantizer
 
@@ -24,14 +25,15 @@ class Attack:
     kind: str  # "quantization", "relearning" or "precision"
     quantizer: str | None = None
     calibration: str | None = None
-    dtype: str = "fp32"
+    dtype: str | None = None  # a precision attack's dtype; None: the audit's
 
 
-def expand_attacks(names: list[str] | None) -> tuple[list[Attack], list[dict]]:
+def expand_attacks(names: list[str] | None, dtype: str = "fp32") -> tuple[list[Attack], list[dict]]:
     """Attack names → attacks; calibrated quantizers run once per calibration set ('gptq4@forget' picks one).
 
-    With no names, every attack is run and unavailable quantizers are skipped (returned with the reason);
-    an unavailable quantizer named explicitly is an error.
+    With no names, every attack is run and unavailable quantizers are skipped (returned with the reason), as is
+    the precision attack to the audit's own `dtype` (its cast would change nothing); either named explicitly is an
+    error.
     """
     explicit = names is not None
     attacks, skipped = [], []
@@ -40,14 +42,16 @@ def expand_attacks(names: list[str] | None) -> tuple[list[Attack], list[dict]]:
         if base == "relearn" and not calibration:
             attacks.append(Attack("relearn", "relearning"))
         elif base in PRECISION_ATTACKS and not calibration:
-            attacks.append(Attack(base, "precision", dtype=base))
+            if parse_dtype(base) == parse_dtype(dtype):
+                reason = f"the audit loads every model in {base} (--dtype {dtype}): the cast changes nothing"
+                skipped.append(_unavailable(name, reason, explicit))
+            else:
+                attacks.append(Attack(base, "precision", dtype=base))
         elif base in QUANT_ATTACKS:
             quantizer = get_quantizer(base)
             reason = quantizer.unavailable_reason()
             if reason:
-                if explicit:
-                    raise ValueError(f"attack {name}: {reason}")
-                skipped.append({"name": base, "reason": reason})
+                skipped.append(_unavailable(name, reason, explicit))
                 continue
             if calibration and (calibration not in CALIBRATE_ON or not quantizer.needs_calibration):
                 raise ValueError(
@@ -64,6 +68,13 @@ def expand_attacks(names: list[str] | None) -> tuple[list[Attack], list[dict]]:
                 f"unknown attack '{name}'; choose from {', '.join(ATTACK_NAMES)} (gptq4/awq4 take @generic or @forget)"
             )
     return attacks, skipped
+
+
+def _unavailable(name: str, reason: str, explicit: bool) -> dict:
+    """The skipped-attack record of an attack that cannot run; named explicitly, it is an error instead."""
+    if explicit:
+        raise ValueError(f"attack {name}: {reason}")
+    return {"name": name.partition("@")[0], "reason": reason}
 
 
 def relearn(

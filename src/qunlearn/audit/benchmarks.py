@@ -79,11 +79,9 @@ def load_muse(inputs: AuditInputs, settings: AuditSettings, device: str) -> Load
         auc = retrain_auc(
             inputs.retrain,
             split.eval_corpus,
-            device=device,
             batch_size=settings.batch_size,
             progress=False,
-            device_map=settings.device_map,
-            tokenizer=inputs.tokenizer,
+            **settings.loading(inputs, device),
         )
         metrics.append("privleak")
         signals.append(Signal("privleak", RESULTS["privleak"].label, knows="lower", kind="membership"))
@@ -193,13 +191,7 @@ def _tofu_reference(
     """Forget quality's reference: the retain model's truth ratios on the scored questions, from the model itself
     (`--retrain`) or from its earlier result (`--retain-logs`, covering all `n_forget` questions); None without."""
     if inputs.retrain is not None:
-        model, tokenizer = load_model(
-            inputs.retrain,
-            device=device,
-            device_map=settings.device_map,
-            tokenizer=inputs.tokenizer,
-            trust_remote_code=inputs.trust_remote_code,
-        )
+        model, tokenizer = load_model(inputs.retrain, **settings.loading(inputs, device))
         fmt = resolve_prompt_format(tokenizer, settings.prompt_format)
         return retain_model_truth_ratios(model, tokenizer, scored, fmt, settings.batch_size, progress=False)
     if settings.retain_logs is None:

@@ -86,6 +86,13 @@ def _notes(audit: dict) -> list[str]:
     )
     if "integrity" in audit:
         notes.insert(0, f"Integrity checks {audit['integrity']}.")
+    dtype = audit["settings"].get("dtype", "fp32")
+    if dtype != "fp32":
+        notes.append(
+            f"Every model was loaded in {dtype} (--dtype {dtype}): the baselines, update size, code flips, "
+            f"quantization and relearning saw {dtype} weights; a precision attack loads the unlearned "
+            "checkpoint in its own dtype instead."
+        )
     notes += [*audit["notes"], flips, *caveats(a["quantizer"] for a in audit["attacks"])]
     cases = [(a["name"], f) for a in audit["attacks"] for f in a["fallbacks"]]
     notes += [f"{', '.join(names)} fallback: {describe(f)}." for names, f in group_fallbacks(cases)]

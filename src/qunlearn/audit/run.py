@@ -26,7 +26,7 @@ from qunlearn.data.tofu import FORGET_SPLITS
 from qunlearn.errors import UserInputError
 from qunlearn.evaluate.tofu import PROMPT_FORMATS
 from qunlearn.models.integrity import CHECKS, check_finite
-from qunlearn.models.io import load_model, resolve_device
+from qunlearn.models.io import load_model, parse_dtype, resolve_device
 from qunlearn.quant.diagnostics import code_flips, update_size, update_size_reading
 from qunlearn.quant.registry import get_quantizer
 
@@ -63,6 +63,7 @@ class AuditSettings:
     retain_logs: str | None = None  # tofu: the retain model's earlier result, instead of --retrain
     device: str = "auto"
     device_map: str | None = None  # HF device_map ("auto": spread over GPUs and CPU); replaces `device`
+    dtype: str = "fp32"  # every model is loaded in it (a precision attack loads the unlearned one in its own)
     batch_size: int = 16
     seed: int = 0
 
@@ -79,9 +80,20 @@ class AuditSettings:
     def thresholds(self) -> Thresholds:
         return Thresholds(partial=self.partial_threshold, recovers=self.threshold)
 
+    def loading(self, inputs: AuditInputs, device: str) -> dict:
+        """`load_model`'s options for every model the audit loads: target, unlearned, retrain, attacked copies."""
+        return {
+            "dtype": self.dtype,
+            "device": device,
+            "device_map": self.device_map,
+            "tokenizer": inputs.tokenizer,
+            "trust_remote_code": inputs.trust_remote_code,
+        }
+
     def validate(self) -> None:
         """Reject bad values and options of another benchmark, naming the flag."""
         self.thresholds.validate()
+        parse_dtype(self.dtype)
         if self.benchmark not in BENCHMARKS:
             raise UserInputError(f"--benchmark: unknown '{self.benchmark}'; choose from {', '.join(BENCHMARKS)}")
         if self.relearn_steps < 1 or not 0 < self.relearn_lr < float("inf") or self.relearn_batch_size < 1:
@@ -136,14 +148,9 @@ def run_audit(inputs: AuditInputs, settings: AuditSettings = AuditSettings(), lo
     verdict, the worst attack named in the summary. Paths are checked where they are read (`load_model` keeps
     local paths local; each benchmark's loader names a missing data directory), so hub ids work too."""
     settings.validate()
-    attacks, skipped = expand_attacks(settings.attacks)
+    attacks, skipped = expand_attacks(settings.attacks, settings.dtype)
     device = str(resolve_device(settings.device))
-    loading = {
-        "device": device,
-        "tokenizer": inputs.tokenizer,
-        "trust_remote_code": inputs.trust_remote_code,
-        "device_map": settings.device_map,
-    }
+    loading = settings.loading(inputs, device)
     bench = BENCHMARKS[settings.benchmark](inputs, settings, device)
     attacks, unfed = _runnable(attacks, bench, explicit=settings.attacks is not None)
     baselines, sizes, flips_against = _baselines(inputs, bench, loading, settings.code_flips, log)
@@ -222,7 +229,7 @@ def _attack(
     `target_model` is given), what its quantizer did instead of its settings (`fallbacks`, empty when nothing or
     not a quantization attack) and the time it took."""
     start = time.perf_counter()
-    model, tok = load_model(inputs.unlearned, **loading | {"dtype": attack.dtype})
+    model, tok = load_model(inputs.unlearned, **loading | {"dtype": attack.dtype or loading["dtype"]})
     flips, fallbacks = None, []
     if attack.kind == "quantization":
         quantizer = get_quantizer(attack.quantizer)

@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_options(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per evaluation pass (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="relearning shuffle seed (default 0)")
-    add_loading_options(parser, dtype=False)  # each attack sets its own dtype
+    add_loading_options(parser)
     parser.set_defaults(func=run)
 
 

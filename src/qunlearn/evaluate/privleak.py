@@ -118,12 +118,13 @@ def retrain_auc(
     cache_dir: str | Path | None = None,
     device_map: str | None = None,
     tokenizer: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> float:
     """AUC_retrain of the retrain checkpoint on the corpus' PrivLeak sets.
 
     With `cache_dir` (a directory the caller owns, e.g. a run's output) the value is read from / written to its
     cache file there; the retrain checkpoint itself is an input and is never written. `tokenizer`: a tokenizer
-    directory for a retrain checkpoint saved without one.
+    directory for a retrain checkpoint saved without one; `trust_remote_code` as in `load_model`.
     """
     retrain_dir = Path(retrain_dir)
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus(corpus)
@@ -132,7 +133,14 @@ def retrain_auc(
     cache = read_json(cache_path) if cache_path is not None and cache_path.is_file() else {}
     if key in cache:
         return cache[key]["auc"]
-    model, tokenizer = load_model(retrain_dir, dtype=dtype, device=device, device_map=device_map, tokenizer=tokenizer)
+    model, tokenizer = load_model(
+        retrain_dir,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
+    )
     auc = attack_aucs(model, tokenizer, corpus, batch_size, progress)[0][ATTACK]
     if cache_path is None:
         return auc

@@ -95,6 +95,17 @@ def evaluate_checkpoint(settings: EvaluateSettings, tofu_data: TofuData | None =
     return _muse(settings, device)
 
 
+def _loading(settings: EvaluateSettings, device: str) -> dict:
+    """`load_model`'s options for every model the command loads (the scored one and its reference alike)."""
+    return {
+        "dtype": settings.dtype,
+        "device": device,
+        "device_map": settings.device_map,
+        "tokenizer": settings.tokenizer,
+        "trust_remote_code": settings.trust_remote_code,
+    }
+
+
 def _versions() -> dict[str, str]:
     return {"qunlearn": __version__, "torch": str(torch.__version__), "transformers": transformers.__version__}
 
@@ -103,26 +114,13 @@ def _muse(settings: EvaluateSettings, device: str) -> dict:
     """MUSE: AUC_retrain from the retrain model when PrivLeak is asked for, then every metric of the model."""
     corpus = load_corpus(settings.corpus)
     metrics = settings.muse_metrics
+    loading = _loading(settings, device)
     auc_retrain = None
     if "privleak" in metrics:
         auc_retrain = retrain_auc(
-            settings.retrain,
-            corpus,
-            dtype=settings.dtype,
-            device=device,
-            batch_size=settings.batch_size,
-            progress=settings.progress,
-            device_map=settings.device_map,
-            tokenizer=settings.tokenizer,
+            settings.retrain, corpus, batch_size=settings.batch_size, progress=settings.progress, **loading
         )
-    model, tokenizer = load_model(
-        settings.model,
-        dtype=settings.dtype,
-        device=device,
-        device_map=settings.device_map,
-        tokenizer=settings.tokenizer,
-        trust_remote_code=settings.trust_remote_code,
-    )
+    model, tokenizer = load_model(settings.model, **loading)
     start = time.perf_counter()
     results = evaluate_model(
         model, tokenizer, corpus, metrics, auc_retrain, settings.batch_size, progress=settings.progress
@@ -148,13 +146,7 @@ def _muse(settings: EvaluateSettings, device: str) -> dict:
 def _tofu(settings: EvaluateSettings, device: str, data: TofuData) -> dict:
     """TOFU: the retain model's forget truth ratios first (when given), then every metric of the model."""
     reference = read_retain_truth_ratios(settings.retain_logs) if settings.retain_logs else None
-    loading = {
-        "dtype": settings.dtype,
-        "device": device,
-        "device_map": settings.device_map,
-        "tokenizer": settings.tokenizer,
-        "trust_remote_code": settings.trust_remote_code,
-    }
+    loading = _loading(settings, device)
     prompt = (settings.prompt_format, settings.system_prompt, settings.date_string)
     if settings.retain_model:
         retain_lm, retain_tok = load_model(settings.retain_model, **loading)
