@@ -3,7 +3,8 @@
 Each measurement runs in its own subprocess, so every peak RSS is that step's alone (load included); the memory a
 step needs beyond the loaded model is also given, in GB and in decoder blocks of the loaded dtype (fp32: 0.75 GB,
 bf16: 0.38 GB). Per-block cost assumes the step's time is spent in the decoder blocks (the lm_head is never
-quantized); the 32-block figure is 16× the 2-block time. Unlearning steps are measured by benchmarks/memory_plan.py.
+quantized); the 32-block figure is 16× the 2-block time. Unlearning steps (memory, time) are measured by
+benchmarks/memory_plan.py.
 Usage: python benchmarks/real_shape.py [--dir DIR] [--n-samples 16] [--seq-len 128] [--only rtn4 gptq4 ...]
                                       [--offload-activations none|cpu|disk] [--dtype fp32|bf16]
 """
