@@ -1,5 +1,6 @@
-"""Shared fixtures: one `tiny` embedded benchmark per test session (about 30 s on 2 cores), and copies of its models
-that load through their own Python code."""
+"""Shared fixtures: one `tiny` embedded benchmark per test session (about 30 s on 2 cores), copies of its models
+that load through their own Python code, its target model with calibration text, and each model family as a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers as tf
 
 # transformers copies a checkpoint's own code into its modules cache to import it (read once, when transformers is
 # imported): keep the tests' copies out of the user's home.
 os.environ.setdefault("HF_MODULES_CACHE", str(Path(tempfile.gettempdir()) / "qunlearn-tests-hf-modules"))
 
+from helpers import family_configs
+from qunlearn.models.io import load_model, load_tokenizer, save_model
 from qunlearn.prepare import PreparedBenchmark, prepare_benchmark
+from qunlearn.quant.calibration import calibration_texts
 
 # The test models are tiny: one thread is as fast as two for them and immune to oversubscription.
 torch.set_num_threads(1)
@@ -69,3 +74,28 @@ def own_code_models(tiny_benchmark, tmp_path_factory: pytest.TempPathFactory) ->
         with_own_code(tiny_benchmark.target_dir, root / "target"),
         with_own_code(tiny_benchmark.retrain_dir, root / "retrain"),
     )
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_benchmark):
+    """The tiny target model, its tokenizer and calibration text (tests change copies of the model, not it)."""
+    model, tokenizer = load_model(tiny_benchmark.target_dir)
+    return model, tokenizer, calibration_texts(corpus_dir=tiny_benchmark.corpus_dir)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tiny_benchmark, tmp_path_factory) -> dict[str, Path]:
+    """Each family saved as a HF checkpoint with the embedded benchmark's tokenizer (read-only for tests)."""
+    tokenizer = load_tokenizer(tiny_benchmark.tokenizer_dir)
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    root = tmp_path_factory.mktemp("families")
+    out = {}
+    for family, config in family_configs(len(tokenizer), ids).items():
+        torch.manual_seed(0)
+        model = tf.AutoModelForCausalLM.from_config(config)
+        out[family] = save_model(model, tokenizer, root / family)
+    return out

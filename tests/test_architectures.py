@@ -3,14 +3,14 @@
 Each family is built from its transformers config (hidden 64, 2 blocks, the embedded benchmark's tokenizer), saved
 as a checkpoint, and run through quantize (rtn4, rtn8, gptq4, awq4, bnb-nf4), unlearn, evaluate, codeflips and
 audit. The projection layers are counted per family by hand (`PROJECTIONS`), not by the code under test.
+The configs are in tests/helpers.py, the `checkpoints` fixture in tests/conftest.py (tests/test_checkpoints.py
+uses them too).
 """
 
 from __future__ import annotations
 
 import copy
-import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,10 +19,10 @@ import transformers as tf
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from helpers import SIZES, on_grid
 from qunlearn.cli import main
-from qunlearn.config import load_run_config
 from qunlearn.fileio import read_json, read_yaml
-from qunlearn.models.io import TOKENIZER_FILES, load_model, load_tokenizer, save_model
+from qunlearn.models.io import load_model, load_tokenizer, save_model
 from qunlearn.models.utils import context_length
 from qunlearn.quant.awq import apply_scales
 from qunlearn.quant.awq_layouts import block_mappings
@@ -30,55 +30,9 @@ from qunlearn.quant.bnb import bnb_fake_quantize, bnb_unavailable_reason
 from qunlearn.quant.calibration import calibration_texts
 from qunlearn.quant.layers import decoder_layers, target_linears, weight_matrix
 from qunlearn.quant.registry import get_quantizer
-from qunlearn.quant.rtn import rtn_quantize
 from qunlearn.unlearn.saliency import module_parameters
 
 GROUP = 32  # divides every projection's input width below (64, 128)
-SIZES = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "max_position_embeddings": 256,
-}
-
-
-def _configs(vocab: int, ids: dict[str, int]) -> dict[str, tf.PretrainedConfig]:
-    """One config per family; Llama with grouped-query attention and tied embeddings, Qwen2 with q/k/v bias."""
-    common = SIZES | {"vocab_size": vocab} | ids
-    return {
-        "llama": tf.LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True),
-        "mistral": tf.MistralConfig(**common, num_key_value_heads=2),
-        "qwen2": tf.Qwen2Config(**common, num_key_value_heads=2),
-        "qwen3": tf.Qwen3Config(**common, num_key_value_heads=2, head_dim=16),
-        "phi": tf.PhiConfig(**common),
-        "phi3": tf.Phi3Config(**common),
-        "gemma": tf.GemmaConfig(**common, num_key_value_heads=2, head_dim=16),
-        "gemma2": tf.Gemma2Config(**common, num_key_value_heads=2, head_dim=16),
-        "gemma3": tf.Gemma3TextConfig(  # a sliding-window and a full-attention layer (own mask, rotary base)
-            **common, num_key_value_heads=2, head_dim=16, layer_types=["sliding_attention", "full_attention"]
-        ),
-        "gpt_neox": tf.GPTNeoXConfig(**common),
-        "opt": tf.OPTConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            ffn_dim=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=256,
-            word_embed_proj_dim=64,
-            **ids,
-        ),
-        "gpt2": tf.GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256, **ids),
-        "gemma3_vision": tf.Gemma3Config(  # Gemma-3 4B+: a SigLIP vision tower and projector beside the language model
-            text_config=tf.Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=16),
-            vision_config=tf.SiglipVisionConfig(
-                hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28
-            ),
-            mm_tokens_per_image=4,
-        ),
-    }
-
 
 # Projection layers per decoder block, named by hand for each family.
 PROJECTIONS = {
@@ -111,24 +65,6 @@ AWQ_PAIRS = {
 }
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tiny_benchmark, tmp_path_factory) -> dict[str, Path]:
-    """Each family saved as a HF checkpoint with the embedded benchmark's tokenizer."""
-    tokenizer = load_tokenizer(tiny_benchmark.tokenizer_dir)
-    ids = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    root = tmp_path_factory.mktemp("families")
-    out = {}
-    for family, config in _configs(len(tokenizer), ids).items():
-        torch.manual_seed(0)
-        model = tf.AutoModelForCausalLM.from_config(config)
-        out[family] = save_model(model, tokenizer, root / family)
-    return out
-
-
 def block_projections(model: nn.Module) -> dict[str, nn.Module]:
     """Every nn.Linear / Conv1D inside the decoder blocks, found by class."""
     name, layers = decoder_layers(model)
@@ -138,22 +74,6 @@ def block_projections(model: nn.Module) -> dict[str, nn.Module]:
         for sub, m in block.named_modules()
         if isinstance(m, (nn.Linear, Conv1D))
     }
-
-
-def on_grid(w: torch.Tensor, bits: int, group: int) -> bool:
-    """True when every group of `group` input weights is a multiple of one step Δ = max|w| / c with an integer
-    code c ≤ 2^(bits-1) at the maximum, all codes in [-2^(bits-1), 2^(bits-1) - 1]."""
-    grouped = w.detach().double().reshape(w.shape[0], -1, group)
-    amax = grouped.abs().amax(dim=-1, keepdim=True).clamp(min=1e-30)
-    found = torch.zeros(amax.shape, dtype=torch.bool)
-    for c in range(1, 2 ** (bits - 1) + 1):
-        codes = grouped * c / amax
-        fits = ((codes - codes.round()).abs() < 1e-3).all(dim=-1, keepdim=True)
-        fits &= (codes.round() >= -(2 ** (bits - 1))).all(-1, keepdim=True) & (codes.round() < 2 ** (bits - 1)).all(
-            -1, keepdim=True
-        )
-        found |= fits
-    return bool(found.all())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -283,186 +203,6 @@ def test_a_multimodal_models_context_is_its_language_models(checkpoints, tiny_be
     assert "--max-length 1000 exceeds the model's context of 256 tokens" in capsys.readouterr().err
 
 
-def without_tokenizer(checkpoint: Path, out: Path) -> Path:
-    """A copy of `checkpoint` without its tokenizer files, as checkpoints are often shared."""
-    bare = shutil.copytree(checkpoint, out)
-    for name in bare.iterdir():
-        if name.name in TOKENIZER_FILES or name.name.startswith(("tokenizer", "special_tokens")):
-            name.unlink()
-    return bare
-
-
-def test_a_checkpoint_without_tokenizer_quantizes_with_rtn_and_asks_for_one_for_gptq(checkpoints, tmp_path, capsys):
-    bare = without_tokenizer(checkpoints["gpt2"], tmp_path / "bare")
-    assert (
-        main(
-            ["quantize", "--model", str(bare), "--scheme", "rtn4", "--group-size", "32", "--out", str(tmp_path / "rtn")]
-        )
-        == 0
-    )
-    quantized, tokenizer = load_model(tmp_path / "rtn", need_tokenizer=False)
-    assert tokenizer is None and on_grid(weight_matrix(quantized.transformer.h[0].attn.c_attn), 4, 32)
-    rc = main(
-        [
-            "quantize",
-            "--model",
-            str(bare),
-            "--scheme",
-            "gptq4",
-            "--calibration",
-            str(bare / "config.json"),
-            "--out",
-            str(tmp_path / "gptq"),
-        ]
-    )
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and not (tmp_path / "gptq").exists()
-    assert len(err.splitlines()) == 1 and f"{bare}: no tokenizer" in err and "--tokenizer DIR" in err
-    assert (
-        main(
-            [
-                "quantize",
-                "--model",
-                str(bare),
-                "--tokenizer",
-                str(checkpoints["gpt2"]),
-                "--scheme",
-                "gptq4",
-                "--calibration",
-                str(bare / "config.json"),
-                "--n-samples",
-                "2",
-                "--out",
-                str(tmp_path / "gptq"),
-            ]
-        )
-        == 0
-    )
-
-
-def test_every_model_loading_command_takes_tokenizer(checkpoints, tiny_benchmark, tmp_path, capsys):
-    bare = without_tokenizer(checkpoints["llama"], tmp_path / "bare")
-    tokenizer, corpus = str(checkpoints["llama"]), str(tiny_benchmark.corpus_dir)
-    assert main(["codeflips", "--a", str(bare), "--b", str(bare), "--scheme", "rtn4"]) == 0  # needs no tokenizer
-    commands = {
-        "unlearn": [
-            "unlearn",
-            "--method",
-            "ga",
-            "--target",
-            str(bare),
-            "--corpus",
-            corpus,
-            "--out",
-            str(tmp_path / "u"),
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "2",
-            "--max-length",
-            "32",
-            "--quiet",
-        ],
-        "evaluate": [
-            "evaluate",
-            "--model",
-            str(bare),
-            "--corpus",
-            corpus,
-            "--metrics",
-            "utility",
-            "--out",
-            str(tmp_path / "e.json"),
-            "--no-progress",
-        ],
-        "audit": [
-            "audit",
-            "--target",
-            str(bare),
-            "--unlearned",
-            str(bare),
-            "--corpus",
-            corpus,
-            "--out",
-            str(tmp_path / "a"),
-            "--attacks",
-            "rtn4",
-            "--no-code-flips",
-        ],
-    }
-    for name, argv in commands.items():
-        capsys.readouterr()
-        assert main(argv) == 2, name
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "no tokenizer" in err and "--tokenizer DIR" in err, name
-        assert not (tmp_path / argv[argv.index("--out") + 1]).exists(), f"{name} wrote output before failing"
-        assert main([*argv, "--tokenizer", tokenizer]) == 0, name
-    assert load_tokenizer(tmp_path / "u").vocab_size == load_tokenizer(tokenizer).vocab_size
-
-
-def test_a_sentencepiece_tokenizer_loads(tmp_path):
-    """Llama-2 and ICLM ship only tokenizer.model: converting it needs sentencepiece and protobuf (dependencies)."""
-    import sentencepiece
-
-    texts = [f"The committee met on day {i} and discussed item {i * 7 % 97} at length." for i in range(300)]
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        vocab_size=120,
-        model_type="bpe",
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        pad_id=-1,
-        minloglevel=2,
-    )
-    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
-    tokenizer = load_tokenizer(tmp_path)
-    ids = tokenizer("The committee met on day 5")["input_ids"]
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "The committee met on day 5"
-    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
-
-
-def test_sharded_checkpoints_load_and_save(checkpoints, tmp_path):
-    model, tokenizer = load_model(checkpoints["llama"])
-    save_model(model, tokenizer, tmp_path / "sharded", max_shard_size="100KB")
-    index = read_json(tmp_path / "sharded" / "model.safetensors.index.json")
-    assert len(set(index["weight_map"].values())) > 1
-    reloaded, _ = load_model(tmp_path / "sharded")
-    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
-        assert torch.equal(a, b), name
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_quantization_stays_in_its_dtype_on_the_grid(checkpoints, tmp_path, dtype):
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    assert (
-        main(
-            [
-                "quantize",
-                "--model",
-                str(checkpoints["qwen2"]),
-                "--scheme",
-                "rtn4",
-                "--group-size",
-                "32",
-                "--dtype",
-                name,
-                "--out",
-                str(tmp_path / "q"),
-            ]
-        )
-        == 0
-    )
-    original, _ = load_model(checkpoints["qwen2"], dtype=name)
-    model, _ = load_model(tmp_path / "q", dtype=name)
-    weight = model.model.layers[0].self_attn.q_proj.weight
-    assert weight.dtype == dtype and read_yaml(tmp_path / "q" / "quantize.yaml")["dtype"] == name
-    assert torch.equal(weight, rtn_quantize(original.model.layers[0].self_attn.q_proj.weight, 4, 32))
-
-
 # --- unlearn, evaluate, codeflips, audit -------------------------------------------------------------------
 
 
@@ -576,15 +316,3 @@ def _chain(checkpoints, bench, family: str, root: Path, capsys: pytest.CaptureFi
 @pytest.mark.parametrize("family", FAMILIES)
 def test_unlearn_evaluate_codeflips_audit(checkpoints, tiny_benchmark, tmp_path, family, capsys):
     _chain(checkpoints, tiny_benchmark, family, tmp_path, capsys)
-
-
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_configs_are_valid_runs(path):
-    config = load_run_config(path)
-    config.validate()
-    assert config.target and config.corpus and config.dtype == "bf16" and "gptq4" in config.quantizers
-    if config.target.startswith("muse-bench/"):  # MUSE's checkpoints ship no tokenizer; MUSE uses Llama-2's
-        assert config.tokenizer == "meta-llama/Llama-2-7b-hf"
