@@ -9,6 +9,7 @@ the float order of the gradient reduction: max |Δ₂ − Δ₁| ≤ 1e-5 · max
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +53,13 @@ def torchrun(out: Path, bench, extra: list[str]) -> subprocess.CompletedProcess:
     proc = launch([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2"], out, bench, extra)
     stdout, stderr = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def free_port() -> str:
+    """A local TCP port free now: accelerate 1.1 passes `--main_process_port 0` to the ranks literally (they hang)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
 
 def update(out: Path, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -109,8 +117,9 @@ def test_only_rank_zero_writes_and_speaks(two_process_run):
 
 def test_accelerate_launch_runs_the_same_data_parallel_run(tiny_benchmark, two_process_run, tmp_path):
     two, _ = two_process_run
+    port = free_port()
     proc = launch(
-        [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "0", "-q"],
+        [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", port, "-q"],
         tmp_path / "acc",
         tiny_benchmark,
         SURE,

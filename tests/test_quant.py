@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
+import sys
 import warnings
 
 import pytest
@@ -135,9 +137,16 @@ def test_bnb_int8_fake_weights_are_llm_int8_row_absmax():
     assert torch.allclose(q, torch.tensor([[127.0, 1.0, -1.0], [12.7, 0.0, -1.0]]), atol=1e-2)
 
 
-def test_bnb_names_the_reason_when_unavailable():
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_bnb_names_the_device_it_does_not_support():
     assert "does not support device type 'mps'" in bnb_unavailable_reason("mps")
     assert not BnbQuantizer("bnb-nf4", device="mps").available()
+
+
+def test_bnb_names_the_missing_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # find_spec reports it absent, as if not installed
+    assert bnb_unavailable_reason() == "bitsandbytes is not installed (pip install bitsandbytes)"
+    assert not BnbQuantizer("bnb-nf4").available()
 
 
 # --- registry -------------------------------------------------------------------------------------------
