@@ -257,8 +257,7 @@ def capture_block_inputs(
     """
     calls: list[tuple[torch.Tensor, dict[str, Any]]] = []
     set_of_block: list[int] | None = None
-    skipping = _SkippedBlocks(layers, calls)
-    with skipping:
+    with _SkippedBlocks(layers, calls):
         for ids in sequences:
             calls.clear()
             try:

@@ -6,10 +6,11 @@ import argparse
 import math
 from dataclasses import dataclass, fields, replace
 
-from transformers import PretrainedConfig
+from transformers import PreTrainedModel
 
 from qunlearn.errors import UserInputError
 from qunlearn.models.io import parse_dtype
+from qunlearn.models.utils import context_length
 from qunlearn.unlearn.memory import OPTIMIZERS, REFERENCES
 from qunlearn.unlearn.methods import PROFILES, Method, get_method
 
@@ -117,10 +118,10 @@ class UnlearnSettings:
             raise ValueError(f"--saliency-batches must be at least 1, got {self.saliency_batches}")
 
 
-def check_context(max_length: int, config: PretrainedConfig) -> None:
+def check_context(max_length: int, model: PreTrainedModel) -> None:
     """--max-length must fit the model's context (`max_position_embeddings` in its config.json, in a multimodal
     model's text config)."""
-    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    context = context_length(model)
     if context is not None and max_length > context:
         raise UserInputError(
             f"--max-length {max_length} exceeds the model's context of {context} tokens "

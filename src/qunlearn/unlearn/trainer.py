@@ -178,7 +178,7 @@ def _set_up(
 
     `loading`: load_model's tokenizer / trust_remote_code options."""
     model, tokenizer = load_model(target_dir, dtype=settings.dtype, device="cpu", **loading)
-    check_context(settings.max_length, model.config)
+    check_context(settings.max_length, model)
     forget = tokenize_documents(tokenizer, corpus.forget, settings.max_length)
     retain = tokenize_documents(tokenizer, corpus.retain, settings.max_length) if method.retain else None
     if method.retain and not retain:
